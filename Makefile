@@ -1,0 +1,118 @@
+# ngx_http_kv_module: build, test and run against Debian's nginx.
+#
+#   make          build build/ngx_http_kv_module.so
+#   make run      install what is missing, build, run nginx in the foreground
+#   make test     install what is missing, build, run unit tests and t/
+#
+# Everything built lands in build/.
+
+SHELL     := /bin/bash
+REPO      := $(abspath .)
+BUILD     := $(REPO)/build
+NGX_SRC   ?= /usr/share/nginx/src
+NGINX     ?= /usr/sbin/nginx
+MODULE    := $(BUILD)/ngx_http_kv_module.so
+PORT      ?= 8080
+DATA_DIR  ?= $(REPO)/data
+
+# Debian packages: to build, to run, to test.
+BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
+              libcjson-dev libxxhash-dev
+RUN_PKGS   := nginx
+TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
+              libtext-diff-perl libhttp-message-perl curl
+
+KV_SRCS    := $(wildcard kvstore/*.c)
+KV_HDRS    := $(wildcard kvstore/*.h)
+MOD_SRCS   := config $(wildcard ngx_http_kv_*.c ngx_http_kv_*.h) proto/kv.proto
+
+UNIT_CC     ?= cc
+UNIT_CFLAGS := -std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer \
+               -fsanitize=address,undefined -fno-sanitize-recover=all \
+               -Ikvstore -I$(BUILD)/unit/proto
+UNIT_LIBS   := -lcmocka -lprotobuf-c -lxxhash
+UNIT_TESTS  := $(patsubst kvstore/tests/%.c,$(BUILD)/unit/%, \
+                 $(filter-out kvstore/tests/test_util.c, \
+                   $(wildcard kvstore/tests/test_*.c)))
+
+.PHONY: all build deps deps-build deps-run deps-test unit t test run clean
+
+all: build
+
+build: $(MODULE)
+
+# nginx's configure writes its Makefile into build/; the module is then
+# compiled with the exact flags Debian's nginx was built with (--with-compat).
+$(BUILD)/Makefile: config proto/kv.proto
+	mkdir -p $(BUILD)
+	cd $(NGX_SRC) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(REPO) \
+	    --builddir=$(BUILD) > $(BUILD)/configure.log 2>&1 || \
+	    { tail -20 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(BUILD)/Makefile $(MOD_SRCS) $(KV_SRCS) $(KV_HDRS)
+	$(MAKE) -f $(BUILD)/Makefile -C $(NGX_SRC) modules
+
+# apt-get runs only when a package is missing.
+define apt_install
+	@missing=""; for p in $(1); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
+	        grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-build:
+	$(call apt_install,$(BUILD_PKGS))
+
+deps-run:
+	$(call apt_install,$(RUN_PKGS))
+
+deps-test:
+	$(call apt_install,$(TEST_PKGS))
+
+deps: deps-build deps-run deps-test
+
+# kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
+$(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
+	mkdir -p $(BUILD)/unit/proto
+	protoc-c --c_out=$(BUILD)/unit/proto --proto_path=proto proto/kv.proto
+
+$(BUILD)/unit/%: kvstore/tests/%.c kvstore/tests/test_util.c $(KV_SRCS) \
+                 $(KV_HDRS) kvstore/tests/test_util.h \
+                 $(BUILD)/unit/proto/kv.pb-c.c
+	$(UNIT_CC) $(UNIT_CFLAGS) -o $@ $< kvstore/tests/test_util.c \
+	    $(KV_SRCS) $(BUILD)/unit/proto/kv.pb-c.c $(UNIT_LIBS)
+
+unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do \
+	    echo "== $$(basename $$t)"; \
+	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $$t; \
+	done
+
+# t/ suites: openresty's Test::Nginx when installed, else the compatible
+# runner in t/compat.  Each suite gets its own server root and free port.
+t: build
+	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
+	root=$$(mktemp -d /tmp/kv-t.XXXXXX); \
+	TEST_NGINX_BINARY=$(NGINX) \
+	TEST_NGINX_LOAD_MODULES=$(MODULE) \
+	TEST_NGINX_SERVROOT=$$root/servroot \
+	TEST_NGINX_RANDOMIZE=1 \
+	KV_TEST_TMP=$$root \
+	    prove $$inc -I t/lib -r t/; rc=$$?; \
+	rm -rf $$root; exit $$rc
+
+test: deps build unit t
+
+run: deps-build deps-run build
+	@PORT=$(PORT) DATA_DIR=$(DATA_DIR) NGINX=$(NGINX) MODULE=$(MODULE) \
+	    RUN_DIR=$(BUILD)/run ./run-nginx.sh
+
+clean:
+	rm -rf $(BUILD)

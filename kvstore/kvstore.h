@@ -1,0 +1,204 @@
+/*
+ * kvstore: a Bitcask-style key-value engine in plain C11.
+ *
+ * Data lives in append-only log segments in one directory; a hash index
+ * (key -> location of the newest record) lives in memory that the host
+ * provides, typically an nginx shared-memory zone seen by every worker.
+ *
+ * The engine knows nothing of nginx: memory, the store lock and logging come
+ * through kv_host_t, so the same code runs in nginx, in unit tests and in
+ * command-line tools.
+ *
+ * Two kinds of state:
+ *   kv_shared_t  lives in host memory (shared between processes): counters,
+ *                the write position, the index.  Every field is read and
+ *                written with the host lock held.
+ *   kv_store_t   one per process: the directory, open file descriptors.
+ */
+
+#ifndef KVSTORE_H
+#define KVSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+
+/* return codes */
+#define KV_OK          0
+#define KV_NOTFOUND   -1     /* no such key */
+#define KV_ENOMEM     -2     /* the index memory is full */
+#define KV_EIO        -3     /* a read or write failed (errno is logged) */
+#define KV_ENOSPC     -4     /* the disk is full */
+#define KV_ECORRUPT   -5     /* a record failed its checksum or decoding */
+#define KV_ELOCKED    -6     /* the data directory is locked by another process */
+#define KV_EINVAL     -7     /* bad argument (key or value size) */
+#define KV_EUNAVAIL   -8     /* the store is not open */
+
+/* log levels, mapped by the host onto its own */
+#define KV_LOG_ERR     1
+#define KV_LOG_WARN    2
+#define KV_LOG_NOTICE  3
+#define KV_LOG_INFO    4
+
+/* content types, kept in the record and in the index */
+#define KV_TYPE_OCTET  0
+#define KV_TYPE_JSON   1
+
+#define KV_MAX_KEY_LIMIT    32767               /* hard cap on max_key */
+#define KV_MAX_VALUE_LIMIT  (1024u * 1024 * 1024) /* hard cap on max_value */
+
+/*
+ * On-disk frame: u32 payload length, u64 XXH3-64 of the payload seeded with
+ * that length (both little-endian), then the protobuf-encoded kv.Record.
+ */
+#define KV_FRAME_HEADER  12
+
+/* file names inside the data directory */
+#define KV_LOCK_FILE     "LOCK"
+#define KV_SEGMENT_FMT   "%010u.kvlog"
+
+
+/*
+ * Index references are 32-bit: offsets in 8-byte units from host->base, so
+ * an entry costs 24 bytes plus its key instead of needing 64-bit pointers.
+ * All memory that host->alloc returns must lie within 32 GiB after base.
+ */
+typedef uint32_t  kv_ref_t;
+
+
+typedef struct {
+    void      *ctx;
+    uint8_t   *base;
+
+    /* Called with the lock held.  Returns 8-byte aligned memory or NULL. */
+    void    *(*alloc)(void *ctx, size_t size);
+    void     (*free)(void *ctx, void *p);
+
+    /* The one store lock: serializes appends and guards the index. */
+    void     (*lock)(void *ctx);
+    void     (*unlock)(void *ctx);
+
+    /* err is an errno value (0 if none); msg is a complete sentence. */
+    void     (*log)(void *ctx, int level, int err, const char *msg);
+} kv_host_t;
+
+
+typedef struct {
+    uint32_t  next;      /* kv_ref_t of the next entry in the bucket */
+    uint32_t  flen;      /* whole frame length, header included */
+    uint64_t  loc;       /* segment << 40 | offset of the frame */
+    uint32_t  vlen;      /* value length: the frame's last vlen bytes */
+    uint16_t  klen;
+    uint8_t   type;      /* KV_TYPE_* */
+    uint8_t   reserved;
+    uint8_t   key[];
+} kv_entry_t;
+
+
+typedef struct {
+    uint32_t  segment;
+    uint64_t  offset;    /* of the frame in the segment */
+    uint32_t  flen;
+    uint32_t  vlen;
+    uint8_t   type;
+} kv_loc_t;
+
+
+typedef struct {
+    uint64_t  keys;
+    uint64_t  live_bytes;      /* frames the index points at */
+    uint64_t  dead_bytes;      /* overwritten, deleted and tombstone frames */
+    uint64_t  puts;
+    uint64_t  deletes;
+    uint64_t  write_errors;
+    uint64_t  recovered_records;
+    uint64_t  truncated_bytes; /* torn tail cut at the last recovery */
+} kv_stats_t;
+
+
+typedef struct {
+    uint32_t    magic;
+    uint32_t    open;          /* recovery done, appends allowed */
+    uint64_t    seq;           /* last sequence number written */
+    uint32_t    segment;       /* active segment */
+    uint32_t    nbuckets;      /* power of two */
+    uint64_t    write_off;     /* end of the last whole record */
+    kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
+    uint32_t    max_key;
+    uint32_t    max_value;
+    int         lock_fd;       /* the data directory lock, held by the
+                                  process that recovered the store */
+    kv_stats_t  stats;
+} kv_shared_t;
+
+
+typedef struct {
+    const char         *dir;       /* data directory, absolute */
+    uint32_t            max_key;
+    uint32_t            max_value;
+    uid_t               owner_uid; /* chown created files and the directory */
+    gid_t               owner_gid; /* to these ids; (uid_t) -1: leave as is */
+} kv_conf_t;
+
+
+typedef struct {
+    kv_shared_t        *sh;
+    const kv_host_t    *host;
+    kv_conf_t           conf;
+    int                 fd;        /* the active segment, opened lazily */
+    uint32_t            fd_segment;
+} kv_store_t;
+
+
+/*
+ * Lays out a fresh shared state with an index of about nbuckets buckets
+ * (rounded up to a power of two) in host memory.  Takes the host lock.
+ * Returns NULL if the memory is too small.
+ */
+kv_shared_t *kv_shared_create(const kv_host_t *host, uint32_t nbuckets,
+    uint32_t max_key, uint32_t max_value);
+
+/* Binds a per-process handle; opens nothing. */
+void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
+    const kv_conf_t *conf);
+
+/* Closes the per-process descriptors (not the directory lock). */
+void kv_store_close(kv_store_t *s);
+
+/*
+ * Creates the directory if missing, takes its lock (KV_ELOCKED if another
+ * process holds it), scans the log, truncates a torn or corrupt tail with a
+ * warning, rebuilds the index and marks the store open.  Run once, by the
+ * process that owns the store's lifetime, before any request.
+ */
+int kv_recover(kv_store_t *s);
+
+/*
+ * Appends a record and points the index at it.  The record is written with
+ * write(2) before this returns KV_OK.  On any failure nothing is indexed and
+ * no partial record is left at the end of the log.
+ */
+int kv_put(kv_store_t *s, const uint8_t *key, size_t klen,
+    const uint8_t *value, size_t vlen, unsigned type);
+
+/* Appends a tombstone and drops the key.  KV_NOTFOUND if it was absent. */
+int kv_delete(kv_store_t *s, const uint8_t *key, size_t klen);
+
+/* Looks up where the key's newest value lives. */
+int kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc);
+
+/*
+ * Reads the frame at loc into buf (loc->flen bytes) and verifies its
+ * checksum; the value is then buf + loc->flen - loc->vlen.  Lock-free:
+ * a record never changes once written.
+ */
+int kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf);
+
+/* Copies the counters under the lock. */
+void kv_stats(kv_store_t *s, kv_stats_t *stats);
+
+/* A short English description of a return code. */
+const char *kv_strerror(int rc);
+
+#endif /* KVSTORE_H */
