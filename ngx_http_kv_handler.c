@@ -1,0 +1,767 @@
+
+/*
+ * ngx_http_kv_module: the HTTP API on /db/{key}, health and readiness.
+ */
+
+
+#include "ngx_http_kv_module.h"
+
+#include <cjson/cJSON.h>
+
+
+/* nginx defines no name for it */
+#define NGX_HTTP_KV_NOT_ACCEPTABLE  406
+
+
+typedef struct {
+    ngx_str_t                key;
+    unsigned                 type;        /* KV_TYPE_* of the body */
+} ngx_http_kv_ctx_t;
+
+
+static ngx_int_t ngx_http_kv_get(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key);
+static ngx_int_t ngx_http_kv_delete(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key);
+static ngx_int_t ngx_http_kv_put(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key);
+static void ngx_http_kv_put_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kv_read_body(ngx_http_request_t *r,
+    ngx_str_t *value);
+static ngx_int_t ngx_http_kv_parse_key(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key, const char **err);
+static ngx_int_t ngx_http_kv_parse_type(ngx_http_request_t *r,
+    unsigned *type);
+static ngx_int_t ngx_http_kv_want_json(ngx_http_request_t *r,
+    ngx_uint_t *json);
+static ngx_uint_t ngx_http_kv_is_json(u_char *data, size_t len);
+static ngx_int_t ngx_http_kv_store_error(ngx_http_request_t *r, int rc);
+static ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *msg);
+static ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, const char *name, const char *text);
+static ngx_int_t ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *data, size_t len);
+
+
+static ngx_str_t  ngx_http_kv_types[] = {
+    ngx_string("application/octet-stream"),     /* KV_TYPE_OCTET */
+    ngx_string("application/json")              /* KV_TYPE_JSON */
+};
+
+
+static ngx_http_request_body_filter_pt  ngx_http_next_request_body_filter;
+
+
+ngx_int_t
+ngx_http_kv_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc, status;
+    ngx_str_t                key;
+    const char              *err;
+    ngx_table_elt_t         *allow;
+    ngx_http_kv_zone_t      *zone;
+    ngx_http_kv_loc_conf_t  *klcf;
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+    zone = klcf->shm_zone->data;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST|NGX_HTTP_PUT
+                       |NGX_HTTP_DELETE)))
+    {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        allow = ngx_list_push(&r->headers_out.headers);
+        if (allow == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        allow->hash = 1;
+        ngx_str_set(&allow->key, "Allow");
+        ngx_str_set(&allow->value, "GET, HEAD, POST, PUT, DELETE");
+#if (nginx_version >= 1023000)
+        allow->next = NULL;
+#endif
+
+        return ngx_http_kv_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                      "method not allowed");
+    }
+
+    status = ngx_http_kv_parse_key(r, zone, &key, &err);
+
+    if (status == NGX_OK && (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT))) {
+        return ngx_http_kv_put(r, zone, &key);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (status != NGX_OK) {
+        return ngx_http_kv_send_error(r, status, err);
+    }
+
+    if (r->method & NGX_HTTP_DELETE) {
+        return ngx_http_kv_delete(r, zone, &key);
+    }
+
+    return ngx_http_kv_get(r, zone, &key);
+}
+
+
+static ngx_int_t
+ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key)
+{
+    int          rc;
+    u_char      *frame, *value;
+    ngx_int_t    status;
+    ngx_uint_t   json;
+    kv_loc_t     loc;
+
+    status = ngx_http_kv_want_json(r, &json);
+    if (status != NGX_OK) {
+        return ngx_http_kv_send_error(r, status,
+                                      "unsupported format, use format=json");
+    }
+
+    rc = kv_lookup(&zone->store, key->data, key->len, &loc);
+    if (rc != KV_OK) {
+        return ngx_http_kv_store_error(r, rc);
+    }
+
+    /* HEAD needs the value only to check it is JSON */
+
+    if (r->method == NGX_HTTP_HEAD && !(json && loc.type != KV_TYPE_JSON)) {
+        return ngx_http_kv_send(r, NGX_HTTP_OK,
+                                &ngx_http_kv_types[json ? KV_TYPE_JSON
+                                                        : loc.type],
+                                NULL, loc.vlen);
+    }
+
+    frame = ngx_pnalloc(r->pool, loc.flen);
+    if (frame == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = kv_read(&zone->store, &loc, frame);
+    if (rc != KV_OK) {
+        return ngx_http_kv_store_error(r, rc);
+    }
+
+    value = frame + loc.flen - loc.vlen;
+
+    if (json && loc.type != KV_TYPE_JSON) {
+        if (!ngx_http_kv_is_json(value, loc.vlen)) {
+            return ngx_http_kv_send_error(r, NGX_HTTP_KV_NOT_ACCEPTABLE,
+                                          "the value is not valid JSON");
+        }
+
+        loc.type = KV_TYPE_JSON;
+    }
+
+    return ngx_http_kv_send(r, NGX_HTTP_OK, &ngx_http_kv_types[loc.type],
+                            value, loc.vlen);
+}
+
+
+static ngx_int_t
+ngx_http_kv_delete(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key)
+{
+    int  rc;
+
+    rc = kv_delete(&zone->store, key->data, key->len);
+    if (rc != KV_OK) {
+        return ngx_http_kv_store_error(r, rc);
+    }
+
+    return ngx_http_kv_send(r, NGX_HTTP_OK, NULL, NULL, 0);
+}
+
+
+static ngx_int_t
+ngx_http_kv_put(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key)
+{
+    ngx_int_t           rc;
+    ngx_http_kv_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kv_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->key = *key;
+
+    if (ngx_http_kv_parse_type(r, &ctx->type) != NGX_OK) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_kv_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                      "Content-Type must be "
+                                      "application/octet-stream or "
+                                      "application/json");
+    }
+
+    if (r->headers_in.content_length_n > (off_t) zone->max_value) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "kv: client intended to send a %O-byte value, "
+                      "max_value of kv_zone \"%V\" is %uz",
+                      r->headers_in.content_length_n, &zone->name,
+                      zone->max_value);
+
+        r->expect_tested = 1;
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_kv_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "the value is larger than max_value");
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_kv_module);
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_kv_put_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_kv_put_body(ngx_http_request_t *r)
+{
+    int                      rc;
+    ngx_int_t                status;
+    ngx_str_t                value;
+    ngx_http_kv_ctx_t       *ctx;
+    ngx_http_kv_zone_t      *zone;
+    ngx_http_kv_loc_conf_t  *klcf;
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+    zone = klcf->shm_zone->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kv_module);
+
+    status = ngx_http_kv_read_body(r, &value);
+
+    if (status != NGX_OK) {
+        ngx_http_finalize_request(r, status);
+        return;
+    }
+
+    if (value.len > zone->max_value) {
+        ngx_http_finalize_request(r,
+            ngx_http_kv_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "the value is larger than max_value"));
+        return;
+    }
+
+    if (ctx->type == KV_TYPE_JSON && !ngx_http_kv_is_json(value.data,
+                                                          value.len))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "kv: the body for a JSON key is not valid JSON");
+
+        ngx_http_finalize_request(r,
+            ngx_http_kv_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                   "the body is not valid JSON"));
+        return;
+    }
+
+    rc = kv_put(&zone->store, ctx->key.data, ctx->key.len, value.data,
+                value.len, ctx->type);
+
+    if (rc != KV_OK) {
+        ngx_http_finalize_request(r, ngx_http_kv_store_error(r, rc));
+        return;
+    }
+
+    ngx_http_finalize_request(r,
+                              ngx_http_kv_send(r, NGX_HTTP_CREATED, NULL,
+                                               NULL, 0));
+}
+
+
+/*
+ * The store takes a value in one piece: a body that nginx kept in one
+ * buffer is used as it is, others (several buffers, or a temporary file
+ * for bodies over client_body_buffer_size) are gathered into one.
+ */
+
+static ngx_int_t
+ngx_http_kv_read_body(ngx_http_request_t *r, ngx_str_t *value)
+{
+    off_t         len, size;
+    u_char       *p;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(value);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        value->data = (u_char *) "";
+        return NGX_OK;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        value->data = cl->buf->pos;
+        value->len = cl->buf->last - cl->buf->pos;
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for ( /* void */ ; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    p = ngx_pnalloc(r->pool, len ? len : 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    value->data = p;
+    value->len = len;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        size = b->file_last - b->file_pos;
+
+        n = ngx_read_file(b->file, p, size, b->file_pos);
+
+        if (n != size) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "kv: read %z of %O bytes of the request body from "
+                          "\"%V\"", n, size, &b->file->name);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p += size;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The key is the rest of the request line's path after the location's
+ * prefix, percent-decoded and otherwise exactly as sent: r->uri merges
+ * slashes and resolves "." and "..", which would alias distinct keys.
+ * Returns NGX_OK or the status to answer, with *err saying why.
+ */
+
+static ngx_int_t
+ngx_http_kv_parse_key(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key, const char **err)
+{
+    u_char                    *src, *end, *dst, c, hi, lo;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    src = r->unparsed_uri.data;
+    end = ngx_strlchr(src, src + r->unparsed_uri.len, '?');
+
+    if (end == NULL) {
+        end = src + r->unparsed_uri.len;
+    }
+
+    if ((size_t) (end - src) < clcf->name.len
+        || ngx_strncmp(src, clcf->name.data, clcf->name.len) != 0)
+    {
+        *err = "the request path must start with the location prefix";
+        goto invalid;
+    }
+
+    src += clcf->name.len;
+
+    if (src == end) {
+        *err = "empty key";
+        goto invalid;
+    }
+
+    dst = ngx_pnalloc(r->pool, end - src);
+    if (dst == NULL) {
+        *err = "out of memory";
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    key->data = dst;
+
+    while (src < end) {
+        c = *src++;
+
+        if (c != '%') {
+            *dst++ = c;
+            continue;
+        }
+
+        if (end - src < 2) {
+            goto bad_escape;
+        }
+
+        hi = (u_char) (src[0] | 0x20);
+        lo = (u_char) (src[1] | 0x20);
+
+        if (!(hi >= '0' && hi <= '9') && !(hi >= 'a' && hi <= 'f')) {
+            goto bad_escape;
+        }
+
+        if (!(lo >= '0' && lo <= '9') && !(lo >= 'a' && lo <= 'f')) {
+            goto bad_escape;
+        }
+
+        hi = (hi <= '9') ? hi - '0' : hi - 'a' + 10;
+        lo = (lo <= '9') ? lo - '0' : lo - 'a' + 10;
+
+        *dst++ = (u_char) (hi << 4 | lo);
+        src += 2;
+    }
+
+    key->len = dst - key->data;
+
+    if (key->len > zone->max_key) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "kv: a %uz-byte key is longer than max_key %uz of "
+                      "kv_zone \"%V\"", key->len, zone->max_key,
+                      &zone->name);
+
+        *err = "the key is longer than max_key";
+        return NGX_HTTP_REQUEST_URI_TOO_LARGE;
+    }
+
+    return NGX_OK;
+
+bad_escape:
+
+    *err = "bad percent-encoding in the key";
+
+invalid:
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "kv: %s in \"%V\"", *err, &r->unparsed_uri);
+
+    return NGX_HTTP_BAD_REQUEST;
+}
+
+
+/* "application/json; charset=utf-8" is JSON: parameters are ignored */
+
+static ngx_int_t
+ngx_http_kv_parse_type(ngx_http_request_t *r, unsigned *type)
+{
+    u_char      *p, *last;
+    size_t       len;
+    ngx_uint_t   i;
+
+    if (r->headers_in.content_type == NULL) {
+        return NGX_DECLINED;
+    }
+
+    p = r->headers_in.content_type->value.data;
+    last = p + r->headers_in.content_type->value.len;
+
+    len = 0;
+
+    while (p + len < last && p[len] != ';' && p[len] != ' '
+           && p[len] != '\t')
+    {
+        len++;
+    }
+
+    for (i = 0; i < sizeof(ngx_http_kv_types) / sizeof(ngx_str_t); i++) {
+        if (len == ngx_http_kv_types[i].len
+            && ngx_strncasecmp(p, ngx_http_kv_types[i].data, len) == 0)
+        {
+            *type = i;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* "?format=json": NGX_OK with *json set, or the status to answer */
+
+static ngx_int_t
+ngx_http_kv_want_json(ngx_http_request_t *r, ngx_uint_t *json)
+{
+    ngx_str_t  format;
+
+    *json = 0;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &format) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (format.len == 4 && ngx_strncmp(format.data, "json", 4) == 0) {
+        *json = 1;
+        return NGX_OK;
+    }
+
+    return NGX_HTTP_BAD_REQUEST;
+}
+
+
+static ngx_uint_t
+ngx_http_kv_is_json(u_char *data, size_t len)
+{
+    cJSON  *doc;
+
+    doc = cJSON_ParseWithLength((const char *) data, len);
+    if (doc == NULL) {
+        return 0;
+    }
+
+    cJSON_Delete(doc);
+
+    return 1;
+}
+
+
+/* kvstore has logged the details of its own failures */
+
+static ngx_int_t
+ngx_http_kv_store_error(ngx_http_request_t *r, int rc)
+{
+    ngx_uint_t  status;
+
+    switch (rc) {
+
+    case KV_NOTFOUND:
+        status = NGX_HTTP_NOT_FOUND;
+        break;
+
+    case KV_ENOMEM:
+    case KV_ENOSPC:
+        status = NGX_HTTP_INSUFFICIENT_STORAGE;
+        break;
+
+    case KV_EINVAL:
+        status = NGX_HTTP_BAD_REQUEST;
+        break;
+
+    case KV_EUNAVAIL:
+        status = NGX_HTTP_SERVICE_UNAVAILABLE;
+        break;
+
+    default:
+        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_kv_send_error(r, status, kv_strerror(rc));
+}
+
+
+static ngx_int_t
+ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *msg)
+{
+    return ngx_http_kv_send_json(r, status, "error", msg);
+}
+
+
+/* a JSON object of one string member, {"name": "text"} */
+
+static ngx_int_t
+ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *name, const char *text)
+{
+    char    *json;
+    size_t   len;
+    cJSON   *obj;
+    u_char  *body;
+
+    obj = cJSON_CreateObject();
+
+    if (obj == NULL || cJSON_AddStringToObject(obj, name, text) == NULL) {
+        cJSON_Delete(obj);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(json);
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body != NULL) {
+        ngx_memcpy(body, json, len);
+    }
+
+    cJSON_free(json);
+
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_kv_send(r, status, &ngx_http_kv_types[KV_TYPE_JSON],
+                            body, len);
+}
+
+
+/*
+ * Sends a complete response.  data may be NULL with a non-zero len for a
+ * HEAD response; type may be NULL for an empty body.
+ */
+
+static ngx_int_t
+ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
+    u_char *data, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len;
+
+    if (type != NULL) {
+        r->headers_out.content_type = *type;
+        r->headers_out.content_type_len = type->len;
+        r->headers_out.content_type_lowcase = NULL;
+    }
+
+    if (data == NULL) {
+        r->header_only = 1;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    if (len == 0) {
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_kv_health_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_kv_send_json(r, NGX_HTTP_OK, "status", "ok");
+}
+
+
+/* ready: the store was opened and its directory is writable */
+
+ngx_int_t
+ngx_http_kv_ready_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_http_kv_zone_t      *zone;
+    ngx_http_kv_loc_conf_t  *klcf;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+    zone = klcf->ready_zone->data;
+
+    if (zone->store.sh == NULL || !zone->store.sh->open) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "the store is not open");
+    }
+
+    if (access((char *) zone->path.data, W_OK) != 0) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, ngx_errno,
+                      "kv_zone \"%V\": data directory \"%V\" is not "
+                      "writable", &zone->name, &zone->path);
+
+        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "the data directory is not writable");
+    }
+
+    return ngx_http_kv_send_json(r, NGX_HTTP_OK, "status", "ready");
+}
+
+
+/*
+ * A chunked body announces no length: stop reading it once it passes
+ * max_value instead of buffering it all to disk first.
+ */
+
+static ngx_int_t
+ngx_http_kv_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_http_kv_zone_t      *zone;
+    ngx_http_kv_loc_conf_t  *klcf;
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+
+    if (klcf->shm_zone != NULL && r->headers_in.chunked) {
+        zone = klcf->shm_zone->data;
+
+        if (r->headers_in.content_length_n > (off_t) zone->max_value) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "kv: client sent a chunked body larger than "
+                          "max_value %uz of kv_zone \"%V\"",
+                          zone->max_value, &zone->name);
+
+            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+    }
+
+    return ngx_http_next_request_body_filter(r, in);
+}
+
+
+void
+ngx_http_kv_install_body_filter(void)
+{
+    ngx_http_next_request_body_filter = ngx_http_top_request_body_filter;
+    ngx_http_top_request_body_filter = ngx_http_kv_body_filter;
+}

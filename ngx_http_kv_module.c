@@ -1,0 +1,773 @@
+
+/*
+ * ngx_http_kv_module: directives, the shared zone and start-up recovery.
+ */
+
+
+#include "ngx_http_kv_module.h"
+
+
+typedef struct {
+    ngx_array_t              zones;       /* ngx_http_kv_zone_t * */
+} ngx_http_kv_main_conf_t;
+
+
+static void *ngx_http_kv_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_kv_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_kv_postconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_kv_init_module(ngx_cycle_t *cycle);
+static void ngx_http_kv_exit_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_kv(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_kv_health(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_kv_ready(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_shm_zone_t *ngx_http_kv_zone_ref(ngx_conf_t *cf, ngx_str_t *name);
+static ngx_int_t ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+static ngx_int_t ngx_http_kv_check_old_zones(ngx_http_kv_zone_t *ctx);
+
+static void *ngx_http_kv_host_alloc(void *ctx, size_t size);
+static void ngx_http_kv_host_free(void *ctx, void *p);
+static void ngx_http_kv_host_lock(void *ctx);
+static void ngx_http_kv_host_unlock(void *ctx);
+static void ngx_http_kv_host_log(void *ctx, int level, int err,
+    const char *msg);
+
+
+static ngx_command_t  ngx_http_kv_commands[] = {
+
+    { ngx_string("kv_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_kv_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("kv"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_kv,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("kv_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_kv_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("kv_ready"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_kv_ready,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_kv_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_kv_postconfiguration,         /* postconfiguration */
+
+    ngx_http_kv_create_main_conf,          /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_kv_create_loc_conf,           /* create location configuration */
+    ngx_http_kv_merge_loc_conf             /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_kv_module = {
+    NGX_MODULE_V1,
+    &ngx_http_kv_module_ctx,               /* module context */
+    ngx_http_kv_commands,                  /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_kv_init_module,               /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_kv_exit_process,              /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/* the index gets one bucket per this many bytes of zone */
+#define NGX_HTTP_KV_BYTES_PER_BUCKET  64
+
+#define NGX_HTTP_KV_MIN_ZONE          (64 * 1024)
+
+
+static void *
+ngx_http_kv_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    kmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_main_conf_t));
+    if (kmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&kmcf->zones, cf->pool, 2,
+                       sizeof(ngx_http_kv_zone_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return kmcf;
+}
+
+
+static void *
+ngx_http_kv_create_loc_conf(ngx_conf_t *cf)
+{
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->shm_zone = NULL;
+     *     conf->ready_zone = NULL;
+     */
+
+    return ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_loc_conf_t));
+}
+
+
+static char *
+ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_kv_loc_conf_t  *conf = child;
+
+    ngx_uint_t                 i;
+    ngx_shm_zone_t            *zones[2];
+    ngx_http_core_loc_conf_t  *clcf;
+
+    /* kv_zone may come after the locations that use it: check here */
+
+    zones[0] = conf->shm_zone;
+    zones[1] = conf->ready_zone;
+
+    for (i = 0; i < 2; i++) {
+        if (zones[i] != NULL && zones[i]->data == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown kv_zone \"%V\"", &zones[i]->shm.name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (conf->shm_zone != NULL) {
+        /*
+         * The zone's max_value is the body limit of a kv location; the
+         * handler answers an oversized body with a JSON 413 instead of
+         * nginx's own page.
+         */
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+        clcf->client_max_body_size = 0;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kv_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_kv_install_body_filter();
+
+    return NGX_OK;
+}
+
+
+/* kv_zone zone=NAME:SIZE path=DIR [max_key=SIZE] [max_value=SIZE] */
+
+static char *
+ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kv_main_conf_t *kmcf = conf;
+
+    u_char               *p;
+    ssize_t               size, max_key, max_value;
+    ngx_str_t            *value, name, path, s;
+    ngx_uint_t            i;
+    ngx_shm_zone_t       *shm_zone;
+    ngx_http_kv_zone_t   *ctx, **zonep;
+
+    value = cf->args->elts;
+
+    size = 0;
+    max_key = 1024;
+    max_value = 1024 * 1024;
+    ngx_str_null(&name);
+    ngx_str_null(&path);
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+
+            name.data = value[i].data + 5;
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone size \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+
+            if (size == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone size \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (size < NGX_HTTP_KV_MIN_ZONE) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small, at least %uz "
+                                   "bytes are needed", &value[i],
+                                   (size_t) NGX_HTTP_KV_MIN_ZONE);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "path=", 5) == 0) {
+
+            path.data = value[i].data + 5;
+            path.len = value[i].len - 5;
+
+            if (path.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty path in \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_key=", 8) == 0) {
+
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            max_key = ngx_parse_size(&s);
+
+            if (max_key <= 0 || max_key > KV_MAX_KEY_LIMIT) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\", it must be between 1 "
+                                   "and %d", &value[i], KV_MAX_KEY_LIMIT);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_value=", 10) == 0) {
+
+            s.data = value[i].data + 10;
+            s.len = value[i].len - 10;
+
+            max_value = ngx_parse_size(&s);
+
+            if (max_value < 0 || (size_t) max_value > KV_MAX_VALUE_LIMIT) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\", it must be at most 1g",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"zone\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (path.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"path\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    /* relative to the prefix, like proxy_cache_path; null-terminated */
+
+    if (ngx_conf_full_name(cf->cycle, &path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    while (path.len > 1 && path.data[path.len - 1] == '/') {
+        path.len--;
+    }
+
+    path.data[path.len] = '\0';
+
+    zonep = kmcf->zones.elts;
+
+    for (i = 0; i < kmcf->zones.nelts; i++) {
+        if (zonep[i]->path.len == path.len
+            && ngx_strncmp(zonep[i]->path.data, path.data, path.len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "path \"%V\" is already used by kv_zone "
+                               "\"%V\"", &path, &zonep[i]->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ctx = ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_zone_t));
+    if (ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ctx->name = name;
+    ctx->path = path;
+    ctx->max_key = max_key;
+    ctx->max_value = max_value;
+
+    ctx->host.ctx = ctx;
+    ctx->host.alloc = ngx_http_kv_host_alloc;
+    ctx->host.free = ngx_http_kv_host_free;
+    ctx->host.lock = ngx_http_kv_host_lock;
+    ctx->host.unlock = ngx_http_kv_host_unlock;
+    ctx->host.log = ngx_http_kv_host_log;
+
+    shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_kv_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate kv_zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_kv_init_zone;
+    shm_zone->data = ctx;
+    ctx->shm_zone = shm_zone;
+
+    zonep = ngx_array_push(&kmcf->zones);
+    if (zonep == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zonep = ctx;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_kv(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kv_loc_conf_t *klcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (klcf->shm_zone) {
+        return "is duplicate";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /* the key is what follows the location's literal prefix */
+
+#if (NGX_PCRE)
+    if (clcf->regex) {
+        return "cannot be used in a regex location, use a prefix location";
+    }
+#endif
+
+    if (clcf->named || clcf->noname) {
+        return "cannot be used in a named or unnamed location";
+    }
+
+    value = cf->args->elts;
+
+    klcf->shm_zone = ngx_http_kv_zone_ref(cf, &value[1]);
+    if (klcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    clcf->handler = ngx_http_kv_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_kv_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_kv_health_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_kv_ready(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kv_loc_conf_t *klcf = conf;
+
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (klcf->ready_zone) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    klcf->ready_zone = ngx_http_kv_zone_ref(cf, &value[1]);
+    if (klcf->ready_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_kv_ready_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* a zone by name; its kv_zone line may come later in the configuration */
+
+static ngx_shm_zone_t *
+ngx_http_kv_zone_ref(ngx_conf_t *cf, ngx_str_t *name)
+{
+    return ngx_shared_memory_add(cf, name, 0, &ngx_http_kv_module);
+}
+
+
+static ngx_int_t
+ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_kv_zone_t  *octx = data;
+
+    size_t               len;
+    kv_shared_t         *sh;
+    ngx_http_kv_zone_t  *ctx;
+
+    ctx = shm_zone->data;
+
+    ctx->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+    ctx->host.base = (uint8_t *) ctx->shpool;
+
+    if (octx) {
+
+        /*
+         * A reload kept the zone: the index and the open log carry on, and
+         * old and new workers share them.  Moving the data would leave old
+         * workers appending to the old directory.
+         */
+
+        if (octx->path.len != ctx->path.len
+            || ngx_strncmp(octx->path.data, ctx->path.data, ctx->path.len)
+               != 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "kv_zone \"%V\" cannot change its path from "
+                          "\"%V\" to \"%V\" on reload, restart nginx instead",
+                          &ctx->name, &octx->path, &ctx->path);
+            return NGX_ERROR;
+        }
+
+        sh = ctx->shpool->data;
+
+        ngx_shmtx_lock(&ctx->shpool->mutex);
+        sh->max_key = ctx->max_key;
+        sh->max_value = ctx->max_value;
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+        ctx->reused = 1;
+
+        return NGX_OK;
+    }
+
+    if (ngx_http_kv_check_old_zones(ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ctx->shpool->log_nomem = 0;
+
+    len = sizeof(" in kv_zone \"\"") + ctx->name.len;
+
+    ctx->shpool->log_ctx = ngx_slab_alloc(ctx->shpool, len);
+    if (ctx->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ctx->shpool->log_ctx, " in kv_zone \"%V\"%Z", &ctx->name);
+
+    sh = kv_shared_create(&ctx->host,
+                          shm_zone->shm.size / NGX_HTTP_KV_BYTES_PER_BUCKET,
+                          ctx->max_key, ctx->max_value);
+    if (sh == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "kv_zone \"%V\" is too small for its index",
+                      &ctx->name);
+        return NGX_ERROR;
+    }
+
+    ctx->shpool->data = sh;
+
+    /* the store is opened by ngx_http_kv_init_module() */
+
+    return NGX_OK;
+}
+
+
+/*
+ * A fresh zone during a reload must not take over data that a zone of the
+ * previous configuration still serves: a zone whose size changed is a new
+ * zone to nginx, and so is a renamed one.  Refusing here fails the reload
+ * cleanly; the running configuration keeps serving.
+ */
+
+static ngx_int_t
+ngx_http_kv_check_old_zones(ngx_http_kv_zone_t *ctx)
+{
+    ngx_uint_t           i;
+    ngx_list_part_t     *part;
+    ngx_shm_zone_t      *ozone;
+    ngx_http_kv_zone_t  *octx;
+
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+    ozone = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            ozone = part->elts;
+            i = 0;
+        }
+
+        if (ozone[i].tag != &ngx_http_kv_module || ozone[i].data == NULL) {
+            continue;
+        }
+
+        octx = ozone[i].data;
+
+        if (octx->name.len == ctx->name.len
+            && ngx_strncmp(octx->name.data, ctx->name.data, ctx->name.len)
+               == 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, ctx->shm_zone->shm.log, 0,
+                          "kv_zone \"%V\" cannot change its size from %uz "
+                          "to %uz on reload, restart nginx instead",
+                          &ctx->name, ozone[i].shm.size,
+                          ctx->shm_zone->shm.size);
+            return NGX_ERROR;
+        }
+
+        if (octx->path.len == ctx->path.len
+            && ngx_strncmp(octx->path.data, ctx->path.data, ctx->path.len)
+               == 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, ctx->shm_zone->shm.log, 0,
+                          "kv_zone \"%V\" cannot take over path \"%V\" "
+                          "from kv_zone \"%V\" on reload, restart nginx "
+                          "instead", &ctx->name, &ctx->path, &octx->name);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Recovery runs here, in the master, once the zones exist and before any
+ * worker starts, as the design puts it.  init_module also runs for
+ * "nginx -t", for "nginx -s" and on every reload, and a failure here ends
+ * the master: so it touches nothing when testing or signalling, does not
+ * rescan zones kept from the previous cycle, and fails only at the first
+ * start.  A zone
+ * that cannot be opened on a reload stays closed (503) and says why.
+ */
+
+static ngx_int_t
+ngx_http_kv_init_module(ngx_cycle_t *cycle)
+{
+    int                       rc;
+    kv_conf_t                 conf;
+    ngx_uint_t                i;
+    ngx_core_conf_t          *ccf;
+    ngx_http_kv_zone_t      **zonep, *ctx;
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_OK;
+    }
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
+    if (kmcf == NULL) {
+        return NGX_OK;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    zonep = kmcf->zones.elts;
+
+    for (i = 0; i < kmcf->zones.nelts; i++) {
+        ctx = zonep[i];
+
+        conf.dir = (const char *) ctx->path.data;
+        conf.max_key = ctx->max_key;
+        conf.max_value = ctx->max_value;
+        conf.owner_uid = (uid_t) -1;
+        conf.owner_gid = (gid_t) -1;
+
+        /* the master usually runs as root, the workers as "user" */
+
+        if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT) {
+            conf.owner_uid = ccf->user;
+            conf.owner_gid = ccf->group;
+        }
+
+        kv_store_init(&ctx->store, ctx->shpool->data, &ctx->host, &conf);
+
+        if (ctx->reused) {
+            continue;
+        }
+
+        rc = kv_recover(&ctx->store);
+
+        if (rc == KV_OK) {
+            continue;
+        }
+
+        if (ngx_is_init_cycle(cycle->old_cycle)) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "kv_zone \"%V\": cannot open the store in \"%V\": "
+                          "%s", &ctx->name, &ctx->path, kv_strerror(rc));
+            return NGX_ERROR;
+        }
+
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "kv_zone \"%V\": cannot open the store in \"%V\": %s; "
+                      "it answers 503 until nginx is restarted",
+                      &ctx->name, &ctx->path, kv_strerror(rc));
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_kv_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                i;
+    ngx_http_kv_zone_t      **zonep;
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
+    if (kmcf == NULL) {
+        return;
+    }
+
+    zonep = kmcf->zones.elts;
+
+    for (i = 0; i < kmcf->zones.nelts; i++) {
+        kv_store_close(&zonep[i]->store);
+    }
+}
+
+
+/*
+ * The host interface of kvstore.  The store lock is the zone's slab mutex:
+ * the master force-unlocks it when a worker dies holding it, so a worker
+ * killed in the middle of a write cannot wedge the store.
+ */
+
+static void *
+ngx_http_kv_host_alloc(void *ctx, size_t size)
+{
+    ngx_http_kv_zone_t  *zone = ctx;
+
+    return ngx_slab_alloc_locked(zone->shpool, size);
+}
+
+
+static void
+ngx_http_kv_host_free(void *ctx, void *p)
+{
+    ngx_http_kv_zone_t  *zone = ctx;
+
+    ngx_slab_free_locked(zone->shpool, p);
+}
+
+
+static void
+ngx_http_kv_host_lock(void *ctx)
+{
+    ngx_http_kv_zone_t  *zone = ctx;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+}
+
+
+static void
+ngx_http_kv_host_unlock(void *ctx)
+{
+    ngx_http_kv_zone_t  *zone = ctx;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static void
+ngx_http_kv_host_log(void *ctx, int level, int err, const char *msg)
+{
+    ngx_http_kv_zone_t  *zone = ctx;
+
+    static const ngx_uint_t  levels[] = {
+        NGX_LOG_ERR,            /* unused: kvstore levels start at 1 */
+        NGX_LOG_ERR,            /* KV_LOG_ERR */
+        NGX_LOG_WARN,           /* KV_LOG_WARN */
+        NGX_LOG_NOTICE,         /* KV_LOG_NOTICE */
+        NGX_LOG_INFO            /* KV_LOG_INFO */
+    };
+
+    if (level < KV_LOG_ERR || level > KV_LOG_INFO) {
+        level = KV_LOG_ERR;
+    }
+
+    ngx_log_error(levels[level], ngx_cycle->log, err, "kv_zone \"%V\": %s",
+                  &zone->name, msg);
+}
