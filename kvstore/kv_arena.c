@@ -1,0 +1,193 @@
+#define _GNU_SOURCE
+
+/*
+ * A bump allocator with one free list per 8-byte size class.  Every block
+ * has an 8-byte header (its size and, once free, the next free block), so
+ * blocks stay 8-byte aligned and kv_ref_t 0 never names a block.  Under
+ * AddressSanitizer everything but live blocks and headers is poisoned, so
+ * the index cannot touch freed entries unnoticed.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_arena.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define kv_poison(p, n)    ASAN_POISON_MEMORY_REGION(p, n)
+#define kv_unpoison(p, n)  ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define kv_poison(p, n)    (void) 0
+#define kv_unpoison(p, n)  (void) 0
+#endif
+
+
+/* blocks up to 64 KiB are recycled; bigger ones (bucket arrays) are not */
+#define KV_ARENA_CLASSES  8192
+
+
+typedef struct {
+    uint32_t  size;
+    uint32_t  next;      /* free list link, in 8-byte units from base */
+} kv_arena_hdr_t;
+
+
+struct kv_arena_s {
+    uint8_t   *base;
+    size_t     size;
+    size_t     top;
+    int        locked;
+    uint32_t   free[KV_ARENA_CLASSES];
+};
+
+
+static void
+kv_arena_check(int ok, const char *what)
+{
+    if (!ok) {
+        fprintf(stderr, "kv_arena: %s\n", what);
+        abort();
+    }
+}
+
+
+static void *
+kv_arena_alloc(void *ctx, size_t size)
+{
+    size_t           n;
+    kv_arena_t      *a;
+    kv_arena_hdr_t  *h;
+
+    a = ctx;
+    kv_arena_check(a->locked, "alloc without the lock");
+
+    n = size ? (size + 7) & ~(size_t) 7 : 8;
+
+    if (n / 8 < KV_ARENA_CLASSES && a->free[n / 8] != 0) {
+        h = (kv_arena_hdr_t *) (a->base + (size_t) a->free[n / 8] * 8);
+        a->free[n / 8] = h->next;
+
+    } else {
+        if (n > UINT32_MAX || n + sizeof(kv_arena_hdr_t) > a->size - a->top) {
+            return NULL;
+        }
+
+        h = (kv_arena_hdr_t *) (a->base + a->top);
+        a->top += sizeof(kv_arena_hdr_t) + n;
+
+        kv_unpoison(h, sizeof(kv_arena_hdr_t));
+        h->size = (uint32_t) n;
+    }
+
+    kv_unpoison(h + 1, size);
+
+    return h + 1;
+}
+
+
+static void
+kv_arena_free(void *ctx, void *p)
+{
+    kv_arena_t      *a;
+    kv_arena_hdr_t  *h;
+
+    a = ctx;
+    kv_arena_check(a->locked, "free without the lock");
+
+    h = (kv_arena_hdr_t *) p - 1;
+    kv_poison(p, h->size);
+
+    if (h->size / 8 < KV_ARENA_CLASSES) {
+        h->next = a->free[h->size / 8];
+        a->free[h->size / 8] = (uint32_t) (((uint8_t *) h - a->base) / 8);
+    }
+}
+
+
+static void
+kv_arena_lock(void *ctx)
+{
+    kv_arena_t  *a;
+
+    a = ctx;
+    kv_arena_check(!a->locked, "lock taken twice");
+    a->locked = 1;
+}
+
+
+static void
+kv_arena_unlock(void *ctx)
+{
+    kv_arena_t  *a;
+
+    a = ctx;
+    kv_arena_check(a->locked, "unlock without the lock");
+    a->locked = 0;
+}
+
+
+static void
+kv_arena_log(void *ctx, int level, int err, const char *msg)
+{
+    static const char  *levels[] = { "?", "error", "warn", "notice", "info" };
+
+    (void) ctx;
+
+    fprintf(stderr, "kv [%s] %s%s%s\n",
+            level >= KV_LOG_ERR && level <= KV_LOG_INFO ? levels[level] : "?",
+            msg, err ? ": " : "", err ? strerror(err) : "");
+}
+
+
+kv_arena_t *
+kv_arena_create(size_t size)
+{
+    kv_arena_t  *a;
+
+    /* the first 8 bytes are reserved; kv_ref_t reaches 32 GiB */
+    if (size < 8 || size > ((size_t) UINT32_MAX + 1) * 8) {
+        return NULL;
+    }
+
+    a = calloc(1, sizeof(kv_arena_t));
+    if (a == NULL) {
+        return NULL;
+    }
+
+    a->base = malloc(size);
+    if (a->base == NULL) {
+        free(a);
+        return NULL;
+    }
+
+    a->size = size;
+    a->top = 8;       /* kv_ref_t 0 is the null reference */
+
+    kv_poison(a->base, size);
+
+    return a;
+}
+
+
+void
+kv_arena_destroy(kv_arena_t *a)
+{
+    kv_unpoison(a->base, a->size);
+    free(a->base);
+    free(a);
+}
+
+
+void
+kv_arena_host(kv_arena_t *a, kv_host_t *host)
+{
+    host->ctx = a;
+    host->base = a->base;
+    host->alloc = kv_arena_alloc;
+    host->free = kv_arena_free;
+    host->lock = kv_arena_lock;
+    host->unlock = kv_arena_unlock;
+    host->log = kv_arena_log;
+}

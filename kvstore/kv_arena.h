@@ -1,0 +1,26 @@
+/*
+ * kv_arena: a kv_host_t over one malloc()ed region, for unit tests and
+ * command-line tools (nginx uses its shared-memory zone instead).
+ */
+
+#ifndef KV_ARENA_H
+#define KV_ARENA_H
+
+#include "kvstore.h"
+
+
+typedef struct kv_arena_s  kv_arena_t;
+
+
+/* NULL if the region cannot be allocated. */
+kv_arena_t *kv_arena_create(size_t size);
+void kv_arena_destroy(kv_arena_t *a);
+
+/*
+ * Fills host with the arena's memory, a lock that aborts on misuse
+ * (re-entry, unlock without lock, alloc or free without the lock) and a
+ * log to stderr.
+ */
+void kv_arena_host(kv_arena_t *a, kv_host_t *host);
+
+#endif /* KV_ARENA_H */

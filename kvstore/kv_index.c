@@ -1,0 +1,181 @@
+#define _GNU_SOURCE
+
+/*
+ * The index: a chained hash table in host memory, sized once and never
+ * resized, since a resize could not be made crash-atomic.  Entries are
+ * published with a single store of their reference, after being filled.
+ */
+
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "kv_internal.h"
+
+
+kv_shared_t *
+kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
+    uint32_t max_value)
+{
+    uint32_t      n;
+    kv_ref_t     *buckets;
+    kv_shared_t  *sh;
+
+    n = 1;
+
+    while (n < nbuckets && n < 0x80000000u) {
+        n <<= 1;
+    }
+
+    host->lock(host->ctx);
+
+    sh = host->alloc(host->ctx, sizeof(kv_shared_t));
+    buckets = NULL;
+
+    if (sh != NULL) {
+        buckets = host->alloc(host->ctx, (size_t) n * sizeof(kv_ref_t));
+        if (buckets == NULL) {
+            host->free(host->ctx, sh);
+        }
+    }
+
+    if (buckets == NULL) {
+        host->unlock(host->ctx);
+        kv_log(host, KV_LOG_ERR, 0,
+               "index memory too small for an index of %u buckets", n);
+        return NULL;
+    }
+
+    memset(sh, 0, sizeof(kv_shared_t));
+    memset(buckets, 0, (size_t) n * sizeof(kv_ref_t));
+
+    sh->magic = KV_SHARED_MAGIC;
+    sh->nbuckets = n;
+    sh->buckets = kv_ref(host, buckets);
+    sh->max_key = max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT;
+    sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
+                                                   : KV_MAX_VALUE_LIMIT;
+    sh->lock_fd = -1;
+
+    host->unlock(host->ctx);
+
+    return sh;
+}
+
+
+static kv_ref_t *
+kv_bucket(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen)
+{
+    kv_ref_t  *buckets;
+
+    buckets = kv_ptr(host, sh->buckets);
+
+    return &buckets[XXH3_64bits(key, klen) & (sh->nbuckets - 1)];
+}
+
+
+kv_entry_t *
+kv_index_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen, kv_ref_t **link)
+{
+    kv_ref_t    *ref;
+    kv_entry_t  *e;
+
+    ref = kv_bucket(host, sh, key, klen);
+
+    while (*ref != 0) {
+        e = kv_ptr(host, *ref);
+
+        if (e->klen == klen && memcmp(e->key, key, klen) == 0) {
+            if (link != NULL) {
+                *link = ref;
+            }
+
+            return e;
+        }
+
+        ref = &e->next;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * Returns the key's entry, or a new unlinked one (*fresh = 1) that the
+ * caller passes to kv_index_set() or frees; NULL if memory is exhausted.
+ */
+kv_entry_t *
+kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen, int *fresh)
+{
+    kv_entry_t  *e;
+
+    e = kv_index_find(host, sh, key, klen, NULL);
+    if (e != NULL) {
+        *fresh = 0;
+        return e;
+    }
+
+    e = host->alloc(host->ctx, sizeof(kv_entry_t) + klen);
+    if (e == NULL) {
+        return NULL;
+    }
+
+    memset(e, 0, sizeof(kv_entry_t));
+    e->klen = (uint16_t) klen;
+    memcpy(e->key, key, klen);
+
+    *fresh = 1;
+
+    return e;
+}
+
+
+/*
+ * Points the entry at a new frame.  The frame an existing entry pointed at
+ * becomes dead; a fresh entry is filled completely before being linked.
+ */
+void
+kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
+    int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type)
+{
+    kv_ref_t  *head;
+
+    if (!fresh) {
+        sh->stats.live_bytes -= e->flen;
+        sh->stats.dead_bytes += e->flen;
+    }
+
+    e->flen = flen;
+    e->loc = loc;
+    e->vlen = vlen;
+    e->type = (uint8_t) type;
+
+    if (fresh) {
+        head = kv_bucket(host, sh, e->key, e->klen);
+
+        e->next = *head;
+        *head = kv_ref(host, e);
+
+        sh->stats.keys++;
+    }
+
+    sh->stats.live_bytes += flen;
+}
+
+
+/* Unlinks the entry found through link and frees it; its frame is dead. */
+void
+kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e)
+{
+    *link = e->next;
+
+    sh->stats.keys--;
+    sh->stats.live_bytes -= e->flen;
+    sh->stats.dead_bytes += e->flen;
+
+    host->free(host->ctx, e);
+}
