@@ -6,8 +6,14 @@
  * blocks stay 8-byte aligned and kv_ref_t 0 never names a block.  Under
  * AddressSanitizer everything but live blocks and headers is poisoned, so
  * the index cannot touch freed entries unnoticed.
+ *
+ * The lock is an error-checking pthread mutex, so tests can run a
+ * compaction in one thread while another writes, and misuse (re-entry,
+ * unlock by a thread that does not hold it) still aborts.
  */
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,11 +41,13 @@ typedef struct {
 
 
 struct kv_arena_s {
-    uint8_t   *base;
-    size_t     size;
-    size_t     top;
-    int        locked;
-    uint32_t   free[KV_ARENA_CLASSES];
+    uint8_t          *base;
+    size_t            size;
+    size_t            top;
+    pthread_mutex_t   mutex;
+    pthread_t         owner;
+    int               locked;   /* written only by the mutex's holder */
+    uint32_t          free[KV_ARENA_CLASSES];
 };
 
 
@@ -53,6 +61,17 @@ kv_arena_check(int ok, const char *what)
 }
 
 
+/*
+ * Only the holder can see locked set with itself as owner; for any other
+ * thread the check fails, which is the misuse it reports.
+ */
+static int
+kv_arena_held(kv_arena_t *a)
+{
+    return a->locked && pthread_equal(a->owner, pthread_self());
+}
+
+
 static void *
 kv_arena_alloc(void *ctx, size_t size)
 {
@@ -61,7 +80,7 @@ kv_arena_alloc(void *ctx, size_t size)
     kv_arena_hdr_t  *h;
 
     a = ctx;
-    kv_arena_check(a->locked, "alloc without the lock");
+    kv_arena_check(kv_arena_held(a), "alloc without the lock");
 
     n = size ? (size + 7) & ~(size_t) 7 : 8;
 
@@ -94,7 +113,7 @@ kv_arena_free(void *ctx, void *p)
     kv_arena_hdr_t  *h;
 
     a = ctx;
-    kv_arena_check(a->locked, "free without the lock");
+    kv_arena_check(kv_arena_held(a), "free without the lock");
 
     h = (kv_arena_hdr_t *) p - 1;
     kv_poison(p, h->size);
@@ -109,10 +128,14 @@ kv_arena_free(void *ctx, void *p)
 static void
 kv_arena_lock(void *ctx)
 {
+    int          err;
     kv_arena_t  *a;
 
     a = ctx;
-    kv_arena_check(!a->locked, "lock taken twice");
+    err = pthread_mutex_lock(&a->mutex);
+    kv_arena_check(err != EDEADLK, "lock taken twice");
+    kv_arena_check(err == 0, "pthread_mutex_lock() failed");
+    a->owner = pthread_self();
     a->locked = 1;
 }
 
@@ -123,8 +146,10 @@ kv_arena_unlock(void *ctx)
     kv_arena_t  *a;
 
     a = ctx;
-    kv_arena_check(a->locked, "unlock without the lock");
+    kv_arena_check(kv_arena_held(a), "unlock without the lock");
     a->locked = 0;
+    kv_arena_check(pthread_mutex_unlock(&a->mutex) == 0,
+                   "pthread_mutex_unlock() failed");
 }
 
 
@@ -144,7 +169,9 @@ kv_arena_log(void *ctx, int level, int err, const char *msg)
 kv_arena_t *
 kv_arena_create(size_t size)
 {
-    kv_arena_t  *a;
+    int                   err;
+    kv_arena_t           *a;
+    pthread_mutexattr_t   attr;
 
     /* the first 8 bytes are reserved; kv_ref_t reaches 32 GiB */
     if (size < 8 || size > ((size_t) UINT32_MAX + 1) * 8) {
@@ -162,12 +189,34 @@ kv_arena_create(size_t size)
         return NULL;
     }
 
+    if (pthread_mutexattr_init(&attr) != 0) {
+        goto failed;
+    }
+
+    err = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    if (err == 0) {
+        err = pthread_mutex_init(&a->mutex, &attr);
+    }
+
+    pthread_mutexattr_destroy(&attr);
+
+    if (err != 0) {
+        goto failed;
+    }
+
     a->size = size;
     a->top = 8;       /* kv_ref_t 0 is the null reference */
 
     kv_poison(a->base, size);
 
     return a;
+
+failed:
+
+    free(a->base);
+    free(a);
+
+    return NULL;
 }
 
 
@@ -175,6 +224,7 @@ void
 kv_arena_destroy(kv_arena_t *a)
 {
     kv_unpoison(a->base, a->size);
+    pthread_mutex_destroy(&a->mutex);
     free(a->base);
     free(a);
 }

@@ -17,9 +17,9 @@ kv_arena_t *kv_arena_create(size_t size);
 void kv_arena_destroy(kv_arena_t *a);
 
 /*
- * Fills host with the arena's memory, a lock that aborts on misuse
- * (re-entry, unlock without lock, alloc or free without the lock) and a
- * log to stderr.
+ * Fills host with the arena's memory, a lock (a pthread mutex, so threads
+ * can share the arena) that aborts on misuse (re-entry by the holder,
+ * unlock or alloc or free by a thread not holding it) and a log to stderr.
  */
 void kv_arena_host(kv_arena_t *a, kv_host_t *host);
 

@@ -179,3 +179,56 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
 
     host->free(host->ctx, e);
 }
+
+
+/*
+ * Calls fn for every entry, bucket by bucket, until fn returns something
+ * other than KV_OK, which is then returned.  fn must not change the index.
+ */
+int
+kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
+    void *ctx)
+{
+    int          rc;
+    uint32_t     i;
+    kv_ref_t    *buckets, ref;
+    kv_entry_t  *e;
+
+    buckets = kv_ptr(host, sh->buckets);
+
+    for (i = 0; i < sh->nbuckets; i++) {
+        for (ref = buckets[i]; ref != 0; ref = e->next) {
+            e = kv_ptr(host, ref);
+
+            rc = fn(ctx, e);
+            if (rc != KV_OK) {
+                return rc;
+            }
+        }
+    }
+
+    return KV_OK;
+}
+
+
+/*
+ * Starts loading what a kv_index_find() of the key will touch, so that bulk
+ * inserts (hint loading) overlap their cache and TLB misses instead of
+ * paying for each in turn: the bucket (stage 0), then, once the bucket is
+ * cached, the first entry of its chain (stage 1).
+ */
+void
+kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen, int stage)
+{
+    kv_ref_t  *ref;
+
+    ref = kv_bucket(host, sh, key, klen);
+
+    if (stage == 0) {
+        __builtin_prefetch(ref);
+
+    } else if (*ref != 0) {
+        __builtin_prefetch(kv_ptr(host, *ref));
+    }
+}

@@ -81,6 +81,118 @@ void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);
 
 
+/*
+ * Segment scanning, shared by recovery, hint writing, compaction and kvtool.
+ * kv_scan_segment() reads the frames of segment id in order, starting at
+ * offset from (0, or where a frame starts: kvtool resumes after damage),
+ * and calls fn for each good one (rec is valid during the call only); it
+ * stops at the end of the file or at the first bad frame, and sets *end to
+ * the offset where it stopped and *size to the file size (so *end < *size
+ * means a bad frame at *end).  fn returns KV_OK to go on; any other value
+ * stops the scan and is returned, *end being then the offset of that
+ * frame.  KV_NOTFOUND (not logged) if the file does not exist; KV_EIO
+ * (logged) if it cannot be read.
+ */
+typedef int (*kv_scan_pt)(void *ctx, const kv_record_t *rec, uint64_t off,
+    uint32_t flen);
+
+int kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
+    void *ctx, uint64_t *end, uint64_t *size);
+
+/*
+ * Looks for a complete valid frame starting anywhere in (from, size) of
+ * segment id: *next is the offset of the first one, 0 if there is none
+ * (kvtool repair cuts the damaged bytes [from, *next) out).
+ */
+int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t *next);
+
+/* Segment ids present in the directory, ascending; *ids is malloc()ed. */
+int kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n);
+
+
+/*
+ * kv_store.c, with the host lock held: creates segment next (file, then
+ * directory flushed) and makes it the active one.
+ */
+int kv_roll(kv_store_t *s, uint32_t next);
+
+/*
+ * Flushes a file or directory through host->sync (or fdatasync/fsync) and
+ * logs a failure; with fd -1 it opens path (read-only) for the purpose.
+ */
+int kv_flush(kv_store_t *s, int fd, const char *path);
+
+/* chowns fd (or path if fd is -1) to conf.owner_uid/gid, if they are set */
+int kv_chown(kv_store_t *s, int fd, const char *path);
+
+/*
+ * Creates path with O_EXCL, mode 0640, owned by conf.owner_uid/gid, opened
+ * with flags (O_RDWR, O_WRONLY).  -1 with errno set; logged unless EEXIST.
+ */
+int kv_create_file(kv_store_t *s, const char *path, int flags);
+
+
+/* kv_hint.c: the hint file of segment id; suffix "" or KV_TMP_SUFFIX */
+void kv_hint_path(const kv_store_t *s, uint32_t id, const char *suffix,
+    char path[PATH_MAX]);
+
+/* kv_hint.c: writes the hint file of immutable segment id (tmp, rename). */
+int kv_write_hint(kv_store_t *s, uint32_t id);
+
+/*
+ * kv_recover.c, with the host lock held: applies the record at off of
+ * segment id to the index.  Replaying a segment and loading its hint both
+ * go through it (rec->value is not used).
+ */
+int kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
+    uint64_t off, uint32_t flen);
+
+/*
+ * Loads segment id's hint into the index, as replaying the segment would.
+ * KV_NOTFOUND if there is no usable hint (missing, stale or corrupt: the
+ * reason is logged), then the caller scans the segment.
+ */
+int kv_load_hint(kv_store_t *s, uint32_t id);
+
+
+/*
+ * kv_recover.c: takes the data directory lock (KV_ELOCKED if another process
+ * holds it) into sh->lock_fd; kv_recover() calls it, and kvtool repair takes
+ * the lock this way before it touches a store that recovery refuses.
+ */
+int kv_lock_dir(kv_store_t *s);
+
+
+/*
+ * kv_compact.c: run by recovery once the directory is locked: removes the
+ * outputs of a compaction that did not finish (KV_MERGE_FILE lists them)
+ * and any *.tmp file.
+ */
+int kv_compact_cleanup(kv_store_t *s);
+
+/*
+ * The output ids [*first, *last] that KV_MERGE_FILE names: partial copies
+ * that read-only recovery and kvtool must skip.  KV_NOTFOUND if there is
+ * no such file (no compaction was interrupted).
+ */
+int kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last);
+
+
+/* kv_index.c: calls fn for every entry, with the host lock held */
+typedef int (*kv_walk_pt)(void *ctx, const kv_entry_t *e);
+
+int kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
+    void *ctx);
+
+/*
+ * kv_index.c, with the host lock held: a hint that the key is looked up
+ * soon; stage 0 a while before, stage 1 shortly before.
+ */
+void kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, int stage);
+
+
 /* kv_store.c */
 void kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

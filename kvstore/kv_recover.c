@@ -1,8 +1,11 @@
 #define _GNU_SOURCE
 
 /*
- * Recovery: take the directory lock, replay every segment in id order into
- * the index, cut a torn tail off the last segment and open the store.
+ * Recovery: take the directory lock, rebuild the index from each segment in
+ * id order (from its hint file when a usable one exists, else by scanning
+ * it), cut torn tails, refuse mid-segment damage and open the store.  The
+ * segment scanner and listing here serve hint writing, compaction and
+ * kvtool too.
  */
 
 #include <dirent.h>
@@ -27,58 +30,17 @@
 typedef struct {
     kv_store_t     *s;
     int             fd;
-    uint32_t        id;
-    int             last;          /* the active segment: a torn tail is ok */
-    char            path[PATH_MAX];
+    const char     *path;
     uint8_t        *buf;
     size_t          cap;
-    uint64_t        size;          /* of the file when the replay began */
-    uint64_t        end;           /* of the last good frame */
+    uint64_t        size;          /* of the file when the scan began */
+} kv_scan_t;
+
+
+typedef struct {
+    kv_store_t     *s;
+    uint32_t        id;
 } kv_replay_t;
-
-
-static int
-kv_chown(kv_store_t *s, int fd, const char *path)
-{
-    if (s->conf.owner_uid == (uid_t) -1 && s->conf.owner_gid == (gid_t) -1) {
-        return KV_OK;
-    }
-
-    if ((fd >= 0 ? fchown(fd, s->conf.owner_uid, s->conf.owner_gid)
-                 : chown(path, s->conf.owner_uid, s->conf.owner_gid))
-        == -1)
-    {
-        kv_log(s->host, KV_LOG_ERR, errno, "chown(\"%s\", %ld, %ld) failed",
-               path, (long) s->conf.owner_uid, (long) s->conf.owner_gid);
-        return KV_EIO;
-    }
-
-    return KV_OK;
-}
-
-
-static int
-kv_fsync_path(kv_store_t *s, const char *path)
-{
-    int  fd, rc;
-
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-        return KV_EIO;
-    }
-
-    rc = KV_OK;
-
-    if (fsync(fd) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "fsync(\"%s\") failed", path);
-        rc = KV_EIO;
-    }
-
-    close(fd);
-
-    return rc;
-}
 
 
 /* Creates the directory if missing and makes its entry durable. */
@@ -125,41 +87,12 @@ kv_make_dir(kv_store_t *s)
         *slash = '\0';
     }
 
-    rc = kv_fsync_path(s, s->conf.dir);
+    rc = kv_flush(s, -1, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
     }
 
-    return kv_fsync_path(s, parent);
-}
-
-
-/* Opens path read-write, creating it (chowned to the owner) if missing. */
-static int
-kv_open_file(kv_store_t *s, const char *path)
-{
-    int  fd;
-
-    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-
-    if (fd >= 0) {
-        if (kv_chown(s, fd, path) != KV_OK) {
-            close(fd);
-            return -1;
-        }
-
-        return fd;
-    }
-
-    if (errno == EEXIST) {
-        fd = open(path, O_RDWR | O_CLOEXEC);
-    }
-
-    if (fd == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-    }
-
-    return fd;
+    return kv_flush(s, -1, parent);
 }
 
 
@@ -167,7 +100,7 @@ kv_open_file(kv_store_t *s, const char *path)
  * The lock descriptor is never closed: workers inherit it, which keeps the
  * directory locked while any process of this generation lives.
  */
-static int
+int
 kv_lock_dir(kv_store_t *s)
 {
     int   fd, n;
@@ -179,7 +112,15 @@ kv_lock_dir(kv_store_t *s)
 
     snprintf(path, sizeof(path), "%s/" KV_LOCK_FILE, s->conf.dir);
 
-    fd = kv_open_file(s, path);
+    fd = kv_create_file(s, path, O_RDWR);
+
+    if (fd == -1 && errno == EEXIST) {
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        }
+    }
+
     if (fd == -1) {
         return KV_EIO;
     }
@@ -212,9 +153,9 @@ kv_lock_dir(kv_store_t *s)
 }
 
 
-/* Accepts exactly KV_SEGMENT_FMT names; returns the id or 0. */
+/* Accepts exactly ten digits followed by suffix; returns the id or 0. */
 static uint32_t
-kv_segment_id(const char *name)
+kv_file_id(const char *name, const char *suffix)
 {
     int            i;
     unsigned long  id;
@@ -225,7 +166,7 @@ kv_segment_id(const char *name)
         }
     }
 
-    if (strcmp(name + 10, ".kvlog") != 0) {
+    if (strcmp(name + 10, suffix) != 0) {
         return 0;
     }
 
@@ -247,8 +188,7 @@ kv_cmp_id(const void *a, const void *b)
 }
 
 
-/* Lists the segment ids in ascending order into a malloc()ed array. */
-static int
+int
 kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
 {
     DIR            *d;
@@ -268,7 +208,7 @@ kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
     cap = 0;
 
     while ((de = readdir(d)) != NULL) {
-        id = kv_segment_id(de->d_name);
+        id = kv_file_id(de->d_name, ".kvlog");
         if (id == 0) {
             continue;
         }
@@ -282,6 +222,8 @@ kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
                        "memory", s->conf.dir);
                 closedir(d);
                 free(*ids);
+                *ids = NULL;
+                *n = 0;
                 return KV_EIO;
             }
 
@@ -301,50 +243,219 @@ kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
 }
 
 
-/* The first segment of an empty directory, made durable before use. */
+/*
+ * Makes buf[*pos ...] hold at least need bytes unless the file (as long as
+ * it was when the scan began) ends first: moves the unread bytes to the
+ * front, grows the buffer, reads.  *got is the number of bytes read.
+ */
 static int
-kv_create_segment(kv_store_t *s, uint32_t id)
+kv_scan_fill(kv_scan_t *sc, uint64_t *base, size_t *pos, size_t *have,
+    size_t need, size_t *got)
 {
-    int   fd, rc;
-    char  path[PATH_MAX];
+    size_t    want;
+    uint8_t  *p;
+    ssize_t   n;
 
-    kv_segment_path(s, id, path);
+    memmove(sc->buf, sc->buf + *pos, *have - *pos);
+    *base += *pos;
+    *have -= *pos;
+    *pos = 0;
 
-    fd = kv_open_file(s, path);
-    if (fd == -1) {
+    if (need > sc->cap) {
+        p = realloc(sc->buf, need);
+        if (p == NULL) {
+            kv_log(sc->s->host, KV_LOG_ERR, errno, "no memory for a frame of "
+                   "%zu bytes in \"%s\"", need, sc->path);
+            return KV_EIO;
+        }
+
+        sc->buf = p;
+        sc->cap = need;
+    }
+
+    want = sc->cap - *have;
+
+    if (want > sc->size - (*base + *have)) {
+        want = (size_t) (sc->size - (*base + *have));
+    }
+
+    n = kv_pread_full(sc->fd, sc->buf + *have, want, *base + *have);
+    if (n == -1) {
+        kv_log(sc->s->host, KV_LOG_ERR, errno, "reading \"%s\" at offset %"
+               PRIu64 " failed", sc->path, *base + *have);
         return KV_EIO;
     }
 
-    rc = KV_OK;
+    *have += (size_t) n;
+    *got = (size_t) n;
 
-    if (fsync(fd) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "fsync(\"%s\") failed", path);
-        rc = KV_EIO;
-    }
-
-    close(fd);
-
-    return rc == KV_OK ? kv_fsync_path(s, s->conf.dir) : rc;
+    return KV_OK;
 }
 
 
-/* Is there a whole, checksummed frame anywhere after offset from? */
 static int
-kv_valid_frame_after(kv_replay_t *r, uint64_t from, int *found)
+kv_scan_frames(kv_scan_t *sc, uint64_t from, kv_scan_pt fn, void *ctx,
+    uint64_t *end)
 {
-    size_t    len, skip, o, flen;
-    uint8_t  *map;
-    uint64_t  start;
+    int          rc;
+    size_t       pos, have, need, got;
+    uint64_t     base, plen;
+    kv_record_t  rec;
 
-    *found = 0;
+    base = from;
+    pos = 0;
+    have = 0;
+
+    for ( ;; ) {
+        need = KV_FRAME_HEADER;
+
+        if (have - pos >= KV_FRAME_HEADER) {
+            plen = kv_get_le32(sc->buf + pos);
+
+            if (plen == 0 || plen > KV_FRAME_MAX - KV_FRAME_HEADER) {
+                return KV_OK;
+            }
+
+            need += (size_t) plen;
+        }
+
+        if (have - pos < need) {
+            rc = kv_scan_fill(sc, &base, &pos, &have, need, &got);
+            if (rc != KV_OK) {
+                return rc;
+            }
+
+            /* the end of the file, or a frame cut short */
+            if (got == 0) {
+                return KV_OK;
+            }
+
+            continue;
+        }
+
+        if (kv_frame_verify(sc->buf + pos, need) != KV_OK
+            || kv_record_decode(&rec, sc->buf + pos + KV_FRAME_HEADER,
+                                need - KV_FRAME_HEADER)
+               != KV_OK)
+        {
+            return KV_OK;
+        }
+
+        rc = fn(ctx, &rec, base + pos, (uint32_t) need);
+        kv_record_free(&rec);
+
+        if (rc != KV_OK) {
+            return rc;
+        }
+
+        pos += need;
+        *end = base + pos;
+    }
+}
+
+
+int
+kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
+    void *ctx, uint64_t *end, uint64_t *size)
+{
+    int          rc;
+    char         path[PATH_MAX];
+    kv_scan_t    sc;
+    struct stat  st;
+
+    *end = from;
+    *size = 0;
+
+    kv_segment_path(s, id, path);
+
+    sc.s = s;
+    sc.path = path;
+
+    sc.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sc.fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (fstat(sc.fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
+        close(sc.fd);
+        return KV_EIO;
+    }
+
+    sc.size = (uint64_t) st.st_size;
+    *size = sc.size;
+
+    (void) posix_fadvise(sc.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+    sc.cap = KV_READ_BUF;
+    sc.buf = malloc(sc.cap);
+
+    if (sc.buf == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to scan \"%s\"", path);
+        rc = KV_EIO;
+
+    } else {
+        rc = from < sc.size ? kv_scan_frames(&sc, from, fn, ctx, end)
+                            : KV_OK;
+    }
+
+    free(sc.buf);
+    close(sc.fd);
+
+    return rc;
+}
+
+
+int
+kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t *next)
+{
+    int          fd;
+    char         path[PATH_MAX];
+    size_t       len, skip, o, flen;
+    uint8_t     *map;
+    uint64_t     start;
+    struct stat  st;
+
+    *next = 0;
+
+    kv_segment_path(s, id, path);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
+        close(fd);
+        return KV_EIO;
+    }
+
+    if (from + 1 + KV_FRAME_HEADER >= (uint64_t) st.st_size) {
+        close(fd);
+        return KV_OK;
+    }
 
     start = from & ~((uint64_t) sysconf(_SC_PAGESIZE) - 1);
     skip = (size_t) (from - start);
-    len = (size_t) (r->size - start);
+    len = (size_t) ((uint64_t) st.st_size - start);
 
-    map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, r->fd, (off_t) start);
+    map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, (off_t) start);
+    close(fd);
+
     if (map == MAP_FAILED) {
-        kv_log(r->s->host, KV_LOG_ERR, errno, "mmap(\"%s\") failed", r->path);
+        kv_log(s->host, KV_LOG_ERR, errno, "mmap(\"%s\") failed", path);
         return KV_EIO;
     }
 
@@ -352,7 +463,7 @@ kv_valid_frame_after(kv_replay_t *r, uint64_t from, int *found)
         flen = KV_FRAME_HEADER + (size_t) kv_get_le32(map + o);
 
         if (flen <= len - o && kv_frame_verify(map + o, flen) == KV_OK) {
-            *found = 1;
+            *next = start + o;
             break;
         }
     }
@@ -363,70 +474,19 @@ kv_valid_frame_after(kv_replay_t *r, uint64_t from, int *found)
 }
 
 
-/*
- * A bad frame at offset off.  At the end of the active segment it is the
- * torn tail of a write a crash interrupted: cut it.  Anywhere else it is
- * damage to acknowledged data, which must not be dropped silently.
- */
-static int
-kv_bad_frame(kv_replay_t *r, uint64_t off)
-{
-    int          rc, found;
-    kv_store_t  *s;
-
-    s = r->s;
-    found = 0;
-
-    if (r->last) {
-        rc = kv_valid_frame_after(r, off, &found);
-        if (rc != KV_OK) {
-            return rc;
-        }
-    }
-
-    if (!r->last || found) {
-        kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
-               "%" PRIu64 " followed by %s; refusing to start: move the file "
-               "aside or repair it", r->path, off,
-               r->last ? "valid records" : "newer segments");
-        return KV_ECORRUPT;
-    }
-
-    if (ftruncate(r->fd, (off_t) off) == -1 || fdatasync(r->fd) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "truncating \"%s\" to %" PRIu64
-               " failed", r->path, off);
-        return KV_EIO;
-    }
-
-    kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at offset "
-           "%" PRIu64 " (%" PRIu64 " bytes dropped)", r->path, off,
-           r->size - off);
-
-    s->host->lock(s->host->ctx);
-    s->sh->stats.truncated_bytes = r->size - off;
-    s->host->unlock(s->host->ctx);
-
-    r->end = off;
-
-    return KV_OK;
-}
-
-
-static int
-kv_replay_record(kv_replay_t *r, const kv_record_t *rec, uint64_t off,
-    uint32_t flen)
+int
+kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
+    uint64_t off, uint32_t flen)
 {
     int               fresh;
-    char              kbuf[KV_KEY_STR_LEN];
+    char              kbuf[KV_KEY_STR_LEN], path[PATH_MAX];
     kv_ref_t         *link;
     kv_entry_t       *e;
     kv_shared_t      *sh;
     const kv_host_t  *host;
 
-    sh = r->s->sh;
-    host = r->s->host;
-
-    host->lock(host->ctx);
+    sh = s->sh;
+    host = s->host;
 
     if (rec->tombstone) {
         e = kv_index_find(host, sh, rec->key, rec->klen, &link);
@@ -439,15 +499,15 @@ kv_replay_record(kv_replay_t *r, const kv_record_t *rec, uint64_t off,
     } else {
         e = kv_index_reserve(host, sh, rec->key, rec->klen, &fresh);
         if (e == NULL) {
-            host->unlock(host->ctx);
+            kv_segment_path(s, id, path);
             kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys "
                    "in \"%s\" (full at key \"%s\" in \"%s\" at offset %"
-                   PRIu64 ")", r->s->conf.dir,
-                   kv_key_str(rec->key, rec->klen, kbuf), r->path, off);
+                   PRIu64 ")", s->conf.dir,
+                   kv_key_str(rec->key, rec->klen, kbuf), path, off);
             return KV_ENOMEM;
         }
 
-        kv_index_set(host, sh, e, fresh, KV_LOC(r->id, off), flen,
+        kv_index_set(host, sh, e, fresh, KV_LOC(id, off), flen,
                      (uint32_t) rec->vlen, rec->type);
     }
 
@@ -457,172 +517,175 @@ kv_replay_record(kv_replay_t *r, const kv_record_t *rec, uint64_t off,
 
     sh->stats.recovered_records++;
 
-    host->unlock(host->ctx);
+    return KV_OK;
+}
+
+
+static int
+kv_replay_frame(void *ctx, const kv_record_t *rec, uint64_t off,
+    uint32_t flen)
+{
+    int           rc;
+    kv_replay_t  *r;
+
+    r = ctx;
+
+    r->s->host->lock(r->s->host->ctx);
+    rc = kv_replay_apply(r->s, r->id, rec, off, flen);
+    r->s->host->unlock(r->s->host->ctx);
+
+    return rc;
+}
+
+
+/*
+ * Scans segment id into the index and sets *end to the end of its last
+ * good frame.  A bad frame with no valid frame after it is the torn tail
+ * of a write that was never durable (or that the fsync mode allowed to
+ * lose): it is cut off, in any segment.  A bad frame followed by valid
+ * ones is damage to acknowledged data: the store refuses to start rather
+ * than serve an older value of that record's key.
+ */
+static int
+kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
+{
+    int           rc, fd;
+    char          path[PATH_MAX];
+    uint64_t      size, next;
+    kv_replay_t   r;
+
+    r.s = s;
+    r.id = id;
+    kv_segment_path(s, id, path);
+
+    rc = kv_scan_segment(s, id, 0, kv_replay_frame, &r, end, &size);
+
+    if (rc == KV_NOTFOUND) {
+        kv_log(s->host, KV_LOG_ERR, ENOENT, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (*end < size) {
+        rc = kv_valid_frame_after(s, id, *end, &next);
+        if (rc != KV_OK) {
+            return rc == KV_NOTFOUND ? KV_EIO : rc;
+        }
+
+        if (next != 0) {
+            kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at "
+                   "offset %" PRIu64 " followed by valid records; refusing "
+                   "to start: run `kvtool repair %s` (it moves the damaged "
+                   "bytes aside)", path, *end, s->conf.dir);
+            return KV_ECORRUPT;
+        }
+    }
+
+    if (s->conf.read_only) {
+        if (*end < size) {
+            kv_log(s->host, KV_LOG_WARN, 0, "torn tail of \"%s\" at offset "
+                   "%" PRIu64 " (%" PRIu64 " bytes) left as is: read-only",
+                   path, *end, size - *end);
+        }
+
+        return KV_OK;
+    }
+
+    /*
+     * A kill -9 leaves written pages in the page cache: flushed here, all
+     * that recovery found is durable.
+     */
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (*end < size && ftruncate(fd, (off_t) *end) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "truncating \"%s\" to %" PRIu64
+               " failed", path, *end);
+        close(fd);
+        return KV_EIO;
+    }
+
+    rc = kv_flush(s, fd, path);
+    close(fd);
+
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (*end < size) {
+        kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
+               "offset %" PRIu64 " (%" PRIu64 " bytes dropped)", path, *end,
+               size - *end);
+
+        s->host->lock(s->host->ctx);
+        s->sh->stats.truncated_bytes += size - *end;
+        s->host->unlock(s->host->ctx);
+    }
 
     return KV_OK;
 }
 
 
 /*
- * Makes buf[*pos ...] hold at least need bytes unless the file ends first:
- * moves the unread bytes to the front, grows the buffer, reads.
+ * Hint files of segments that are gone, or of the newest segment (which
+ * has none while it is active), and unfinished hint writes describe
+ * nothing: remove them.
  */
-static int
-kv_replay_fill(kv_replay_t *r, uint64_t *base, size_t *pos, size_t *have,
-    size_t need)
+static void
+kv_remove_orphans(kv_store_t *s, const uint32_t *ids, size_t n)
 {
-    uint8_t  *p;
-    ssize_t   n;
+    DIR            *d;
+    char            path[PATH_MAX];
+    uint32_t        id;
+    struct dirent  *de;
 
-    memmove(r->buf, r->buf + *pos, *have - *pos);
-    *base += *pos;
-    *have -= *pos;
-    *pos = 0;
-
-    if (need > r->cap) {
-        p = realloc(r->buf, need);
-        if (p == NULL) {
-            kv_log(r->s->host, KV_LOG_ERR, errno, "no memory for a frame of "
-                   "%zu bytes in \"%s\"", need, r->path);
-            return KV_EIO;
-        }
-
-        r->buf = p;
-        r->cap = need;
+    d = opendir(s->conf.dir);
+    if (d == NULL) {
+        kv_log(s->host, KV_LOG_WARN, errno, "opendir(\"%s\") failed",
+               s->conf.dir);
+        return;
     }
 
-    n = kv_pread_full(r->fd, r->buf + *have, r->cap - *have, *base + *have);
-    if (n == -1) {
-        kv_log(r->s->host, KV_LOG_ERR, errno, "reading \"%s\" at offset %"
-               PRIu64 " failed", r->path, *base + *have);
-        return KV_EIO;
-    }
+    while ((de = readdir(d)) != NULL) {
+        id = kv_file_id(de->d_name, ".kvhint");
 
-    *have += (size_t) n;
-
-    return KV_OK;
-}
-
-
-static int
-kv_replay_frames(kv_replay_t *r)
-{
-    int          rc;
-    size_t       pos, have, need;
-    uint64_t     base, plen;
-    kv_record_t  rec;
-
-    base = 0;
-    pos = 0;
-    have = 0;
-
-    for ( ;; ) {
-        need = KV_FRAME_HEADER;
-
-        if (have - pos >= KV_FRAME_HEADER) {
-            plen = kv_get_le32(r->buf + pos);
-
-            if (plen == 0 || plen > KV_FRAME_MAX - KV_FRAME_HEADER) {
-                return kv_bad_frame(r, base + pos);
-            }
-
-            need += (size_t) plen;
-        }
-
-        if (have - pos < need) {
-            rc = kv_replay_fill(r, &base, &pos, &have, need);
-            if (rc != KV_OK) {
-                return rc;
-            }
-
-            if (have == 0) {
-                return KV_OK;
-            }
-
-            if (have < need) {
-                return kv_bad_frame(r, base);
-            }
-
+        if (id != 0
+            && bsearch(&id, ids, n - 1, sizeof(uint32_t), kv_cmp_id) != NULL)
+        {
             continue;
         }
 
-        if (kv_frame_verify(r->buf + pos, need) != KV_OK
-            || kv_record_decode(&rec, r->buf + pos + KV_FRAME_HEADER,
-                                need - KV_FRAME_HEADER)
-               != KV_OK)
-        {
-            return kv_bad_frame(r, base + pos);
+        if (id == 0 && kv_file_id(de->d_name, ".kvhint" KV_TMP_SUFFIX) == 0) {
+            continue;
         }
 
-        rc = kv_replay_record(r, &rec, base + pos, (uint32_t) need);
-        kv_record_free(&rec);
+        snprintf(path, sizeof(path), "%s/%s", s->conf.dir, de->d_name);
 
-        if (rc != KV_OK) {
-            return rc;
+        if (unlink(path) == -1) {
+            kv_log(s->host, KV_LOG_WARN, errno, "unlink(\"%s\") failed",
+                   path);
+
+        } else {
+            kv_log(s->host, KV_LOG_INFO, 0, "removed \"%s\": its segment is "
+                   "gone, active or the write was interrupted", path);
         }
-
-        pos += need;
-        r->end = base + pos;
     }
+
+    closedir(d);
 }
 
 
+/* Locks the directory and tidies it up: nothing of this in read-only mode */
 static int
-kv_replay_segment(kv_replay_t *r, uint32_t id, int last)
+kv_prepare_dir(kv_store_t *s)
 {
-    int          rc;
-    struct stat  st;
-
-    r->id = id;
-    r->last = last;
-    r->end = 0;
-    kv_segment_path(r->s, id, r->path);
-
-    r->fd = open(r->path, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-    if (r->fd == -1) {
-        kv_log(r->s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", r->path);
-        return KV_EIO;
-    }
-
-    if (fstat(r->fd, &st) == -1) {
-        kv_log(r->s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed",
-               r->path);
-        rc = KV_EIO;
-
-    } else {
-        r->size = (uint64_t) st.st_size;
-        rc = kv_replay_frames(r);
-    }
-
-    close(r->fd);
-
-    return rc;
-}
-
-
-int
-kv_recover(kv_store_t *s)
-{
-    int               rc;
-    size_t            i, n;
-    uint32_t         *ids, first;
-    uint64_t          records, keys;
-    kv_replay_t       r;
-    kv_shared_t      *sh;
-    struct timespec   t0, t1;
-    const kv_host_t  *host;
-
-    sh = s->sh;
-    host = s->host;
-
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-
-    /* room for "/LOCK" or "/" KV_SEGMENT_FMT, so no path is ever cut */
-    if (strlen(s->conf.dir) + sizeof("/0000000000.kvlog") > PATH_MAX) {
-        kv_log(host, KV_LOG_ERR, 0, "data directory path \"%s\" is too long",
-               s->conf.dir);
-        return KV_EINVAL;
-    }
+    int  rc;
 
     rc = kv_make_dir(s);
     if (rc != KV_OK) {
@@ -634,64 +697,158 @@ kv_recover(kv_store_t *s)
         return rc;
     }
 
+    return kv_compact_cleanup(s);
+}
+
+
+/*
+ * A read-only recovery leaves an interrupted compaction alone: its outputs
+ * (MERGE names them) are incomplete copies that cleanup would delete, so
+ * they are not replayed.
+ */
+static size_t
+kv_skip_merge_outputs(kv_store_t *s, uint32_t *ids, size_t n)
+{
+    size_t    i, k;
+    uint32_t  first, last;
+
+    if (kv_merge_outputs(s, &first, &last) != KV_OK) {
+        return n;
+    }
+
+    for (i = 0, k = 0; i < n; i++) {
+        if (ids[i] < first || ids[i] > last) {
+            ids[k++] = ids[i];
+        }
+    }
+
+    return k;
+}
+
+
+int
+kv_recover(kv_store_t *s)
+{
+    int               rc;
+    char              path[PATH_MAX];
+    size_t            i, n;
+    uint32_t         *ids, hints, scans;
+    uint64_t          records, keys, end, ms;
+    kv_shared_t      *sh;
+    struct timespec   t0, t1;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+
+    /* room for "/" KV_HINT_FMT KV_TMP_SUFFIX, so no path is ever cut */
+    if (strlen(s->conf.dir) + sizeof("/0000000000.kvhint.tmp") > PATH_MAX) {
+        kv_log(host, KV_LOG_ERR, 0, "data directory path \"%s\" is too long",
+               s->conf.dir);
+        return KV_EINVAL;
+    }
+
+    if (!s->conf.read_only) {
+        rc = kv_prepare_dir(s);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
     rc = kv_list_segments(s, &ids, &n);
     if (rc != KV_OK) {
         return rc;
     }
 
-    if (n == 0) {
-        first = 1;
-        rc = kv_create_segment(s, first);
+    if (s->conf.read_only) {
+        n = kv_skip_merge_outputs(s, ids, n);
+    }
+
+    if (n == 0 && !s->conf.read_only) {
+        host->lock(host->ctx);
+        rc = kv_roll(s, 1);
+        host->unlock(host->ctx);
+
+        if (rc == KV_OK) {
+            rc = kv_list_segments(s, &ids, &n);
+        }
+
         if (rc != KV_OK) {
             return rc;
         }
-
-        ids = &first;
-        n = 1;
     }
 
-    memset(&r, 0, sizeof(r));
-    r.s = s;
-    r.cap = KV_READ_BUF;
-    r.buf = malloc(r.cap);
-
-    if (r.buf == NULL) {
-        kv_log(host, KV_LOG_ERR, errno, "no memory to recover \"%s\"",
-               s->conf.dir);
-        rc = KV_EIO;
+    if (n > 0 && !s->conf.read_only) {
+        kv_remove_orphans(s, ids, n);
     }
 
-    for (i = 0; rc == KV_OK && i < n; i++) {
-        rc = kv_replay_segment(&r, ids[i], i == n - 1);
+    hints = 0;
+    scans = 0;
+    end = 0;
+
+    for (i = 0; i < n; i++) {
+        if (i < n - 1) {
+            rc = kv_load_hint(s, ids[i]);
+
+            if (rc == KV_OK) {
+                hints++;
+                continue;
+            }
+
+            if (rc != KV_NOTFOUND) {
+                break;
+            }
+        }
+
+        rc = kv_recover_segment(s, ids[i], &end);
+        if (rc != KV_OK) {
+            break;
+        }
+
+        scans++;
+
+        if (i < n - 1) {
+            kv_segment_path(s, ids[i], path);
+            kv_log(host, KV_LOG_NOTICE, 0, "no usable hint for \"%s\", "
+                   "scanned it", path);
+        }
     }
 
-    free(r.buf);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000
+                     + (t1.tv_nsec - t0.tv_nsec) / 1000000);
 
-    if (ids != &first) {
-        free(ids);
+    host->lock(host->ctx);
+
+    if (rc == KV_OK) {
+        sh->segment = n ? ids[n - 1] : 0;
+        sh->write_off = end;
+        sh->first_segment = n ? ids[0] : 0;
+        sh->synced = KV_LOC(sh->segment, end);
+        sh->stats.segments = n;
+        sh->open = 1;
     }
+
+    sh->stats.recovery_ms = ms;
+    sh->stats.recovery_hints = hints;
+    sh->stats.recovery_scans = scans;
+    records = sh->stats.recovered_records;
+    keys = sh->stats.keys;
+
+    host->unlock(host->ctx);
+
+    free(ids);
+    kv_store_close(s);
 
     if (rc != KV_OK) {
         return rc;
     }
 
-    host->lock(host->ctx);
-    sh->segment = r.id;
-    sh->write_off = r.end;
-    sh->open = 1;
-    records = sh->stats.recovered_records;
-    keys = sh->stats.keys;
-    host->unlock(host->ctx);
-
-    kv_store_close(s);
-
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-
     kv_log(host, KV_LOG_NOTICE, 0, "recovered %" PRIu64 " records, %" PRIu64
-           " keys from %zu segments in \"%s\" in %ld ms",
-           records, keys, n, s->conf.dir,
-           (long) ((t1.tv_sec - t0.tv_sec) * 1000
-                   + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+           " keys from %zu segments in \"%s\" (%u from hints, %u scanned) in "
+           "%" PRIu64 " ms", records, keys, n, s->conf.dir, hints, scans, ms);
 
     return KV_OK;
 }

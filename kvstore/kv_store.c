@@ -1,9 +1,10 @@
 #define _GNU_SOURCE
 
 /*
- * Appends, lookups and reads.  Appends go to the active segment at the
- * shared write offset, with the host lock held from the index check to the
- * index update, so records and index change in the same order everywhere.
+ * Appends, lookups, reads and durability.  Appends go to the active segment
+ * at the shared write offset, with the host lock held from the index check
+ * to the index update, so records and index change in the same order
+ * everywhere.  Each handle caches descriptors of the segments it touches.
  */
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "kv_internal.h"
 
@@ -99,6 +101,129 @@ kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 }
 
 
+/* The return code for a failed write's errno. */
+static int
+kv_write_rc(int err)
+{
+    return (err == ENOSPC || err == EDQUOT || err == EFBIG) ? KV_ENOSPC
+                                                            : KV_EIO;
+}
+
+
+int
+kv_chown(kv_store_t *s, int fd, const char *path)
+{
+    if (s->conf.owner_uid == (uid_t) -1 && s->conf.owner_gid == (gid_t) -1) {
+        return KV_OK;
+    }
+
+    if ((fd >= 0 ? fchown(fd, s->conf.owner_uid, s->conf.owner_gid)
+                 : chown(path, s->conf.owner_uid, s->conf.owner_gid))
+        == -1)
+    {
+        kv_log(s->host, KV_LOG_ERR, errno, "chown(\"%s\", %ld, %ld) failed",
+               path, (long) s->conf.owner_uid, (long) s->conf.owner_gid);
+        return KV_EIO;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_create_file(kv_store_t *s, const char *path, int flags)
+{
+    int  fd, err;
+
+    fd = open(path, flags | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+
+    if (fd == -1) {
+        if (errno != EEXIST) {
+            kv_log(s->host, KV_LOG_ERR, errno, "creating \"%s\" failed",
+                   path);
+        }
+
+        return -1;
+    }
+
+    if (kv_chown(s, fd, path) != KV_OK) {
+        err = errno;
+        close(fd);
+        unlink(path);
+        errno = err;
+        return -1;
+    }
+
+    return fd;
+}
+
+
+int
+kv_flush(kv_store_t *s, int fd, const char *path)
+{
+    int          rc, own;
+    struct stat  st;
+
+    own = (fd == -1);
+
+    if (own) {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
+                   "failed", path);
+            return KV_EIO;
+        }
+    }
+
+    if (s->host->sync != NULL) {
+        rc = s->host->sync(s->host->ctx, fd, path);
+
+    } else if (fstat(fd, &st) == -1) {
+        rc = -1;
+
+    } else {
+        /* fdatasync() skips the inode times; a directory needs fsync() */
+        rc = S_ISDIR(st.st_mode) ? fsync(fd) : fdatasync(fd);
+    }
+
+    if (rc == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "flushing \"%s\" to stable "
+               "storage failed", path);
+    }
+
+    if (own) {
+        close(fd);
+    }
+
+    return rc == -1 ? KV_EIO : KV_OK;
+}
+
+
+/* Caches fd as segment's, evicting round-robin when every slot is taken. */
+static int
+kv_fd_add(kv_store_t *s, uint32_t segment, int fd)
+{
+    uint32_t  i;
+
+    for (i = 0; i < KV_FD_CACHE; i++) {
+        if (s->fds[i].segment == 0) {
+            break;
+        }
+    }
+
+    if (i == KV_FD_CACHE) {
+        i = s->fd_next;
+        s->fd_next = (i + 1) % KV_FD_CACHE;
+        close(s->fds[i].fd);
+    }
+
+    s->fds[i].segment = segment;
+    s->fds[i].fd = fd;
+
+    return fd;
+}
+
+
 /*
  * Segments never change once written, so a cached descriptor stays valid.
  * Returns -1 with errno set; the caller logs with its context.
@@ -106,14 +231,18 @@ kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 static int
 kv_segment_fd(kv_store_t *s, uint32_t segment)
 {
-    int   fd;
-    char  path[PATH_MAX];
+    int        fd;
+    char       path[PATH_MAX];
+    uint32_t   i;
 
-    if (s->fd >= 0 && s->fd_segment == segment) {
-        return s->fd;
+    kv_store_sweep(s);
+
+    for (i = 0; i < KV_FD_CACHE; i++) {
+        if (s->fds[i].segment == segment) {
+            return s->fds[i].fd;
+        }
     }
 
-    kv_store_close(s);
     kv_segment_path(s, segment, path);
 
     fd = open(path, O_RDWR | O_CLOEXEC);
@@ -121,10 +250,77 @@ kv_segment_fd(kv_store_t *s, uint32_t segment)
         return -1;
     }
 
-    s->fd = fd;
-    s->fd_segment = segment;
+    return kv_fd_add(s, segment, fd);
+}
 
-    return fd;
+
+/*
+ * Compaction deletes the segments below first_segment: an open descriptor
+ * would keep their disk space.  Lock-free like kv_read().
+ */
+void
+kv_store_sweep(kv_store_t *s)
+{
+    kv_fd_t   *f;
+    uint32_t   i, first;
+
+    first = __atomic_load_n(&s->sh->first_segment, __ATOMIC_RELAXED);
+
+    for (i = 0; i < KV_FD_CACHE; i++) {
+        f = &s->fds[i];
+
+        if (f->segment != 0 && f->segment < first) {
+            close(f->fd);
+            f->segment = 0;
+            f->fd = -1;
+        }
+    }
+}
+
+
+int
+kv_roll(kv_store_t *s, uint32_t next)
+{
+    int           fd;
+    char          path[PATH_MAX];
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+    kv_segment_path(s, next, path);
+
+    if (next <= sh->segment || next > KV_SEGMENT_MAX) {
+        kv_log(s->host, KV_LOG_ERR, 0, "cannot roll over from segment %u to "
+               "\"%s\" (ids end at %u)", sh->segment, path, KV_SEGMENT_MAX);
+        return KV_EINVAL;
+    }
+
+    fd = kv_create_file(s, path, O_RDWR);
+
+    if (fd == -1) {
+        if (errno == EEXIST) {
+            kv_log(s->host, KV_LOG_ERR, EEXIST, "rolling over to \"%s\" "
+                   "failed", path);
+        }
+
+        return kv_write_rc(errno);
+    }
+
+    /* the file must be durable, and its name, before a record goes in */
+    if (kv_flush(s, fd, path) != KV_OK
+        || kv_flush(s, -1, s->conf.dir) != KV_OK)
+    {
+        close(fd);
+        sh->sync_failed = 1;
+        return KV_EIO;
+    }
+
+    kv_fd_add(s, next, fd);
+
+    sh->segment = next;
+    sh->write_off = 0;
+    sh->stats.segments++;
+
+    return KV_OK;
 }
 
 
@@ -168,26 +364,65 @@ kv_write_frame(int fd, const kv_frame_t *f, uint64_t off)
 
 
 /*
- * Writes rec at the end of the active segment.  On failure the segment is
- * cut back to its previous end, so no partial record survives.
+ * Writes rec at the end of the active segment, rolling over to a new one
+ * first when the record would take the active one past segment_size (a
+ * record bigger than that goes alone into a fresh segment: records are
+ * never split).  On failure the segment is cut back to its previous end,
+ * so no partial record survives.
  */
 static int
 kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
     uint32_t *flen)
 {
-    int           fd, err;
+    int           fd, rc, err;
     char          path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
-    uint64_t      off;
+    uint64_t      off, limit;
     kv_frame_t    frame;
     kv_shared_t  *sh;
 
     sh = s->sh;
-    off = sh->write_off;
+
+    if (s->conf.read_only) {
+        kv_log(s->host, KV_LOG_ERR, 0, "refused to append key \"%s\": the "
+               "store in \"%s\" is open read-only",
+               kv_key_str(rec->key, rec->klen, kbuf), s->conf.dir);
+        return KV_EUNAVAIL;
+    }
+
+    if (sh->sync_failed) {
+        kv_log(s->host, KV_LOG_ERR, 0, "refused to append key \"%s\" to "
+               "\"%s\": a flush to stable storage failed earlier, restart "
+               "to recover", kv_key_str(rec->key, rec->klen, kbuf),
+               s->conf.dir);
+        return KV_EIO;
+    }
 
     if (kv_frame_encode(&frame, rec) != KV_OK) {
         kv_log(s->host, KV_LOG_ERR, 0, "encoding the record of key \"%s\" "
                "failed", kv_key_str(rec->key, rec->klen, kbuf));
         return KV_EINVAL;
+    }
+
+    limit = s->conf.segment_size ? s->conf.segment_size
+                                 : KV_SEGMENT_SIZE_DEFAULT;
+
+    if (sh->write_off > 0 && sh->write_off + frame.flen > limit) {
+        rc = kv_roll(s, sh->segment + 1);
+        if (rc != KV_OK) {
+            sh->stats.write_errors++;
+            return rc;
+        }
+    }
+
+    off = sh->write_off;
+    kv_segment_path(s, sh->segment, path);
+
+    if (off + frame.flen > (uint64_t) 1 << KV_LOC_OFFSET_BITS) {
+        kv_log(s->host, KV_LOG_ERR, 0, "appending key \"%s\" to \"%s\" at "
+               "offset %" PRIu64 " would pass the 1 TiB limit of a segment",
+               kv_key_str(rec->key, rec->klen, kbuf), path, off);
+        sh->stats.write_errors++;
+        return KV_ENOSPC;
     }
 
     fd = kv_segment_fd(s, sh->segment);
@@ -198,12 +433,12 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
 
         *loc = KV_LOC(sh->segment, off);
         *flen = (uint32_t) frame.flen;
+        s->written = KV_LOC(sh->segment, sh->write_off);
 
         return KV_OK;
     }
 
     err = errno;
-    kv_segment_path(s, sh->segment, path);
 
     kv_log(s->host, KV_LOG_ERR, err, "appending %zu bytes to \"%s\" at "
            "offset %" PRIu64 " for key \"%s\" failed", frame.flen, path, off,
@@ -217,8 +452,7 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
 
     sh->stats.write_errors++;
 
-    return (err == ENOSPC || err == EDQUOT || err == EFBIG) ? KV_ENOSPC
-                                                            : KV_EIO;
+    return kv_write_rc(err);
 }
 
 
@@ -414,6 +648,14 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
     }
 
     fd = kv_segment_fd(s, loc->segment);
+
+    if (fd == -1 && errno == ENOENT) {
+        /* compaction moved the record and deleted its segment */
+        kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" is gone, the record at "
+               "offset %" PRIu64 " moved", path, loc->offset);
+        return KV_ESTALE;
+    }
+
     n = fd != -1 ? kv_pread_full(fd, buf, loc->flen, loc->offset) : -1;
 
     if (n == -1) {
@@ -430,6 +672,118 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
     }
 
     return KV_OK;
+}
+
+
+/*
+ * The lock guards the shared positions only: flushes run without it, so
+ * any number of handles may sync at once and appends go on meanwhile.
+ */
+int
+kv_sync(kv_store_t *s, uint64_t *durable)
+{
+    int               fd, rc, failed;
+    char              path[PATH_MAX];
+    uint32_t          id, last;
+    uint64_t          from, target;
+    kv_shared_t      *sh;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+
+    host->lock(host->ctx);
+
+    rc = kv_check_open(s);
+    failed = sh->sync_failed;
+    from = sh->synced;
+    target = KV_LOC(sh->segment, sh->write_off);
+    *durable = from;
+
+    host->unlock(host->ctx);
+
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (failed) {
+        kv_log(host, KV_LOG_ERR, 0, "a flush of \"%s\" to stable storage "
+               "failed earlier: no later write is durable until a restart",
+               s->conf.dir);
+        return KV_EIO;
+    }
+
+    if (from >= target) {
+        return KV_OK;
+    }
+
+    last = (uint32_t) (target >> KV_LOC_OFFSET_BITS);
+    failed = 0;
+
+    for (id = (uint32_t) (from >> KV_LOC_OFFSET_BITS); id <= last; id++) {
+        fd = kv_segment_fd(s, id);
+
+        if (fd == -1) {
+            /*
+             * A compaction deleted it (after flushing the copies of its
+             * records), or reserved the id and left it unused.
+             */
+            if (errno == ENOENT
+                && (id < last
+                    || id < __atomic_load_n(&sh->first_segment,
+                                            __ATOMIC_RELAXED)))
+            {
+                continue;
+            }
+
+            kv_segment_path(s, id, path);
+            kv_log(host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
+                   "failed", path);
+            rc = KV_EIO;
+            break;
+        }
+
+        kv_segment_path(s, id, path);
+
+        rc = kv_flush(s, fd, path);
+        if (rc != KV_OK) {
+            failed = 1;
+            break;
+        }
+    }
+
+    host->lock(host->ctx);
+
+    if (failed) {
+        /* the kernel may have dropped the dirty pages: never pretend */
+        sh->sync_failed = 1;
+
+    } else if (rc == KV_OK) {
+        if (target > sh->synced) {
+            sh->synced = target;
+        }
+
+        sh->stats.fsyncs++;
+    }
+
+    *durable = sh->synced;
+
+    host->unlock(host->ctx);
+
+    return rc;
+}
+
+
+int
+kv_durable(kv_store_t *s, uint64_t pos)
+{
+    int  rc;
+
+    s->host->lock(s->host->ctx);
+    rc = s->sh->sync_failed ? KV_EIO : pos <= s->sh->synced;
+    s->host->unlock(s->host->ctx);
+
+    return rc;
 }
 
 
@@ -464,6 +818,10 @@ kv_strerror(int rc)
         return "invalid key or value size";
     case KV_EUNAVAIL:
         return "the store is not open";
+    case KV_EBUSY:
+        return "a compaction is already running";
+    case KV_ESTALE:
+        return "the record moved";
     default:
         return "unknown error";
     }
@@ -474,19 +832,33 @@ void
 kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     const kv_conf_t *conf)
 {
+    uint32_t  i;
+
     s->sh = sh;
     s->host = host;
     s->conf = *conf;
-    s->fd = -1;
-    s->fd_segment = 0;
+    s->fd_next = 0;
+    s->written = 0;
+
+    for (i = 0; i < KV_FD_CACHE; i++) {
+        s->fds[i].segment = 0;
+        s->fds[i].fd = -1;
+    }
 }
 
 
 void
 kv_store_close(kv_store_t *s)
 {
-    if (s->fd >= 0) {
-        close(s->fd);
-        s->fd = -1;
+    uint32_t  i;
+
+    for (i = 0; i < KV_FD_CACHE; i++) {
+        if (s->fds[i].segment != 0) {
+            close(s->fds[i].fd);
+            s->fds[i].segment = 0;
+            s->fds[i].fd = -1;
+        }
     }
+
+    s->fd_next = 0;
 }

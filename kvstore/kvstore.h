@@ -34,6 +34,9 @@
 #define KV_ELOCKED    -6     /* the data directory is locked by another process */
 #define KV_EINVAL     -7     /* bad argument (key or value size) */
 #define KV_EUNAVAIL   -8     /* the store is not open */
+#define KV_EBUSY      -9     /* a compaction is already running */
+#define KV_ESTALE     -10    /* the record moved (compaction): look it up
+                                again */
 
 /* log levels, mapped by the host onto its own */
 #define KV_LOG_ERR     1
@@ -56,7 +59,25 @@
 
 /* file names inside the data directory */
 #define KV_LOCK_FILE     "LOCK"
-#define KV_SEGMENT_FMT   "%010u.kvlog"
+#define KV_SEGMENT_FMT   "%010u.kvlog"     /* ids from 1, in write order */
+#define KV_HINT_FMT      "%010u.kvhint"    /* index of an immutable segment */
+#define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
+#define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
+
+/* fsync policies */
+#define KV_FSYNC_OFF       0   /* write(2): survives a process crash */
+#define KV_FSYNC_INTERVAL  1   /* the host calls kv_sync() periodically */
+#define KV_FSYNC_ALWAYS    2   /* acknowledge once kv_durable() says so */
+
+/*
+ * Defaults.  64 MiB segments bound the part of the log that start-up must
+ * scan without a hint file to well under a second, and let compaction give
+ * space back in steps of that size.  Compaction starts when half of the
+ * data is dead or 512 MiB are (Bitcask merges at 60% or 512 MB).
+ */
+#define KV_SEGMENT_SIZE_DEFAULT        (64 * 1024 * 1024)
+#define KV_COMPACT_DEAD_PCT_DEFAULT    50
+#define KV_COMPACT_DEAD_BYTES_DEFAULT  (512ull * 1024 * 1024)
 
 
 /*
@@ -81,6 +102,13 @@ typedef struct {
 
     /* err is an errno value (0 if none); msg is a complete sentence. */
     void     (*log)(void *ctx, int level, int err, const char *msg);
+
+    /*
+     * Optional (NULL: fdatasync() for files, fsync() for directories):
+     * every flush to stable storage goes through it, so tests can record
+     * the order and inject failures.  Returns 0 or -1 with errno set.
+     */
+    int      (*sync)(void *ctx, int fd, const char *path);
 } kv_host_t;
 
 
@@ -114,6 +142,13 @@ typedef struct {
     uint64_t  write_errors;
     uint64_t  recovered_records;
     uint64_t  truncated_bytes; /* torn tail cut at the last recovery */
+    uint64_t  segments;        /* segment files in the directory */
+    uint64_t  fsyncs;          /* kv_sync() flushes */
+    uint64_t  compactions;     /* completed */
+    uint64_t  reclaimed_bytes; /* by compactions */
+    uint64_t  recovery_ms;     /* duration of the last recovery */
+    uint32_t  recovery_hints;  /* segments it loaded from hint files */
+    uint32_t  recovery_scans;  /* segments it scanned */
 } kv_stats_t;
 
 
@@ -129,6 +164,11 @@ typedef struct {
     uint32_t    max_value;
     int         lock_fd;       /* the data directory lock, held by the
                                   process that recovered the store */
+    uint32_t    first_segment; /* no segment below it exists any more */
+    uint64_t    synced;        /* KV_LOC: all before it is durable */
+    uint32_t    sync_failed;   /* an fsync failed: nothing later is
+                                  durable, appends are refused */
+    int32_t     compactor;     /* pid running a compaction, or 0 */
     kv_stats_t  stats;
 } kv_shared_t;
 
@@ -139,15 +179,35 @@ typedef struct {
     uint32_t            max_value;
     uid_t               owner_uid; /* chown created files and the directory */
     gid_t               owner_gid; /* to these ids; (uid_t) -1: leave as is */
+    uint64_t            segment_size;       /* roll over past this size */
+    unsigned            fsync;              /* KV_FSYNC_* */
+    uint32_t            compact_dead_pct;   /* compaction thresholds */
+    uint64_t            compact_dead_bytes;
+    unsigned            read_only;          /* recovery changes nothing
+                                               and takes no lock (tools) */
 } kv_conf_t;
 
 
+#define KV_FD_CACHE  8
+
+typedef struct {
+    uint32_t            segment;   /* 0: free slot */
+    int                 fd;
+} kv_fd_t;
+
+
+/*
+ * One per process and per thread: descriptors are cached per handle, so a
+ * thread-pool task uses a handle of its own.
+ */
 typedef struct {
     kv_shared_t        *sh;
     const kv_host_t    *host;
     kv_conf_t           conf;
-    int                 fd;        /* the active segment, opened lazily */
-    uint32_t            fd_segment;
+    kv_fd_t             fds[KV_FD_CACHE];  /* segments, opened lazily */
+    uint32_t            fd_next;           /* round-robin eviction */
+    uint64_t            written;   /* KV_LOC end of this handle's last
+                                      append, for kv_durable() */
 } kv_store_t;
 
 
@@ -165,6 +225,12 @@ void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
 
 /* Closes the per-process descriptors (not the directory lock). */
 void kv_store_close(kv_store_t *s);
+
+/*
+ * Closes the cached descriptors of segments a compaction deleted, so that
+ * their disk space is freed even by a handle that reads nothing more.
+ */
+void kv_store_sweep(kv_store_t *s);
 
 /*
  * Creates the directory if missing, takes its lock (KV_ELOCKED if another
@@ -194,6 +260,48 @@ int kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc);
  * a record never changes once written.
  */
 int kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf);
+
+/*
+ * Makes every record appended so far durable: flushes each segment from
+ * sh->synced to the current end (a finished segment once, the active one
+ * up to now) and advances sh->synced.  Blocking: nginx runs it in a thread
+ * pool.  Sets *durable to the position now durable.  A failed flush may
+ * have dropped dirty pages, so it sets sh->sync_failed: this and every
+ * later call fail with KV_EIO and appends are refused until a restart.
+ */
+int kv_sync(kv_store_t *s, uint64_t *durable);
+
+/* 1 if everything before pos (a KV_LOC) is durable, 0 if not yet,
+ * KV_EIO after a failed flush. */
+int kv_durable(kv_store_t *s, uint64_t pos);
+
+/* 1 if the dead-data thresholds call for a compaction. */
+int kv_compact_due(kv_store_t *s);
+
+/*
+ * Claims the store's one compaction: KV_OK, or KV_EBUSY while another live
+ * process runs one (a claim left by a dead pid is taken over).
+ */
+int kv_compact_begin(kv_store_t *s);
+
+/*
+ * Run after kv_compact_begin(), blocking (a thread or a tool): rolls the
+ * active segment, copies the live records of every older segment into new
+ * segments (with hint files) numbered between them and the new active one,
+ * points each index entry that still refers to an old copy at the new one,
+ * and deletes the old segments.  Tombstones are dropped: every older
+ * segment is merged.  A kill at any moment leaves a store that recovers
+ * with every acknowledged write and no resurrected key.  Releases the
+ * claim.
+ */
+int kv_compact(kv_store_t *s);
+
+/*
+ * Writes the missing hint file of each immutable segment (the segment is
+ * flushed first, so a hint never describes data that is not durable).
+ * Blocking.
+ */
+int kv_write_hints(kv_store_t *s);
 
 /* Copies the counters under the lock. */
 void kv_stats(kv_store_t *s, kv_stats_t *stats);

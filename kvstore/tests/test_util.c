@@ -14,6 +14,8 @@
 char  kv_test_log_msg[KV_LOG_INFO + 1][1024];
 int   kv_test_log_count[KV_LOG_INFO + 1];
 
+int  (*kv_test_sync)(void *ctx, int fd, const char *path);
+
 
 static void
 kv_test_log(void *ctx, int level, int err, const char *msg)
@@ -83,6 +85,19 @@ kv_test_host(kv_test_store_t *t, size_t zone_size)
 
     kv_arena_host(t->arena, &t->host);
     t->host.log = kv_test_log;
+    t->host.sync = kv_test_sync;
+}
+
+
+void
+kv_test_conf(kv_conf_t *conf, const char *dir)
+{
+    memset(conf, 0, sizeof(kv_conf_t));
+    conf->dir = dir;
+    conf->max_key = 1024;
+    conf->max_value = 16 * 1024 * 1024;
+    conf->owner_uid = (uid_t) -1;
+    conf->owner_gid = (gid_t) -1;
 }
 
 
@@ -92,19 +107,23 @@ kv_test_open(kv_test_store_t *t, const char *dir, size_t zone_size,
 {
     kv_conf_t  conf;
 
+    kv_test_conf(&conf, dir);
+
+    return kv_test_open_conf(t, &conf, zone_size, nbuckets);
+}
+
+
+int
+kv_test_open_conf(kv_test_store_t *t, const kv_conf_t *conf,
+    size_t zone_size, uint32_t nbuckets)
+{
     kv_test_host(t, zone_size);
 
-    t->sh = kv_shared_create(&t->host, nbuckets, 1024, 16 * 1024 * 1024);
+    t->sh = kv_shared_create(&t->host, nbuckets, conf->max_key,
+                             conf->max_value);
     assert_non_null(t->sh);
 
-    memset(&conf, 0, sizeof(conf));
-    conf.dir = dir;
-    conf.max_key = 1024;
-    conf.max_value = 16 * 1024 * 1024;
-    conf.owner_uid = (uid_t) -1;
-    conf.owner_gid = (gid_t) -1;
-
-    kv_store_init(&t->s, t->sh, &t->host, &conf);
+    kv_store_init(&t->s, t->sh, &t->host, conf);
 
     return kv_recover(&t->s);
 }

@@ -33,6 +33,9 @@ extern int   kv_test_log_count[KV_LOG_INFO + 1];
 
 void kv_test_log_reset(void);
 
+/* host->sync of the hosts kv_test_host() makes from now on (NULL: none) */
+extern int  (*kv_test_sync)(void *ctx, int fd, const char *path);
+
 /* A fresh directory under $TMPDIR (or /tmp) into dir[PATH_MAX]. */
 void kv_test_mkdtemp(char *dir);
 
@@ -48,6 +51,13 @@ void kv_test_host(kv_test_store_t *t, size_t zone_size);
  */
 int kv_test_open(kv_test_store_t *t, const char *dir, size_t zone_size,
     uint32_t nbuckets);
+
+/* The configuration kv_test_open() uses: 1024-byte keys, 16 MiB values. */
+void kv_test_conf(kv_conf_t *conf, const char *dir);
+
+/* kv_test_open() with a configuration of the caller's. */
+int kv_test_open_conf(kv_test_store_t *t, const kv_conf_t *conf,
+    size_t zone_size, uint32_t nbuckets);
 
 /* Closes the store and its lock, as the owning process exiting would. */
 void kv_test_close(kv_test_store_t *t);

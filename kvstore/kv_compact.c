@@ -1,0 +1,1119 @@
+#define _GNU_SOURCE
+
+/*
+ * Compaction (merge): copies the live records of every segment up to the
+ * active one into new segments and deletes the old ones.
+ *
+ *  1. Under the lock: A = the active segment; the inputs are every segment
+ *     <= A (listed and measured under the lock: metadata only, and a roll
+ *     flushes the directory under it anyway); K = ceil(input bytes /
+ *     segment_size) + 1 output ids are reserved by rolling the log to
+ *     A + K + 1.  An output rolls over once it reaches
+ *     segment_size, so every output but the last holds at least
+ *     segment_size bytes of the inputs' live data and K always suffices.
+ *  2. MERGE ("outputs FIRST LAST\ninputs ID...\n") is written as MERGE.tmp,
+ *     flushed, renamed and the directory flushed, before any output exists.
+ *  3. Each put record of each input (in id order) whose index entry still
+ *     points exactly at it is re-read raw and appended to the current
+ *     output: same bytes, sequence number and checksum.  The lock is held
+ *     for the index check only, never across I/O.  Tombstones are not
+ *     copied: every older segment is an input, so no older put of their
+ *     key survives the compaction (FIELD-NOTES rule 8).
+ *  4. Each output is flushed and gets a hint file; the directory is
+ *     flushed; MERGE is removed and the directory flushed: from then on
+ *     the outputs are part of the store.
+ *  5. The outputs are scanned again and each index entry that still points
+ *     at the old copy is pointed at the new one (batches per lock hold).
+ *  6. first_segment moves past the inputs (readers drop their descriptors
+ *     of them; a reader with an old location gets KV_ESTALE and looks up
+ *     again, one with an open descriptor reads the unlinked file: no byte a
+ *     response may send ever changes), then the inputs are unlinked in
+ *     ascending order, the directory flushed after each.
+ *  7. Counters; the claim is released on every path.
+ *
+ * Memory: 8 bytes per copied record (its old location; the new one and the
+ * key come back from the scan of step 5), a 1 MiB output buffer (or one
+ * frame if bigger) and a 64 KiB batch of keys for the swaps.
+ *
+ * A kill -9 at any moment (recovery replays segments in id order: inputs,
+ * outputs, then the new active segment A + K + 1, so a newer write wins):
+ *  - before MERGE exists: no output exists; the roll only added an empty
+ *    segment.  MERGE.tmp is a *.tmp file, which recovery deletes.
+ *  - while MERGE exists (outputs partial or complete, unreferenced: swaps
+ *    come later): recovery deletes the outputs MERGE lists, then MERGE;
+ *    the inputs are untouched and complete.
+ *  - after MERGE is gone (during swaps or unlinks): the outputs are
+ *    complete and durable copies of records that were the newest of their
+ *    key in the inputs.  Any key whose newest record is a put in the inputs
+ *    has it copied, replayed after every input; a key deleted or
+ *    overwritten during the compaction has that newer record in A + K + 1,
+ *    replayed last.  Inputs are unlinked oldest first, so those left are a
+ *    suffix: a tombstone they lack had all older puts of its key in
+ *    already deleted inputs, and nothing resurrects.
+ * A power cut adds nothing: each step is flushed before the next begins,
+ * and the directory is flushed after each unlink, so deletions land in
+ * order.  A compactor that dies in a running store leaves its pid as the
+ * claim; the next kv_compact_begin() takes it over and kv_compact() first
+ * deletes the outputs that the dead one's MERGE lists (no entry refers to
+ * them); without MERGE, its inputs and outputs are all inputs of the next
+ * one, and inputs it left below first_segment are deleted.
+ *
+ * Automatic compaction (kv_compact_due): dead_bytes >= compact_dead_bytes,
+ * or dead_pct of the data dead once at least one segment's worth is dead.
+ * A compaction rewrites every live byte and uses K + 1 segment ids, so a
+ * smaller store churning a few keys would otherwise recompact on every
+ * check and exhaust the ids; below a segment's worth the directory would
+ * not even lose a file.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "kv_internal.h"
+
+
+#define KV_COMPACT_BUF   (1024 * 1024)   /* output write buffer */
+#define KV_SWAP_KEYS     (64 * 1024)     /* >= KV_MAX_KEY_LIMIT */
+#define KV_SWAP_BATCH    512             /* swaps per lock hold */
+
+
+typedef struct {
+    uint64_t          old;
+    uint64_t          loc;
+    uint32_t          key;               /* offset in keys */
+    uint16_t          klen;
+} kv_swap_t;
+
+
+typedef struct {
+    kv_store_t       *s;
+
+    uint32_t         *ids;               /* inputs, ascending */
+    size_t            nids;
+    uint32_t          first;             /* first_segment: ids below it are
+                                            left by a dead compactor and
+                                            only deleted */
+    uint64_t          in_bytes;          /* of all the inputs */
+
+    uint32_t          first_out;         /* the reserved output ids */
+    uint32_t          last_out;
+    uint32_t          out;               /* current output, 0: none yet */
+    int               out_fd;
+    uint64_t          out_size;          /* of out, buffered bytes too */
+    uint64_t          out_bytes;         /* of all outputs */
+    uint8_t          *buf;               /* frames not yet written */
+    size_t            buf_len;
+    size_t            buf_cap;
+
+    uint32_t          scan;              /* the segment being scanned */
+    int               in_fd;             /* the input being copied */
+
+    uint64_t         *moved;             /* old location of each copy */
+    size_t            nmoved;
+    size_t            moved_cap;
+
+    size_t            swapped;           /* moved[] entries seen in step 5 */
+    size_t            stale;             /* copies overwritten meanwhile */
+    kv_swap_t         batch[KV_SWAP_BATCH];
+    size_t            nbatch;
+    uint8_t          *keys;              /* KV_SWAP_KEYS bytes */
+    size_t            keys_len;
+} kv_compact_t;
+
+
+static void
+kv_compact_path(const kv_store_t *s, const char *name, char path[PATH_MAX])
+{
+    snprintf(path, PATH_MAX, "%s/%s", s->conf.dir, name);
+}
+
+
+/* KV_OK, KV_NOTFOUND if there was no such file, or KV_EIO (logged) */
+static int
+kv_compact_unlink(kv_store_t *s, const char *path)
+{
+    if (unlink(path) == 0) {
+        return KV_OK;
+    }
+
+    if (errno == ENOENT) {
+        return KV_NOTFOUND;
+    }
+
+    kv_log(s->host, KV_LOG_ERR, errno, "unlink(\"%s\") failed", path);
+
+    return KV_EIO;
+}
+
+
+/*
+ * Unlinks a segment and its hint, the hint first: a hint never outlives
+ * its segment.  Returns what unlinking the segment did.
+ */
+static int
+kv_compact_drop(kv_store_t *s, uint32_t id)
+{
+    char  path[PATH_MAX];
+
+    kv_hint_path(s, id, "", path);
+
+    if (kv_compact_unlink(s, path) == KV_EIO) {
+        return KV_EIO;
+    }
+
+    kv_segment_path(s, id, path);
+
+    return kv_compact_unlink(s, path);
+}
+
+
+/* Counts segment files created and deleted by the running store. */
+static void
+kv_compact_count(kv_store_t *s, uint64_t created, uint64_t deleted)
+{
+    kv_stats_t  *st;
+
+    st = &s->sh->stats;
+
+    s->host->lock(s->host->ctx);
+    st->segments += created;
+    st->segments -= st->segments < deleted ? st->segments : deleted;
+    s->host->unlock(s->host->ctx);
+}
+
+
+/* Creates path; unlike kv_create_file(), logs an existing file too. */
+static int
+kv_compact_create(kv_store_t *s, const char *path)
+{
+    int  fd;
+
+    fd = kv_create_file(s, path, O_WRONLY);
+
+    if (fd == -1 && errno == EEXIST) {
+        kv_log(s->host, KV_LOG_ERR, EEXIST, "creating \"%s\" failed", path);
+    }
+
+    return fd;
+}
+
+
+/* KV_ECORRUPT if MERGE cannot be parsed: written by rename, it is whole */
+int
+kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last)
+{
+    int       fd;
+    char      path[PATH_MAX], buf[64];
+    ssize_t   n;
+
+    kv_compact_path(s, KV_MERGE_FILE, path);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    n = kv_pread_full(fd, (uint8_t *) buf, sizeof(buf) - 1, 0);
+    close(fd);
+
+    if (n == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "reading \"%s\" failed", path);
+        return KV_EIO;
+    }
+
+    buf[n] = '\0';
+
+    if (sscanf(buf, "outputs %" SCNu32 " %" SCNu32, first, last) != 2
+        || *first == 0 || *first > *last || *last > KV_SEGMENT_MAX)
+    {
+        kv_log(s->host, KV_LOG_ERR, 0, "\"%s\" is damaged: it must start "
+               "with \"outputs FIRST LAST\"; delete the segments of the "
+               "interrupted compaction it names and the file itself", path);
+        return KV_ECORRUPT;
+    }
+
+    return KV_OK;
+}
+
+
+/*
+ * Deletes the outputs of a compaction that did not finish, then MERGE.
+ * Sound only while MERGE exists: no index entry refers to an output yet.
+ * *removed counts the segment files deleted.
+ */
+static int
+kv_merge_remove(kv_store_t *s, uint64_t *removed)
+{
+    int       rc;
+    char      path[PATH_MAX];
+    uint32_t  first, last, id;
+
+    *removed = 0;
+
+    rc = kv_merge_outputs(s, &first, &last);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    for (id = first; id <= last; id++) {
+        rc = kv_compact_drop(s, id);
+
+        if (rc == KV_OK) {
+            (*removed)++;
+
+        } else if (rc != KV_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    /* the outputs must be gone for good before MERGE stops naming them */
+    rc = kv_flush(s, -1, s->conf.dir);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    kv_compact_path(s, KV_MERGE_FILE, path);
+
+    rc = kv_compact_unlink(s, path);
+    if (rc != KV_EIO) {
+        rc = kv_flush(s, -1, s->conf.dir);
+    }
+
+    if (rc == KV_OK) {
+        kv_log(s->host, KV_LOG_WARN, 0, "removed the outputs of an "
+               "interrupted compaction in \"%s\" (segments %u to %u, %"
+               PRIu64 " files)", s->conf.dir, first, last, *removed);
+    }
+
+    return rc;
+}
+
+
+int
+kv_compact_cleanup(kv_store_t *s)
+{
+    int             rc, found;
+    char            path[PATH_MAX];
+    size_t          len, slen;
+    uint64_t        removed;
+    struct dirent  *de;
+    DIR            *d;
+
+    rc = kv_merge_remove(s, &removed);
+    if (rc != KV_OK && rc != KV_NOTFOUND) {
+        return rc;
+    }
+
+    d = opendir(s->conf.dir);
+    if (d == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "opendir(\"%s\") failed",
+               s->conf.dir);
+        return KV_EIO;
+    }
+
+    rc = KV_OK;
+    found = 0;
+    slen = sizeof(KV_TMP_SUFFIX) - 1;
+
+    while ((de = readdir(d)) != NULL) {
+        len = strlen(de->d_name);
+
+        if (len <= slen
+            || strcmp(de->d_name + len - slen, KV_TMP_SUFFIX) != 0)
+        {
+            continue;
+        }
+
+        kv_compact_path(s, de->d_name, path);
+
+        if (kv_compact_unlink(s, path) == KV_EIO) {
+            rc = KV_EIO;
+            break;
+        }
+
+        kv_log(s->host, KV_LOG_WARN, 0, "removed \"%s\", left by an "
+               "interrupted write", path);
+        found = 1;
+    }
+
+    closedir(d);
+
+    if (rc == KV_OK && found) {
+        rc = kv_flush(s, -1, s->conf.dir);
+    }
+
+    return rc;
+}
+
+
+int
+kv_compact_due(kv_store_t *s)
+{
+    int                due;
+    uint64_t           dead, live, floor, bytes, pct;
+    kv_shared_t       *sh;
+    const kv_conf_t   *conf;
+
+    sh = s->sh;
+    conf = &s->conf;
+
+    pct = conf->compact_dead_pct ? conf->compact_dead_pct
+                                 : KV_COMPACT_DEAD_PCT_DEFAULT;
+    bytes = conf->compact_dead_bytes ? conf->compact_dead_bytes
+                                     : KV_COMPACT_DEAD_BYTES_DEFAULT;
+    floor = conf->segment_size ? conf->segment_size
+                               : KV_SEGMENT_SIZE_DEFAULT;
+
+    s->host->lock(s->host->ctx);
+
+    dead = sh->stats.dead_bytes;
+    live = sh->stats.live_bytes;
+
+    due = sh->open && sh->compactor == 0 && sh->stats.segments > 1
+          && (dead >= bytes
+              || (dead >= floor && dead * 100 >= pct * (live + dead)));
+
+    s->host->unlock(s->host->ctx);
+
+    return due;
+}
+
+
+int
+kv_compact_begin(kv_store_t *s)
+{
+    int           rc;
+    pid_t         pid;
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+
+    s->host->lock(s->host->ctx);
+
+    pid = sh->compactor;
+
+    if (!sh->open) {
+        rc = KV_EUNAVAIL;
+
+    } else if (pid != 0 && (kill(pid, 0) == 0 || errno == EPERM)) {
+        rc = KV_EBUSY;
+
+    } else {
+        sh->compactor = getpid();
+        rc = KV_OK;
+    }
+
+    s->host->unlock(s->host->ctx);
+
+    if (rc == KV_OK && pid != 0) {
+        kv_log(s->host, KV_LOG_WARN, 0, "took over the compaction of \"%s\" "
+               "from process %ld, which is gone", s->conf.dir, (long) pid);
+    }
+
+    return rc;
+}
+
+
+/*
+ * Step 1, with the lock held: lists and measures the inputs, reserves the
+ * output ids and rolls the log past them.
+ */
+static int
+kv_compact_start(kv_compact_t *c)
+{
+    int           rc;
+    char          path[PATH_MAX];
+    size_t        i;
+    uint64_t      a, k, copy, seg;
+    kv_store_t   *s;
+    kv_shared_t  *sh;
+    struct stat   st;
+
+    s = c->s;
+    sh = s->sh;
+
+    if (!sh->open) {
+        return KV_EUNAVAIL;
+    }
+
+    a = sh->segment;
+    c->first = sh->first_segment;
+
+    rc = kv_list_segments(s, &c->ids, &c->nids);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    /* every id <= a exists: a segment is created, then made active */
+    while (c->nids > 0 && c->ids[c->nids - 1] > a) {
+        c->nids--;
+    }
+
+    copy = 0;
+
+    for (i = 0; i < c->nids; i++) {
+        kv_segment_path(s, c->ids[i], path);
+
+        if (stat(path, &st) == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "stat(\"%s\") failed", path);
+            return KV_EIO;
+        }
+
+        c->in_bytes += (uint64_t) st.st_size;
+
+        if (c->ids[i] >= c->first) {
+            copy += (uint64_t) st.st_size;
+        }
+    }
+
+    seg = s->conf.segment_size ? s->conf.segment_size
+                               : KV_SEGMENT_SIZE_DEFAULT;
+    k = (copy + seg - 1) / seg + 1;
+
+    if (a + k + 1 > KV_SEGMENT_MAX) {
+        kv_log(s->host, KV_LOG_ERR, 0, "compacting \"%s\" needs segment "
+               "ids past %u: the store has used them all", s->conf.dir,
+               KV_SEGMENT_MAX);
+        return KV_EINVAL;
+    }
+
+    c->first_out = a + 1;
+    c->last_out = (uint32_t) (a + k);
+
+    return kv_roll(s, c->last_out + 1);
+}
+
+
+/* Step 2: MERGE names the outputs before the first one exists. */
+static int
+kv_merge_write(kv_compact_t *c)
+{
+    int          fd, rc;
+    char         tmp[PATH_MAX], path[PATH_MAX], *text;
+    size_t       i, len, cap;
+    kv_store_t  *s;
+
+    s = c->s;
+
+    cap = 64 + c->nids * 11;
+    text = malloc(cap);
+    if (text == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to compact \"%s\"",
+               s->conf.dir);
+        return KV_EIO;
+    }
+
+    len = (size_t) snprintf(text, cap, "outputs %u %u\ninputs",
+                            c->first_out, c->last_out);
+
+    for (i = 0; i < c->nids; i++) {
+        len += (size_t) snprintf(text + len, cap - len, " %u", c->ids[i]);
+    }
+
+    text[len++] = '\n';
+
+    kv_compact_path(s, KV_MERGE_FILE KV_TMP_SUFFIX, tmp);
+    kv_compact_path(s, KV_MERGE_FILE, path);
+
+    /* a compactor that died may have left one */
+    rc = kv_compact_unlink(s, tmp);
+
+    fd = -1;
+
+    if (rc != KV_EIO) {
+        fd = kv_compact_create(s, tmp);
+        rc = fd == -1 ? KV_EIO : KV_OK;
+    }
+
+    if (rc == KV_OK && write(fd, text, len) != (ssize_t) len) {
+        kv_log(s->host, KV_LOG_ERR, errno, "writing %zu bytes to \"%s\" "
+               "failed", len, tmp);
+        rc = KV_EIO;
+    }
+
+    free(text);
+
+    if (rc == KV_OK) {
+        rc = kv_flush(s, fd, tmp);
+    }
+
+    if (fd != -1) {
+        close(fd);
+    }
+
+    if (rc == KV_OK && rename(tmp, path) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") failed",
+               tmp, path);
+        rc = KV_EIO;
+    }
+
+    if (rc == KV_OK) {
+        return kv_flush(s, -1, s->conf.dir);
+    }
+
+    if (fd != -1) {
+        unlink(tmp);
+    }
+
+    return rc;
+}
+
+
+/* Writes the buffered frames at the end of the current output. */
+static int
+kv_output_write(kv_compact_t *c)
+{
+    char      path[PATH_MAX];
+    size_t    done;
+    ssize_t   n;
+    uint64_t  off;
+
+    off = c->out_size - c->buf_len;
+
+    for (done = 0; done < c->buf_len; done += (size_t) n) {
+        n = pwrite(c->out_fd, c->buf + done, c->buf_len - done,
+                   (off_t) (off + done));
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                n = 0;
+                continue;
+            }
+
+            kv_segment_path(c->s, c->out, path);
+            kv_log(c->s->host, KV_LOG_ERR, errno, "writing %zu bytes to "
+                   "\"%s\" at offset %" PRIu64 " failed", c->buf_len - done,
+                   path, off + done);
+
+            return (errno == ENOSPC || errno == EDQUOT) ? KV_ENOSPC : KV_EIO;
+        }
+    }
+
+    c->buf_len = 0;
+
+    return KV_OK;
+}
+
+
+/* Completes the current output: written and flushed. */
+static int
+kv_output_close(kv_compact_t *c)
+{
+    int   rc;
+    char  path[PATH_MAX];
+
+    rc = kv_output_write(c);
+
+    if (rc == KV_OK) {
+        kv_segment_path(c->s, c->out, path);
+        rc = kv_flush(c->s, c->out_fd, path);
+    }
+
+    close(c->out_fd);
+    c->out_fd = -1;
+    c->out_bytes += c->out_size;
+
+    return rc;
+}
+
+
+static int
+kv_output_next(kv_compact_t *c)
+{
+    int   rc;
+    char  path[PATH_MAX];
+
+    if (c->out_fd != -1) {
+        rc = kv_output_close(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    c->out = c->out ? c->out + 1 : c->first_out;
+    c->out_size = 0;
+
+    kv_segment_path(c->s, c->out, path);
+
+    if (c->out > c->last_out) {
+        /* cannot happen: K bounds the outputs (see the top) */
+        kv_log(c->s->host, KV_LOG_ERR, 0, "compaction needs \"%s\", past "
+               "the %u output ids it reserved", path,
+               c->last_out - c->first_out + 1);
+        return KV_EINVAL;
+    }
+
+    c->out_fd = kv_compact_create(c->s, path);
+    if (c->out_fd == -1) {
+        return KV_EIO;
+    }
+
+    kv_compact_count(c->s, 1, 0);
+
+    return KV_OK;
+}
+
+
+/* Appends the frame at off of the current input, byte for byte. */
+static int
+kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
+    uint32_t flen)
+{
+    int        rc;
+    char       path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
+    size_t     cap;
+    uint8_t   *p;
+    ssize_t    n;
+    uint64_t  *m, seg;
+
+    seg = c->s->conf.segment_size ? c->s->conf.segment_size
+                                  : KV_SEGMENT_SIZE_DEFAULT;
+
+    if (c->out == 0 || c->out_size >= seg) {
+        rc = kv_output_next(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    if (c->buf_cap - c->buf_len < flen) {
+        rc = kv_output_write(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    if (c->buf_cap < flen) {
+        p = realloc(c->buf, flen);
+        if (p == NULL) {
+            goto nomem;
+        }
+
+        c->buf = p;
+        c->buf_cap = flen;
+    }
+
+    if (c->nmoved == c->moved_cap) {
+        cap = 2 * c->moved_cap + 4096;
+
+        m = realloc(c->moved, cap * sizeof(uint64_t));
+        if (m == NULL) {
+            goto nomem;
+        }
+
+        c->moved = m;
+        c->moved_cap = cap;
+    }
+
+    n = kv_pread_full(c->in_fd, c->buf + c->buf_len, flen, off);
+
+    if (n != (ssize_t) flen
+        || kv_frame_verify(c->buf + c->buf_len, flen) != KV_OK)
+    {
+        kv_segment_path(c->s, c->scan, path);
+        kv_log(c->s->host, KV_LOG_ERR, n == -1 ? errno : 0, "re-reading the "
+               "record of key \"%s\" in \"%s\" at offset %" PRIu64 " (%u "
+               "bytes) failed", kv_key_str(rec->key, rec->klen, kbuf), path,
+               off, flen);
+        return n == -1 ? KV_EIO : KV_ECORRUPT;
+    }
+
+    c->buf_len += flen;
+    c->out_size += flen;
+    c->moved[c->nmoved++] = KV_LOC(c->scan, off);
+
+    return KV_OK;
+
+nomem:
+
+    kv_log(c->s->host, KV_LOG_ERR, errno, "no memory to copy the record of "
+           "key \"%s\" (%u bytes)", kv_key_str(rec->key, rec->klen, kbuf),
+           flen);
+
+    return KV_EIO;
+}
+
+
+/* Step 3, for each record of an input: copies it if it is live. */
+static int
+kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
+    uint32_t flen)
+{
+    int                live;
+    kv_entry_t        *e;
+    kv_compact_t      *c;
+    const kv_host_t   *host;
+
+    c = ctx;
+    host = c->s->host;
+
+    if (rec->tombstone) {
+        return KV_OK;
+    }
+
+    host->lock(host->ctx);
+    e = kv_index_find(host, c->s->sh, rec->key, rec->klen, NULL);
+    live = (e != NULL && e->loc == KV_LOC(c->scan, off));
+    host->unlock(host->ctx);
+
+    return live ? kv_compact_copy(c, rec, off, flen) : KV_OK;
+}
+
+
+/* Calls fn for every record of segment id; a bad frame is an error. */
+static int
+kv_compact_scan(kv_compact_t *c, uint32_t id, kv_scan_pt fn)
+{
+    int       rc;
+    char      path[PATH_MAX];
+    uint64_t  end, size;
+
+    rc = kv_scan_segment(c->s, id, 0, fn, c, &end, &size);
+
+    if (rc == KV_OK && end < size) {
+        kv_segment_path(c->s, id, path);
+        kv_log(c->s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at "
+               "offset %" PRIu64 ": compaction stopped, nothing deleted",
+               path, end);
+        rc = KV_ECORRUPT;
+    }
+
+    return rc;
+}
+
+
+/* Steps 3 and 4: the outputs, complete and durable, then MERGE removed. */
+static int
+kv_compact_outputs(kv_compact_t *c)
+{
+    int          rc;
+    char         path[PATH_MAX];
+    size_t       i;
+    uint32_t     id;
+    kv_store_t  *s;
+
+    s = c->s;
+
+    c->buf_cap = KV_COMPACT_BUF;
+    c->buf = malloc(c->buf_cap);
+    if (c->buf == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to compact \"%s\"",
+               s->conf.dir);
+        return KV_EIO;
+    }
+
+    for (i = 0; i < c->nids; i++) {
+        if (c->ids[i] < c->first) {
+            continue;
+        }
+
+        c->scan = c->ids[i];
+        kv_segment_path(s, c->scan, path);
+
+        c->in_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (c->in_fd == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+            return KV_EIO;
+        }
+
+        rc = kv_compact_scan(c, c->scan, kv_compact_record);
+
+        close(c->in_fd);
+        c->in_fd = -1;
+
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    if (c->out_fd != -1) {
+        rc = kv_output_close(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    /* a hint only saves a scan at start-up: its failure is logged only */
+    for (id = c->first_out; c->out != 0 && id <= c->out; id++) {
+        (void) kv_write_hint(s, id);
+    }
+
+    rc = kv_flush(s, -1, s->conf.dir);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    kv_compact_path(s, KV_MERGE_FILE, path);
+
+    if (unlink(path) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "unlink(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    return kv_flush(s, -1, s->conf.dir);
+}
+
+
+/* Step 5: points the entries of a batch at the copies, if still current. */
+static void
+kv_swap_batch(kv_compact_t *c)
+{
+    size_t             i;
+    kv_swap_t         *w;
+    kv_entry_t        *e;
+    const kv_host_t   *host;
+
+    host = c->s->host;
+
+    host->lock(host->ctx);
+
+    for (i = 0; i < c->nbatch; i++) {
+        w = &c->batch[i];
+        e = kv_index_find(host, c->s->sh, c->keys + w->key, w->klen, NULL);
+
+        if (e != NULL && e->loc == w->old) {
+            e->loc = w->loc;
+
+        } else {
+            c->stale++;
+        }
+    }
+
+    host->unlock(host->ctx);
+
+    c->nbatch = 0;
+    c->keys_len = 0;
+}
+
+
+/* Step 5, for each record of an output: the key, with its old location. */
+static int
+kv_swap_record(void *ctx, const kv_record_t *rec, uint64_t off,
+    uint32_t flen)
+{
+    char           path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
+    kv_swap_t     *w;
+    kv_compact_t  *c;
+
+    (void) flen;
+
+    c = ctx;
+
+    if (c->swapped == c->nmoved) {
+        kv_segment_path(c->s, c->scan, path);
+        kv_log(c->s->host, KV_LOG_ERR, 0, "\"%s\" holds an unexpected "
+               "record of key \"%s\" at offset %" PRIu64, path,
+               kv_key_str(rec->key, rec->klen, kbuf), off);
+        return KV_ECORRUPT;
+    }
+
+    if (c->nbatch == KV_SWAP_BATCH || KV_SWAP_KEYS - c->keys_len < rec->klen) {
+        kv_swap_batch(c);
+    }
+
+    w = &c->batch[c->nbatch++];
+    w->old = c->moved[c->swapped++];
+    w->loc = KV_LOC(c->scan, off);
+    w->key = (uint32_t) c->keys_len;
+    w->klen = (uint16_t) rec->klen;
+
+    memcpy(c->keys + c->keys_len, rec->key, rec->klen);
+    c->keys_len += rec->klen;
+
+    return KV_OK;
+}
+
+
+static int
+kv_compact_swap(kv_compact_t *c)
+{
+    int       rc;
+    uint32_t  id;
+
+    c->keys = malloc(KV_SWAP_KEYS);
+    if (c->keys == NULL) {
+        kv_log(c->s->host, KV_LOG_ERR, errno, "no memory to compact \"%s\"",
+               c->s->conf.dir);
+        return KV_EIO;
+    }
+
+    for (id = c->first_out; c->out != 0 && id <= c->out; id++) {
+        c->scan = id;
+
+        rc = kv_compact_scan(c, id, kv_swap_record);
+
+        kv_swap_batch(c);
+
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    if (c->swapped != c->nmoved) {
+        kv_log(c->s->host, KV_LOG_ERR, 0, "the outputs of the compaction of "
+               "\"%s\" hold %zu of the %zu records copied", c->s->conf.dir,
+               c->swapped, c->nmoved);
+        return KV_ECORRUPT;
+    }
+
+    return KV_OK;
+}
+
+
+/*
+ * Step 6: the inputs go, oldest first and one directory flush each, so
+ * those left after a crash are always the newest ones (see the top).
+ */
+static int
+kv_compact_drop_inputs(kv_compact_t *c, uint64_t *dropped)
+{
+    int          rc;
+    size_t       i;
+    kv_store_t  *s;
+
+    s = c->s;
+
+    s->host->lock(s->host->ctx);
+    s->sh->first_segment = c->first_out;
+    s->host->unlock(s->host->ctx);
+
+    *dropped = 0;
+
+    for (i = 0; i < c->nids; i++) {
+        rc = kv_compact_drop(s, c->ids[i]);
+        if (rc == KV_EIO) {
+            return rc;
+        }
+
+        *dropped += (rc == KV_OK);
+
+        rc = kv_flush(s, -1, s->conf.dir);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_compact(kv_store_t *s)
+{
+    int            rc;
+    uint64_t       removed, dropped, reclaimed;
+    kv_shared_t   *sh;
+    kv_compact_t  *c;
+
+    sh = s->sh;
+
+    s->host->lock(s->host->ctx);
+    rc = (sh->compactor == getpid()) ? KV_OK : KV_EINVAL;
+    s->host->unlock(s->host->ctx);
+
+    if (rc != KV_OK) {
+        kv_log(s->host, KV_LOG_ERR, 0, "kv_compact(\"%s\") without "
+               "kv_compact_begin()", s->conf.dir);
+        return rc;
+    }
+
+    c = calloc(1, sizeof(kv_compact_t));
+    if (c == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to compact \"%s\"",
+               s->conf.dir);
+        rc = KV_EIO;
+        goto release;
+    }
+
+    c->s = s;
+    c->out_fd = -1;
+    c->in_fd = -1;
+
+    /* the outputs of a compactor that died, whose claim was taken over */
+    rc = kv_merge_remove(s, &removed);
+    kv_compact_count(s, 0, removed);
+
+    if (rc == KV_OK || rc == KV_NOTFOUND) {
+        s->host->lock(s->host->ctx);
+        rc = kv_compact_start(c);
+        s->host->unlock(s->host->ctx);
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_merge_write(c);
+
+        if (rc == KV_OK) {
+            rc = kv_compact_outputs(c);
+        }
+
+        if (c->out_fd != -1) {
+            close(c->out_fd);
+        }
+
+        /* undo: MERGE, while it exists, names the outputs to remove */
+        if (rc != KV_OK) {
+            (void) kv_merge_remove(s, &removed);
+            kv_compact_count(s, 0, removed);
+        }
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_compact_swap(c);
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_compact_drop_inputs(c, &dropped);
+        kv_compact_count(s, 0, dropped);
+    }
+
+    if (rc == KV_OK) {
+        s->host->lock(s->host->ctx);
+        reclaimed = c->in_bytes - c->out_bytes;
+        sh->stats.dead_bytes -= sh->stats.dead_bytes < reclaimed
+                                ? sh->stats.dead_bytes : reclaimed;
+        sh->stats.reclaimed_bytes += reclaimed;
+        sh->stats.compactions++;
+        s->host->unlock(s->host->ctx);
+
+        kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u of "
+               "\"%s\" into %u segments: %zu records kept (%zu overwritten "
+               "meanwhile), %" PRIu64 " of %" PRIu64 " bytes reclaimed",
+               c->first_out - 1, s->conf.dir,
+               c->out ? c->out - c->first_out + 1 : 0, c->nmoved, c->stale,
+               c->in_bytes - c->out_bytes, c->in_bytes);
+
+    } else {
+        kv_log(s->host, KV_LOG_ERR, 0, "compaction of \"%s\" failed (%s); "
+               "its inputs are kept", s->conf.dir, kv_strerror(rc));
+    }
+
+    free(c->ids);
+    free(c->buf);
+    free(c->moved);
+    free(c->keys);
+    free(c);
+
+    /* descriptors of deleted inputs would keep their disk space */
+    kv_store_close(s);
+
+release:
+
+    s->host->lock(s->host->ctx);
+    sh->compactor = 0;
+    s->host->unlock(s->host->ctx);
+
+    return rc;
+}

@@ -1,0 +1,676 @@
+#define _GNU_SOURCE
+
+/*
+ * Hint files: the index of an immutable segment, so that start-up reads a
+ * few bytes per key instead of every value.  DIR/KV_HINT_FMT describes
+ * segment KV_SEGMENT_FMT of the same id; all integers little-endian:
+ *
+ *   header   u32 magic "HINT", u32 version (1), u32 segment id, u32 zero,
+ *            u64 size of the segment in bytes
+ *   entries  one per frame of the segment, in file order:
+ *              u8      flags: bit 0 tombstone, bits 1-2 content type
+ *              varint  key length
+ *              varint  value length
+ *              varint  frame length - header - key length - value length
+ *                      (the protobuf tags and varints of the record)
+ *              varint  zigzag(seq - seq of the previous entry), the first
+ *                      entry's relative to 0 (compaction reorders seqs)
+ *              bytes   the key
+ *   trailer  u64 number of entries, u64 XXH3-64 of all the bytes before it
+ *
+ * A frame's offset is not stored: frames follow each other from offset 0,
+ * so it is the sum of the frame lengths before it, and the sum of them all
+ * is the segment size.  A 16-byte key costs 21 bytes.
+ *
+ * A hint is written only from a flushed segment, to a temporary file that
+ * is flushed, renamed and its directory flushed.  Any doubt at load time
+ * (another size, a checksum mismatch, a malformed entry) means scanning the
+ * segment instead.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#define XXH_STATIC_LINKING_ONLY    /* XXH3_state_t on the stack */
+#include <xxhash.h>
+
+#include "kv_internal.h"
+
+
+#define KV_HINT_MAGIC    0x544e4948u    /* "HINT" */
+#define KV_HINT_VERSION  1
+#define KV_HINT_HEADER   24
+#define KV_HINT_TRAILER  16
+
+/* flags, three varints and the key, at most */
+#define KV_HINT_ENTRY_MAX  (1 + 3 * 10 + 10 + KV_MAX_KEY_LIMIT)
+
+#define KV_HINT_BUF      (1024 * 1024)
+
+/* entries applied per hold of the host lock */
+#define KV_HINT_BATCH    4096
+
+/* how far ahead of the entry being applied buckets are prefetched */
+#define KV_HINT_AHEAD    16
+
+
+typedef struct {
+    kv_store_t     *s;
+    int             fd;
+    const char     *path;
+    uint8_t        *buf;
+    size_t          used;
+    uint64_t        count;
+    uint64_t        seq;            /* of the previous entry */
+    XXH3_state_t    hash;
+} kv_hint_writer_t;
+
+
+/* suffix: "" or KV_TMP_SUFFIX */
+void
+kv_hint_path(const kv_store_t *s, uint32_t id, const char *suffix,
+    char path[PATH_MAX])
+{
+    snprintf(path, PATH_MAX, "%s/" KV_HINT_FMT "%s", s->conf.dir, id, suffix);
+}
+
+
+static uint8_t *
+kv_put_le(uint8_t *p, uint64_t v, int n)
+{
+    int  i;
+
+    for (i = 0; i < n; i++) {
+        *p++ = (uint8_t) (v >> (8 * i));
+    }
+
+    return p;
+}
+
+
+static uint8_t *
+kv_put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t) (v | 0x80);
+        v >>= 7;
+    }
+
+    *p++ = (uint8_t) v;
+
+    return p;
+}
+
+
+static const uint8_t *
+kv_get_varint(const uint8_t *p, const uint8_t *end, uint64_t *v)
+{
+    int       shift;
+    uint64_t  x;
+
+    x = 0;
+
+    for (shift = 0; shift < 64; shift += 7) {
+        if (p == end) {
+            return NULL;
+        }
+
+        x |= (uint64_t) (*p & 0x7f) << shift;
+
+        if ((*p++ & 0x80) == 0) {
+            *v = x;
+            return p;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* Writes out the buffered bytes. */
+static int
+kv_hint_write(kv_hint_writer_t *w)
+{
+    size_t   done;
+    ssize_t  n;
+
+    for (done = 0; done < w->used; done += (size_t) n) {
+        n = write(w->fd, w->buf + done, w->used - done);
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                n = 0;
+                continue;
+            }
+
+            kv_log(w->s->host, KV_LOG_ERR, errno, "writing \"%s\" failed",
+                   w->path);
+            return KV_EIO;
+        }
+    }
+
+    w->used = 0;
+
+    return KV_OK;
+}
+
+
+/* Hashes and writes out the buffered bytes. */
+static int
+kv_hint_out(kv_hint_writer_t *w)
+{
+    XXH3_64bits_update(&w->hash, w->buf, w->used);
+
+    return kv_hint_write(w);
+}
+
+
+static int
+kv_hint_add(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
+{
+    int                rc;
+    uint8_t           *p;
+    uint64_t           d;
+    kv_hint_writer_t  *w;
+
+    (void) off;
+    w = ctx;
+
+    if (KV_HINT_BUF - w->used < KV_HINT_ENTRY_MAX) {
+        rc = kv_hint_out(w);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    d = rec->seq - w->seq;
+
+    p = w->buf + w->used;
+    *p++ = (uint8_t) ((rec->tombstone ? 1 : 0) | rec->type << 1);
+    p = kv_put_varint(p, rec->klen);
+    p = kv_put_varint(p, rec->vlen);
+    p = kv_put_varint(p, flen - KV_FRAME_HEADER - rec->klen - rec->vlen);
+    p = kv_put_varint(p, d << 1 ^ (0 - (d >> 63)));
+    memcpy(p, rec->key, rec->klen);
+
+    w->used = (size_t) (p + rec->klen - w->buf);
+    w->seq = rec->seq;
+    w->count++;
+
+    return KV_OK;
+}
+
+
+/*
+ * Decodes the entry at p into rec (rec->seq holding the previous entry's
+ * on entry) and *flen; NULL if it is malformed or runs past end.
+ */
+static const uint8_t *
+kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
+    uint32_t *flen)
+{
+    unsigned   flags;
+    uint64_t   klen, vlen, extra, z, len;
+
+    if (p == end) {
+        return NULL;
+    }
+
+    flags = *p++;
+
+    p = kv_get_varint(p, end, &klen);
+    p = p ? kv_get_varint(p, end, &vlen) : NULL;
+    p = p ? kv_get_varint(p, end, &extra) : NULL;
+    p = p ? kv_get_varint(p, end, &z) : NULL;
+
+    if (p == NULL || (flags & ~3u) != 0 || klen == 0
+        || klen > KV_MAX_KEY_LIMIT || klen > (uint64_t) (end - p)
+        || vlen > KV_MAX_VALUE_LIMIT || ((flags & 1) && vlen > 0)
+        || extra > KV_FRAME_MAX)
+    {
+        return NULL;
+    }
+
+    len = KV_FRAME_HEADER + klen + vlen + extra;
+    if (len > KV_FRAME_MAX) {
+        return NULL;
+    }
+
+    rec->seq += (z >> 1) ^ (0 - (z & 1));
+    rec->key = p;
+    rec->klen = (size_t) klen;
+    rec->vlen = (size_t) vlen;
+    rec->type = flags >> 1;
+    rec->tombstone = flags & 1;
+    *flen = (uint32_t) len;
+
+    return p + klen;
+}
+
+
+/* Writes the hint of segment (size bytes, flushed) to the open tmp file. */
+static int
+kv_hint_fill(kv_store_t *s, uint32_t id, uint64_t size, kv_hint_writer_t *w)
+{
+    int       rc;
+    char      path[PATH_MAX];
+    uint8_t  *p;
+    uint64_t  end, scanned;
+
+    XXH3_INITSTATE(&w->hash);
+    XXH3_64bits_reset(&w->hash);
+
+    p = kv_put_le(w->buf, KV_HINT_MAGIC, 4);
+    p = kv_put_le(p, KV_HINT_VERSION, 4);
+    p = kv_put_le(p, id, 4);
+    p = kv_put_le(p, 0, 4);
+    p = kv_put_le(p, size, 8);
+    w->used = KV_HINT_HEADER;
+
+    rc = kv_scan_segment(s, id, 0, kv_hint_add, w, &end, &scanned);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (end != size || scanned != size) {
+        kv_segment_path(s, id, path);
+        kv_log(s->host, KV_LOG_ERR, 0, "no hint for \"%s\": bad record at "
+               "offset %" PRIu64 " of %" PRIu64 " bytes", path, end, size);
+        return KV_ECORRUPT;
+    }
+
+    kv_put_le(w->buf + w->used, w->count, 8);
+    w->used += 8;
+
+    rc = kv_hint_out(w);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    kv_put_le(w->buf, XXH3_64bits_digest(&w->hash), 8);
+    w->used = 8;
+
+    return kv_hint_write(w);
+}
+
+
+int
+kv_write_hint(kv_store_t *s, uint32_t id)
+{
+    int               fd, rc;
+    char              seg[PATH_MAX], hint[PATH_MAX], tmp[PATH_MAX];
+    uint32_t          active;
+    struct stat       st;
+    kv_hint_writer_t  w;
+
+    s->host->lock(s->host->ctx);
+    active = s->sh->segment;
+    s->host->unlock(s->host->ctx);
+
+    kv_segment_path(s, id, seg);
+
+    if (id >= active || s->conf.read_only) {
+        kv_log(s->host, KV_LOG_ERR, 0, "no hint can be written for \"%s\": "
+               "it is %s", seg, s->conf.read_only ? "open read-only"
+                                                 : "not immutable yet");
+        return KV_EINVAL;
+    }
+
+    /* a hint must never describe records that are not durable */
+    fd = open(seg, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;        /* compaction deleted it */
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", seg);
+        return KV_EIO;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", seg);
+        close(fd);
+        return KV_EIO;
+    }
+
+    rc = kv_flush(s, fd, seg);
+    close(fd);
+
+    if (rc != KV_OK) {
+        s->host->lock(s->host->ctx);
+        s->sh->sync_failed = 1;
+        s->host->unlock(s->host->ctx);
+        return rc;
+    }
+
+    kv_hint_path(s, id, "", hint);
+    kv_hint_path(s, id, KV_TMP_SUFFIX, tmp);
+
+    memset(&w, 0, sizeof(w));
+    w.s = s;
+    w.path = tmp;
+
+    w.fd = kv_create_file(s, tmp, O_WRONLY);
+    if (w.fd == -1) {
+        if (errno != EEXIST) {
+            return KV_EIO;
+        }
+
+        kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" exists: another process is "
+               "writing the hint", tmp);
+        return KV_EBUSY;
+    }
+
+    w.buf = malloc(KV_HINT_BUF);
+
+    if (w.buf == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to write \"%s\"", tmp);
+        rc = KV_EIO;
+
+    } else {
+        rc = kv_hint_fill(s, id, (uint64_t) st.st_size, &w);
+    }
+
+    free(w.buf);
+
+    if (rc == KV_OK) {
+        rc = kv_flush(s, w.fd, tmp);
+    }
+
+    close(w.fd);
+
+    if (rc == KV_OK && rename(tmp, hint) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") failed",
+               tmp, hint);
+        rc = KV_EIO;
+    }
+
+    if (rc != KV_OK) {
+        unlink(tmp);
+        return rc;
+    }
+
+    return kv_flush(s, -1, s->conf.dir);
+}
+
+
+int
+kv_write_hints(kv_store_t *s)
+{
+    int        rc, first;
+    char       path[PATH_MAX];
+    size_t     i, n;
+    int32_t    compactor;
+    uint32_t  *ids, active;
+
+    s->host->lock(s->host->ctx);
+    active = s->sh->segment;
+    compactor = s->sh->compactor;
+    s->host->unlock(s->host->ctx);
+
+    /*
+     * A compaction writes its outputs below the active segment and their
+     * hints itself: a hint of an output being written would be stale.
+     */
+    if (compactor != 0) {
+        kv_log(s->host, KV_LOG_INFO, 0, "hints of \"%s\" wait: process %d "
+               "is compacting the store", s->conf.dir, (int) compactor);
+        return KV_OK;
+    }
+
+    rc = kv_list_segments(s, &ids, &n);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    first = KV_OK;
+
+    for (i = 0; i < n && ids[i] < active; i++) {
+        kv_hint_path(s, ids[i], "", path);
+
+        if (access(path, F_OK) == 0) {
+            continue;
+        }
+
+        rc = kv_write_hint(s, ids[i]);
+
+        /* being written elsewhere, or compacted away meanwhile */
+        if (rc != KV_OK && rc != KV_EBUSY && rc != KV_NOTFOUND
+            && first == KV_OK)
+        {
+            first = rc;
+        }
+    }
+
+    free(ids);
+
+    return first;
+}
+
+
+/*
+ * Everything that makes a hint trustworthy, before any of it reaches the
+ * index.  Returns 0, or -1 with the reason in why.
+ */
+static int
+kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
+    char *why, size_t n)
+{
+    uint32_t        flen;
+    uint64_t        off, count;
+    kv_record_t     rec;
+    const uint8_t  *p, *end;
+
+    if (len < KV_HINT_HEADER + KV_HINT_TRAILER) {
+        snprintf(why, n, "truncated (%zu bytes)", len);
+        return -1;
+    }
+
+    if (kv_get_le32(map) != KV_HINT_MAGIC
+        || kv_get_le32(map + 4) != KV_HINT_VERSION)
+    {
+        snprintf(why, n, "not a version %d hint file", KV_HINT_VERSION);
+        return -1;
+    }
+
+    if (kv_get_le32(map + 8) != id) {
+        snprintf(why, n, "written for segment %u", kv_get_le32(map + 8));
+        return -1;
+    }
+
+    if (kv_get_le64(map + 16) != size) {
+        snprintf(why, n, "stale: it describes %" PRIu64 " bytes, the segment "
+                 "has %" PRIu64, kv_get_le64(map + 16), size);
+        return -1;
+    }
+
+    if (XXH3_64bits(map, len - 8) != kv_get_le64(map + len - 8)) {
+        snprintf(why, n, "corrupt or truncated: checksum mismatch");
+        return -1;
+    }
+
+    memset(&rec, 0, sizeof(rec));
+    p = map + KV_HINT_HEADER;
+    end = map + len - KV_HINT_TRAILER;
+    off = 0;
+    count = 0;
+
+    while (p < end) {
+        p = kv_hint_entry(p, end, &rec, &flen);
+        if (p == NULL) {
+            snprintf(why, n, "malformed entry %" PRIu64, count);
+            return -1;
+        }
+
+        off += flen;
+        count++;
+    }
+
+    if (off != size || count != kv_get_le64(end)) {
+        snprintf(why, n, "inconsistent: %" PRIu64 " entries of %" PRIu64
+                 " bytes", count, off);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Looks ahead of the entry being applied: decodes the entry KV_HINT_AHEAD
+ * places further and starts loading what its insertion will touch.
+ */
+typedef struct {
+    const uint8_t  *p;
+    kv_record_t     rec;
+    int             stage;
+} kv_hint_ahead_t;
+
+
+static void
+kv_hint_ahead(kv_store_t *s, kv_hint_ahead_t *a, const uint8_t *end)
+{
+    uint32_t  flen;
+
+    if (a->p < end) {
+        a->p = kv_hint_entry(a->p, end, &a->rec, &flen);
+        kv_index_prefetch(s->host, s->sh, a->rec.key, a->rec.klen,
+                          a->stage);
+    }
+}
+
+
+/*
+ * Applies checked entries, holding the lock for a batch at a time.  The
+ * index is a hash table much bigger than the caches: each entry's bucket
+ * and then its chain's head are prefetched well before the insertion, so
+ * the misses overlap.
+ */
+static int
+kv_hint_apply(kv_store_t *s, uint32_t id, const uint8_t *p,
+    const uint8_t *end)
+{
+    int               rc, k;
+    uint32_t          flen;
+    uint64_t          off;
+    kv_record_t       rec;
+    kv_hint_ahead_t   a[2];
+    const kv_host_t  *host;
+
+    host = s->host;
+
+    memset(&rec, 0, sizeof(rec));
+    memset(a, 0, sizeof(a));
+    a[0].p = p;
+    a[1].p = p;
+    a[1].stage = 1;
+
+    host->lock(host->ctx);
+
+    for (k = 0; k < 2 * KV_HINT_AHEAD; k++) {
+        kv_hint_ahead(s, &a[0], end);
+
+        if (k >= KV_HINT_AHEAD) {
+            kv_hint_ahead(s, &a[1], end);
+        }
+    }
+
+    host->unlock(host->ctx);
+
+    off = 0;
+    rc = KV_OK;
+
+    while (rc == KV_OK && p < end) {
+        host->lock(host->ctx);
+
+        for (k = 0; rc == KV_OK && k < KV_HINT_BATCH && p < end; k++) {
+            kv_hint_ahead(s, &a[0], end);
+            kv_hint_ahead(s, &a[1], end);
+
+            p = kv_hint_entry(p, end, &rec, &flen);
+            rc = kv_replay_apply(s, id, &rec, off, flen);
+            off += flen;
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    return rc;
+}
+
+
+int
+kv_load_hint(kv_store_t *s, uint32_t id)
+{
+    int           fd, rc;
+    char          path[PATH_MAX], seg[PATH_MAX], why[160];
+    size_t        len;
+    uint8_t      *map;
+    struct stat   st, sst;
+
+    kv_hint_path(s, id, "", path);
+    kv_segment_path(s, id, seg);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        if (errno != ENOENT) {
+            kv_log(s->host, KV_LOG_WARN, errno, "open(\"%s\") failed, "
+                   "scanning \"%s\" instead", path, seg);
+        }
+
+        return KV_NOTFOUND;
+    }
+
+    if (fstat(fd, &st) == -1 || stat(seg, &sst) == -1) {
+        kv_log(s->host, KV_LOG_WARN, errno, "stat of \"%s\" or \"%s\" "
+               "failed, scanning the segment", path, seg);
+        close(fd);
+        return KV_NOTFOUND;
+    }
+
+    len = (size_t) st.st_size;
+    map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0)
+              : NULL;
+    close(fd);
+
+    if (map == MAP_FAILED) {
+        kv_log(s->host, KV_LOG_WARN, errno, "mmap(\"%s\") failed, scanning "
+               "\"%s\" instead", path, seg);
+        return KV_NOTFOUND;
+    }
+
+    rc = kv_hint_check(map, len, id, (uint64_t) sst.st_size, why,
+                       sizeof(why));
+
+    if (rc == 0) {
+        rc = kv_hint_apply(s, id, map + KV_HINT_HEADER,
+                           map + len - KV_HINT_TRAILER);
+    }
+
+    if (map != NULL) {
+        munmap(map, len);
+    }
+
+    if (rc != -1) {
+        return rc;
+    }
+
+    /* removed, so that kv_write_hints() writes a good one */
+    kv_log(s->host, KV_LOG_WARN, 0, "hint file \"%s\" is %s: %s \"%s\" "
+           "instead", path, why, s->conf.read_only ? "scanning"
+                                                   : "removed it, scanning",
+           seg);
+
+    if (!s->conf.read_only && unlink(path) == -1) {
+        kv_log(s->host, KV_LOG_WARN, errno, "unlink(\"%s\") failed", path);
+    }
+
+    return KV_NOTFOUND;
+}

@@ -1,0 +1,378 @@
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "test_util.h"
+
+
+#define SEG       4096
+#define VLEN      1000
+#define MAX_SYNC  64
+
+#define S(str)  (const uint8_t *) (str), sizeof(str) - 1
+
+
+/* every flush, in order, and what the directory looked like meanwhile */
+typedef struct {
+    char  path[PATH_MAX];
+    int   hint_exists;      /* the hint that the last .tmp flush was for */
+} sync_rec_t;
+
+
+static sync_rec_t  syncs[MAX_SYNC];
+static int         nsyncs;
+static char        fail_path[PATH_MAX];   /* flushing it fails with EIO */
+static char        hint_final[PATH_MAX];
+
+
+static int
+record_sync(void *ctx, int fd, const char *path)
+{
+    size_t       len;
+    struct stat  a, b;
+
+    (void) ctx;
+
+    /* the descriptor is the file the path names */
+    assert_int_equal(fstat(fd, &a), 0);
+    assert_int_equal(stat(path, &b), 0);
+    assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+
+    len = strlen(path);
+
+    if (len > 4 && strcmp(path + len - 4, KV_TMP_SUFFIX) == 0) {
+        snprintf(hint_final, sizeof(hint_final), "%.*s", (int) len - 4, path);
+    }
+
+    assert_true(nsyncs < MAX_SYNC);
+    snprintf(syncs[nsyncs].path, PATH_MAX, "%s", path);
+    syncs[nsyncs].hint_exists = hint_final[0] != '\0'
+                                && access(hint_final, F_OK) == 0;
+    nsyncs++;
+
+    if (strcmp(path, fail_path) == 0) {
+        errno = EIO;
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static void
+sync_reset(void)
+{
+    nsyncs = 0;
+    fail_path[0] = '\0';
+    hint_final[0] = '\0';
+}
+
+
+static void
+open_small(kv_test_store_t *t, const char *dir)
+{
+    kv_conf_t  conf;
+
+    kv_test_conf(&conf, dir);
+    conf.segment_size = SEG;
+    conf.fsync = KV_FSYNC_ALWAYS;
+
+    kv_test_sync = record_sync;
+    sync_reset();
+
+    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 256), KV_OK);
+}
+
+
+static void
+put_n(kv_store_t *s, uint32_t n)
+{
+    char     key[32];
+    uint8_t  v[VLEN];
+
+    snprintf(key, sizeof(key), "key-%u", n);
+    memset(v, (int) n, sizeof(v));
+
+    assert_int_equal(kv_put(s, (uint8_t *) key, strlen(key), v, sizeof(v),
+                            KV_TYPE_OCTET), KV_OK);
+}
+
+
+static void
+expect_sync(int i, const char *dir, uint32_t segment)
+{
+    char  path[PATH_MAX];
+
+    if (segment == 0) {
+        snprintf(path, sizeof(path), "%s", dir);
+
+    } else {
+        kv_test_segment(dir, segment, path);
+    }
+
+    assert_true(i < nsyncs);
+    assert_string_equal(syncs[i].path, path);
+}
+
+
+/* A new segment is durable, then its name, before a record goes in. */
+static void
+test_roll_order(void **state)
+{
+    char              top[PATH_MAX], dir[PATH_MAX];
+    uint32_t          n;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    /* a new directory: itself, then its parent; the first segment */
+    kv_test_mkdtemp(top);
+    kv_test_path(top, "data", dir);
+    open_small(&t, dir);
+
+    assert_int_equal(nsyncs, 5);
+    expect_sync(0, dir, 0);
+    expect_sync(1, top, 0);
+    expect_sync(2, dir, 1);
+    expect_sync(3, dir, 0);
+    expect_sync(4, dir, 1);       /* recovery flushes what it found */
+
+    /* roll-overs */
+    nsyncs = 0;
+
+    for (n = 0; t.sh->segment < 3; n++) {
+        put_n(&t.s, n);
+    }
+
+    assert_int_equal(nsyncs, 4);
+    expect_sync(0, dir, 2);
+    expect_sync(1, dir, 0);
+    expect_sync(2, dir, 3);
+    expect_sync(3, dir, 0);
+
+    kv_test_close(&t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+    kv_test_rmdir(top);
+}
+
+
+/* segment, hint .tmp, rename, directory */
+static void
+test_hint_order(void **state)
+{
+    int               i;
+    char              dir[PATH_MAX], hint[PATH_MAX + 32];
+    uint32_t          n;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+
+    for (n = 0; t.sh->segment < 4; n++) {
+        put_n(&t.s, n);
+    }
+
+    sync_reset();
+    assert_int_equal(kv_write_hints(&t.s), KV_OK);
+    assert_int_equal(nsyncs, 3 * 3);
+
+    for (i = 0; i < 3; i++) {
+        snprintf(hint, sizeof(hint), "%s/" KV_HINT_FMT KV_TMP_SUFFIX, dir,
+                 i + 1);
+
+        expect_sync(3 * i, dir, i + 1);
+        assert_string_equal(syncs[3 * i + 1].path, hint);
+        assert_false(syncs[3 * i + 1].hint_exists);
+        expect_sync(3 * i + 2, dir, 0);
+        assert_true(syncs[3 * i + 2].hint_exists);
+        assert_int_equal(access(hint, F_OK), -1);
+    }
+
+    kv_test_close(&t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+}
+
+
+/* kv_sync() flushes every segment written since the last one, once */
+static void
+test_kv_sync(void **state)
+{
+    char              dir[PATH_MAX];
+    uint32_t          n;
+    uint64_t          durable;
+    kv_store_t        h2;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+    kv_store_init(&h2, t.sh, &t.host, &t.s.conf);
+
+    /* nothing written: nothing to flush */
+    nsyncs = 0;
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    assert_int_equal(nsyncs, 0);
+    assert_true(durable == KV_LOC(1, 0));
+
+    put_n(&t.s, 0);
+    assert_int_equal(kv_durable(&t.s, t.s.written), 0);
+    assert_int_equal(kv_durable(&t.s, KV_LOC(1, 0)), 1);
+
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    assert_int_equal(nsyncs, 1);
+    expect_sync(0, dir, 1);
+    assert_true(durable == t.s.written);
+    assert_int_equal(kv_durable(&t.s, t.s.written), 1);
+    assert_true(t.sh->stats.fsyncs == 1);
+
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    assert_int_equal(nsyncs, 1);
+    assert_true(t.sh->stats.fsyncs == 1);
+
+    /* two roll-overs later another handle syncs all three segments */
+    for (n = 1; t.sh->segment < 3; n++) {
+        put_n(&t.s, n);
+    }
+
+    put_n(&t.s, n);
+    assert_int_equal(kv_durable(&t.s, t.s.written), 0);
+
+    nsyncs = 0;
+    assert_int_equal(kv_sync(&h2, &durable), KV_OK);
+    assert_int_equal(nsyncs, 3);
+    expect_sync(0, dir, 1);
+    expect_sync(1, dir, 2);
+    expect_sync(2, dir, 3);
+    assert_true(durable == KV_LOC(3, t.sh->write_off));
+    assert_int_equal(kv_durable(&t.s, t.s.written), 1);
+    assert_true(t.sh->stats.fsyncs == 2);
+
+    /* the active segment only, from then on */
+    put_n(&h2, 1000);
+    nsyncs = 0;
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    assert_int_equal(nsyncs, 1);
+    expect_sync(0, dir, 3);
+    assert_int_equal(kv_durable(&h2, h2.written), 1);
+
+    kv_store_close(&h2);
+    kv_test_close(&t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+}
+
+
+static void
+expect_failed(kv_test_store_t *t)
+{
+    int       n;
+    uint64_t  durable;
+
+    assert_int_equal(t->sh->sync_failed, 1);
+    assert_int_equal(kv_durable(&t->s, 0), KV_EIO);
+
+    kv_test_log_reset();
+    assert_int_equal(kv_put(&t->s, S("x"), S("y"), KV_TYPE_OCTET), KV_EIO);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR], "failed earlier"));
+    assert_int_equal(kv_delete(&t->s, S("key-0")), KV_EIO);
+
+    n = nsyncs;
+    assert_int_equal(kv_sync(&t->s, &durable), KV_EIO);
+    assert_int_equal(nsyncs, n);
+}
+
+
+/* A failed flush fails this and every later write until a restart. */
+static void
+test_sync_failure(void **state)
+{
+    int               kind;
+    char              dir[PATH_MAX];
+    uint8_t           v[VLEN];
+    uint32_t          n;
+    uint64_t          durable, fsyncs;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    /* in kv_sync(), at a roll-over, flushing a segment for its hint */
+    for (kind = 0; kind < 3; kind++) {
+        kv_test_mkdtemp(dir);
+        open_small(&t, dir);
+
+        for (n = 0; t.sh->segment < 2; n++) {
+            put_n(&t.s, n);
+        }
+
+        fsyncs = t.sh->stats.fsyncs;
+        kv_test_log_reset();
+
+        if (kind == 0) {
+            kv_test_segment(dir, 2, fail_path);
+            assert_int_equal(kv_sync(&t.s, &durable), KV_EIO);
+            assert_true(t.sh->stats.fsyncs == fsyncs);
+
+        } else if (kind == 1) {
+            snprintf(fail_path, sizeof(fail_path), "%s", dir);
+
+            while (t.sh->segment == 2) {
+                if (kv_put(&t.s, S("key-0"), S("v"), KV_TYPE_OCTET)
+                    != KV_OK)
+                {
+                    break;
+                }
+            }
+
+            assert_int_equal(t.sh->segment, 2);
+            assert_true(t.sh->stats.write_errors == 1);
+
+        } else {
+            kv_test_segment(dir, 1, fail_path);
+            assert_int_equal(kv_write_hints(&t.s), KV_EIO);
+        }
+
+        assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR], fail_path));
+        assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
+                               "Input/output error"));
+        expect_failed(&t);
+
+        /* reads go on */
+        memset(v, 1, sizeof(v));
+        kv_test_expect(&t, S("key-1"), v, sizeof(v));
+        kv_test_close(&t);
+
+        /* a restart starts afresh with what the files hold */
+        open_small(&t, dir);
+        assert_int_equal(t.sh->sync_failed, 0);
+        assert_true(t.sh->stats.keys == n);
+        put_n(&t.s, 1000);
+        kv_test_close(&t);
+
+        kv_test_sync = NULL;
+        kv_test_rmdir(dir);
+    }
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_roll_order),
+        cmocka_unit_test(test_hint_order),
+        cmocka_unit_test(test_kv_sync),
+        cmocka_unit_test(test_sync_failure),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
