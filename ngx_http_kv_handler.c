@@ -13,9 +13,14 @@
 #define NGX_HTTP_KV_NOT_ACCEPTABLE  406
 
 
+/* a GET retries when a compaction moved the record under it */
+#define NGX_HTTP_KV_READ_TRIES  3
+
+
 typedef struct {
     ngx_str_t                key;
     unsigned                 type;        /* KV_TYPE_* of the body */
+    unsigned                 too_large:1; /* a chunked body over max_value */
 } ngx_http_kv_ctx_t;
 
 
@@ -36,12 +41,12 @@ static ngx_int_t ngx_http_kv_want_json(ngx_http_request_t *r,
     ngx_uint_t *json);
 static ngx_uint_t ngx_http_kv_is_json(u_char *data, size_t len);
 static ngx_int_t ngx_http_kv_store_error(ngx_http_request_t *r, int rc);
-static ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r,
-    ngx_uint_t status, const char *msg);
 static ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r,
     ngx_uint_t status, const char *name, const char *text);
-static ngx_int_t ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *type, u_char *data, size_t len);
+static ngx_int_t ngx_http_kv_send_object(ngx_http_request_t *r,
+    ngx_uint_t status, cJSON *obj);
+static ngx_http_kv_zone_t *ngx_http_kv_endpoint_zone(ngx_http_request_t *r,
+    size_t offset);
 
 
 static ngx_str_t  ngx_http_kv_types[] = {
@@ -120,7 +125,7 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     int          rc;
     u_char      *frame, *value;
     ngx_int_t    status;
-    ngx_uint_t   json;
+    ngx_uint_t   json, tries;
     kv_loc_t     loc;
 
     status = ngx_http_kv_want_json(r, &json);
@@ -129,26 +134,34 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
                                       "unsupported format, use format=json");
     }
 
-    rc = kv_lookup(&zone->store, key->data, key->len, &loc);
-    if (rc != KV_OK) {
-        return ngx_http_kv_store_error(r, rc);
-    }
+    tries = NGX_HTTP_KV_READ_TRIES;
 
-    /* HEAD needs the value only to check it is JSON */
+    do {
+        rc = kv_lookup(&zone->store, key->data, key->len, &loc);
+        if (rc != KV_OK) {
+            return ngx_http_kv_store_error(r, rc);
+        }
 
-    if (r->method == NGX_HTTP_HEAD && !(json && loc.type != KV_TYPE_JSON)) {
-        return ngx_http_kv_send(r, NGX_HTTP_OK,
-                                &ngx_http_kv_types[json ? KV_TYPE_JSON
-                                                        : loc.type],
-                                NULL, loc.vlen);
-    }
+        /* HEAD needs the value only to check it is JSON */
 
-    frame = ngx_pnalloc(r->pool, loc.flen);
-    if (frame == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        if (r->method == NGX_HTTP_HEAD
+            && !(json && loc.type != KV_TYPE_JSON))
+        {
+            return ngx_http_kv_send(r, NGX_HTTP_OK,
+                                    &ngx_http_kv_types[json ? KV_TYPE_JSON
+                                                            : loc.type],
+                                    NULL, loc.vlen);
+        }
 
-    rc = kv_read(&zone->store, &loc, frame);
+        frame = ngx_pnalloc(r->pool, loc.flen);
+        if (frame == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rc = kv_read(&zone->store, &loc, frame);
+
+    } while (rc == KV_ESTALE && --tries);
+
     if (rc != KV_OK) {
         return ngx_http_kv_store_error(r, rc);
     }
@@ -180,7 +193,7 @@ ngx_http_kv_delete(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
         return ngx_http_kv_store_error(r, rc);
     }
 
-    return ngx_http_kv_send(r, NGX_HTTP_OK, NULL, NULL, 0);
+    return ngx_http_kv_write_done(r, zone, NGX_HTTP_OK);
 }
 
 
@@ -261,7 +274,7 @@ ngx_http_kv_put_body(ngx_http_request_t *r)
         return;
     }
 
-    if (value.len > zone->max_value) {
+    if (ctx->too_large || value.len > zone->max_value) {
         ngx_http_finalize_request(r,
             ngx_http_kv_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                    "the value is larger than max_value"));
@@ -288,9 +301,8 @@ ngx_http_kv_put_body(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_finalize_request(r,
-                              ngx_http_kv_send(r, NGX_HTTP_CREATED, NULL,
-                                               NULL, 0));
+    ngx_http_finalize_request(r, ngx_http_kv_write_done(r, zone,
+                                                        NGX_HTTP_CREATED));
 }
 
 
@@ -525,17 +537,29 @@ ngx_http_kv_want_json(ngx_http_request_t *r, ngx_uint_t *json)
 }
 
 
+/* one JSON value, with nothing but white space after it */
+
 static ngx_uint_t
 ngx_http_kv_is_json(u_char *data, size_t len)
 {
-    cJSON  *doc;
+    u_char      *p, *last;
+    cJSON       *doc;
+    const char  *end;
 
-    doc = cJSON_ParseWithLength((const char *) data, len);
+    doc = cJSON_ParseWithLengthOpts((const char *) data, len, &end, 0);
     if (doc == NULL) {
         return 0;
     }
 
     cJSON_Delete(doc);
+
+    last = data + len;
+
+    for (p = (u_char *) end; p < last; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            return 0;
+        }
+    }
 
     return 1;
 }
@@ -575,7 +599,7 @@ ngx_http_kv_store_error(ngx_http_request_t *r, int rc)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *msg)
 {
@@ -589,15 +613,30 @@ static ngx_int_t
 ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
     const char *name, const char *text)
 {
-    char    *json;
-    size_t   len;
-    cJSON   *obj;
-    u_char  *body;
+    cJSON  *obj;
 
     obj = cJSON_CreateObject();
 
-    if (obj == NULL || cJSON_AddStringToObject(obj, name, text) == NULL) {
+    if (obj != NULL && cJSON_AddStringToObject(obj, name, text) == NULL) {
         cJSON_Delete(obj);
+        obj = NULL;
+    }
+
+    return ngx_http_kv_send_object(r, status, obj);
+}
+
+
+/* sends obj (NULL: an allocation failed) and frees it */
+
+static ngx_int_t
+ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
+    cJSON *obj)
+{
+    char    *json;
+    size_t   len;
+    u_char  *body;
+
+    if (obj == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -631,7 +670,7 @@ ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
  * HEAD response; type may be NULL for an empty body.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     u_char *data, size_t len)
 {
@@ -694,26 +733,32 @@ ngx_http_kv_health_handler(ngx_http_request_t *r)
 }
 
 
-/* ready: the store was opened and its directory is writable */
+/* ready: the store is open, its flushes work, its directory is writable */
 
 ngx_int_t
 ngx_http_kv_ready_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                rc;
-    ngx_http_kv_zone_t      *zone;
-    ngx_http_kv_loc_conf_t  *klcf;
+    ngx_int_t            rc;
+    ngx_http_kv_zone_t  *zone;
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
     }
 
-    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
-    zone = klcf->ready_zone->data;
+    zone = ngx_http_kv_endpoint_zone(r,
+                                     offsetof(ngx_http_kv_loc_conf_t,
+                                              ready_zone));
 
     if (zone->store.sh == NULL || !zone->store.sh->open) {
         return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "the store is not open");
+    }
+
+    if (zone->store.sh->sync_failed) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "a flush to disk failed, writes are "
+                                      "refused until a restart");
     }
 
     if (access((char *) zone->path.data, W_OK) != 0) {
@@ -729,33 +774,217 @@ ngx_http_kv_ready_handler(ngx_http_request_t *r)
 }
 
 
+/* GET /kv/status: the store's counters as JSON */
+
+ngx_int_t
+ngx_http_kv_status_handler(ngx_http_request_t *r)
+{
+    cJSON               *obj, *sub;
+    u_char              *name;
+    size_t               free_bytes;
+    uint64_t             synced;
+    ngx_int_t            rc;
+    kv_stats_t           st;
+    kv_shared_t         *sh;
+    ngx_http_kv_zone_t  *zone;
+
+    static const char   *modes[] = { "off", "interval", "always" };
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                      "use GET for the status");
+    }
+
+    zone = ngx_http_kv_endpoint_zone(r,
+                                     offsetof(ngx_http_kv_loc_conf_t,
+                                              status_zone));
+    sh = zone->store.sh;
+
+    if (sh == NULL) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "the store is not open");
+    }
+
+    name = ngx_pnalloc(r->pool, zone->name.len + 1);
+    if (name == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn(name, zone->name.data, zone->name.len + 1);
+
+    kv_stats(&zone->store, &st);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    free_bytes = zone->shpool->pfree * ngx_pagesize;
+    synced = sh->synced;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    obj = cJSON_CreateObject();
+    if (obj == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cJSON_AddStringToObject(obj, "zone", (char *) name);
+    cJSON_AddBoolToObject(obj, "open", sh->open);
+    cJSON_AddNumberToObject(obj, "keys", st.keys);
+    cJSON_AddNumberToObject(obj, "live_bytes", st.live_bytes);
+    cJSON_AddNumberToObject(obj, "dead_bytes", st.dead_bytes);
+    cJSON_AddNumberToObject(obj, "segments", st.segments);
+    cJSON_AddNumberToObject(obj, "active_segment", sh->segment);
+    cJSON_AddNumberToObject(obj, "puts", st.puts);
+    cJSON_AddNumberToObject(obj, "deletes", st.deletes);
+    cJSON_AddNumberToObject(obj, "write_errors", st.write_errors);
+
+    sub = cJSON_AddObjectToObject(obj, "index");
+    cJSON_AddNumberToObject(sub, "zone_bytes", zone->shm_zone->shm.size);
+    cJSON_AddNumberToObject(sub, "used_bytes",
+                            zone->shm_zone->shm.size - free_bytes);
+    cJSON_AddNumberToObject(sub, "free_bytes", free_bytes);
+
+    sub = cJSON_AddObjectToObject(obj, "compaction");
+    cJSON_AddBoolToObject(sub, "running", sh->compactor != 0);
+    cJSON_AddNumberToObject(sub, "runs", st.compactions);
+    cJSON_AddNumberToObject(sub, "reclaimed_bytes", st.reclaimed_bytes);
+
+    sub = cJSON_AddObjectToObject(obj, "recovery");
+    cJSON_AddNumberToObject(sub, "ms", st.recovery_ms);
+    cJSON_AddStringToObject(sub, "method",
+                            st.recovery_scans == 0 ? "hints"
+                            : st.recovery_hints == 0 ? "scan"
+                            : "hints and scan");
+    cJSON_AddNumberToObject(sub, "segments_from_hints", st.recovery_hints);
+    cJSON_AddNumberToObject(sub, "segments_scanned", st.recovery_scans);
+    cJSON_AddNumberToObject(sub, "truncated_bytes", st.truncated_bytes);
+
+    sub = cJSON_AddObjectToObject(obj, "fsync");
+    cJSON_AddStringToObject(sub, "mode", modes[zone->fsync]);
+    cJSON_AddNumberToObject(sub, "interval_ms",
+                            zone->fsync == KV_FSYNC_INTERVAL
+                            ? zone->fsync_interval : 0);
+    cJSON_AddNumberToObject(sub, "count", st.fsyncs);
+    cJSON_AddNumberToObject(sub, "durable_segment",
+                            (double) (synced >> 40));
+    cJSON_AddBoolToObject(sub, "failed", sh->sync_failed);
+
+    return ngx_http_kv_send_object(r, NGX_HTTP_OK, obj);
+}
+
+
+/* POST /kv/compact: 202 when a compaction starts, 409 if one runs */
+
+ngx_int_t
+ngx_http_kv_compact_handler(ngx_http_request_t *r)
+{
+    ngx_int_t            rc;
+    ngx_http_kv_zone_t  *zone;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                      "use POST to start a compaction");
+    }
+
+    zone = ngx_http_kv_endpoint_zone(r,
+                                     offsetof(ngx_http_kv_loc_conf_t,
+                                              compact_zone));
+
+    if (zone->store.sh == NULL || !zone->store.sh->open) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "the store is not open");
+    }
+
+    switch (ngx_http_kv_start_compaction(zone)) {
+
+    case NGX_OK:
+        return ngx_http_kv_send_json(r, NGX_HTTP_ACCEPTED, "status",
+                                     "compaction started");
+
+    case NGX_BUSY:
+        return ngx_http_kv_send_error(r, NGX_HTTP_CONFLICT,
+                                      "a compaction is already running");
+
+    default:
+        return ngx_http_kv_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "cannot start a compaction");
+    }
+}
+
+
+/* the zone of kv_ready, kv_status or kv_compact in this location */
+
+static ngx_http_kv_zone_t *
+ngx_http_kv_endpoint_zone(ngx_http_request_t *r, size_t offset)
+{
+    ngx_shm_zone_t          *shm_zone;
+    ngx_http_kv_loc_conf_t  *klcf;
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+    shm_zone = *(ngx_shm_zone_t **) ((char *) klcf + offset);
+
+    return shm_zone->data;
+}
+
+
 /*
- * A chunked body announces no length: stop reading it once it passes
- * max_value instead of buffering it all to disk first.
+ * A chunked body announces no length.  Once it passes max_value the rest
+ * is read and dropped, not buffered to disk; only its end goes on, so that
+ * the body handler runs and answers 413 in JSON.
  */
 
 static ngx_int_t
 ngx_http_kv_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    ngx_chain_t             *cl, last;
+    ngx_http_kv_ctx_t       *ctx;
     ngx_http_kv_zone_t      *zone;
     ngx_http_kv_loc_conf_t  *klcf;
 
     klcf = ngx_http_get_module_loc_conf(r, ngx_http_kv_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kv_module);
 
-    if (klcf->shm_zone != NULL && r->headers_in.chunked) {
-        zone = klcf->shm_zone->data;
-
-        if (r->headers_in.content_length_n > (off_t) zone->max_value) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "kv: client sent a chunked body larger than "
-                          "max_value %uz of kv_zone \"%V\"",
-                          zone->max_value, &zone->name);
-
-            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-        }
+    if (klcf->shm_zone == NULL || ctx == NULL || !r->headers_in.chunked) {
+        return ngx_http_next_request_body_filter(r, in);
     }
 
-    return ngx_http_next_request_body_filter(r, in);
+    zone = klcf->shm_zone->data;
+
+    if (!ctx->too_large
+        && r->headers_in.content_length_n > (off_t) zone->max_value)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "kv: client sent a chunked body larger than "
+                      "max_value %uz of kv_zone \"%V\"",
+                      zone->max_value, &zone->name);
+
+        ctx->too_large = 1;
+    }
+
+    if (!ctx->too_large) {
+        return ngx_http_next_request_body_filter(r, in);
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        if (cl->buf->last_buf) {
+            last.buf = cl->buf;
+            last.next = NULL;
+
+            return ngx_http_next_request_body_filter(r, &last);
+        }
+
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+    }
+
+    return NGX_OK;
 }
 
 

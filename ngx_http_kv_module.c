@@ -18,15 +18,19 @@ static char *ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_int_t ngx_http_kv_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kv_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_kv_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kv_exit_process(ngx_cycle_t *cycle);
 
 static char *ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_kv_zone_fsync(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_kv_zone_t *ctx);
+static char *ngx_http_kv_zone_size(ngx_conf_t *cf, ngx_str_t *value,
+    size_t skip, size_t min, size_t max, size_t *size);
 static char *ngx_http_kv(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_kv_health(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_kv_ready(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_kv_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static ngx_shm_zone_t *ngx_http_kv_zone_ref(ngx_conf_t *cf, ngx_str_t *name);
 static ngx_int_t ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static ngx_int_t ngx_http_kv_check_old_zones(ngx_http_kv_zone_t *ctx);
 
@@ -63,10 +67,24 @@ static ngx_command_t  ngx_http_kv_commands[] = {
 
     { ngx_string("kv_ready"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_kv_ready,
+      ngx_http_kv_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_kv_loc_conf_t, ready_zone),
+      ngx_http_kv_ready_handler },
+
+    { ngx_string("kv_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_kv_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kv_loc_conf_t, status_zone),
+      ngx_http_kv_status_handler },
+
+    { ngx_string("kv_compact"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_kv_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kv_loc_conf_t, compact_zone),
+      ngx_http_kv_compact_handler },
 
       ngx_null_command
 };
@@ -94,7 +112,7 @@ ngx_module_t  ngx_http_kv_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_kv_init_module,               /* init module */
-    NULL,                                  /* init process */
+    ngx_http_kv_init_process,              /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_kv_exit_process,              /* exit process */
@@ -138,6 +156,8 @@ ngx_http_kv_create_loc_conf(ngx_conf_t *cf)
      *
      *     conf->shm_zone = NULL;
      *     conf->ready_zone = NULL;
+     *     conf->status_zone = NULL;
+     *     conf->compact_zone = NULL;
      */
 
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_loc_conf_t));
@@ -150,15 +170,17 @@ ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_kv_loc_conf_t  *conf = child;
 
     ngx_uint_t                 i;
-    ngx_shm_zone_t            *zones[2];
+    ngx_shm_zone_t            *zones[4];
     ngx_http_core_loc_conf_t  *clcf;
 
     /* kv_zone may come after the locations that use it: check here */
 
     zones[0] = conf->shm_zone;
     zones[1] = conf->ready_zone;
+    zones[2] = conf->status_zone;
+    zones[3] = conf->compact_zone;
 
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < 4; i++) {
         if (zones[i] != NULL && zones[i]->data == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "unknown kv_zone \"%V\"", &zones[i]->shm.name);
@@ -189,15 +211,21 @@ ngx_http_kv_postconfiguration(ngx_conf_t *cf)
 }
 
 
-/* kv_zone zone=NAME:SIZE path=DIR [max_key=SIZE] [max_value=SIZE] */
+/*
+ * kv_zone zone=NAME:SIZE path=DIR [max_key=SIZE] [max_value=SIZE]
+ *         [segment_size=SIZE] [fsync=off|interval:TIME|always]
+ *         [compact_ratio=PERCENT] [compact_dead=SIZE]
+ */
 
 static char *
 ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_kv_main_conf_t *kmcf = conf;
 
+    char                 *rv;
     u_char               *p;
-    ssize_t               size, max_key, max_value;
+    size_t                size;
+    ngx_int_t             ratio;
     ngx_str_t            *value, name, path, s;
     ngx_uint_t            i;
     ngx_shm_zone_t       *shm_zone;
@@ -205,11 +233,26 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
+    ctx = ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_zone_t));
+    if (ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
     size = 0;
-    max_key = 1024;
-    max_value = 1024 * 1024;
     ngx_str_null(&name);
     ngx_str_null(&path);
+
+    /*
+     * fsync=always by default: a 201 then means the record is on stable
+     * storage, and group commit keeps that cheap under concurrency.
+     */
+
+    ctx->max_key = 1024;
+    ctx->max_value = 1024 * 1024;
+    ctx->segment_size = KV_SEGMENT_SIZE_DEFAULT;
+    ctx->fsync = KV_FSYNC_ALWAYS;
+    ctx->compact_ratio = KV_COMPACT_DEAD_PCT_DEFAULT;
+    ctx->compact_dead = KV_COMPACT_DEAD_BYTES_DEFAULT;
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -218,37 +261,18 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             name.data = value[i].data + 5;
             p = (u_char *) ngx_strchr(name.data, ':');
 
-            if (p == NULL) {
+            if (p == NULL || p == name.data) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid zone size \"%V\"", &value[i]);
+                                   "invalid zone \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
             name.len = p - name.data;
+            rv = ngx_http_kv_zone_size(cf, &value[i], p + 1 - value[i].data,
+                                       NGX_HTTP_KV_MIN_ZONE,
+                                       NGX_MAX_SIZE_T_VALUE, &size);
 
-            s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
-
-            size = ngx_parse_size(&s);
-
-            if (size == NGX_ERROR) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid zone size \"%V\"", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            if (size < NGX_HTTP_KV_MIN_ZONE) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "zone \"%V\" is too small, at least %uz "
-                                   "bytes are needed", &value[i],
-                                   (size_t) NGX_HTTP_KV_MIN_ZONE);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "path=", 5) == 0) {
+        } else if (ngx_strncmp(value[i].data, "path=", 5) == 0) {
 
             path.data = value[i].data + 5;
             path.len = value[i].len - 5;
@@ -260,45 +284,56 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             continue;
-        }
 
-        if (ngx_strncmp(value[i].data, "max_key=", 8) == 0) {
+        } else if (ngx_strncmp(value[i].data, "max_key=", 8) == 0) {
+            rv = ngx_http_kv_zone_size(cf, &value[i], 8, 1, KV_MAX_KEY_LIMIT,
+                                       &ctx->max_key);
 
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
+        } else if (ngx_strncmp(value[i].data, "max_value=", 10) == 0) {
+            rv = ngx_http_kv_zone_size(cf, &value[i], 10, 0,
+                                       KV_MAX_VALUE_LIMIT, &ctx->max_value);
 
-            max_key = ngx_parse_size(&s);
+        } else if (ngx_strncmp(value[i].data, "segment_size=", 13) == 0) {
+            rv = ngx_http_kv_zone_size(cf, &value[i], 13, 64 * 1024,
+                                       (size_t) 1 << 39, &ctx->segment_size);
 
-            if (max_key <= 0 || max_key > KV_MAX_KEY_LIMIT) {
+        } else if (ngx_strncmp(value[i].data, "compact_dead=", 13) == 0) {
+            rv = ngx_http_kv_zone_size(cf, &value[i], 13, 0,
+                                       NGX_MAX_SIZE_T_VALUE,
+                                       &ctx->compact_dead);
+
+        } else if (ngx_strncmp(value[i].data, "compact_ratio=", 14) == 0) {
+            s.data = value[i].data + 14;
+            s.len = value[i].len - 14;
+
+            if (s.len && s.data[s.len - 1] == '%') {
+                s.len--;
+            }
+
+            ratio = ngx_atoi(s.data, s.len);
+
+            if (ratio < 1 || ratio > 100) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid \"%V\", it must be between 1 "
-                                   "and %d", &value[i], KV_MAX_KEY_LIMIT);
+                                   "invalid \"%V\", it must be a percentage "
+                                   "from 1 to 100", &value[i]);
                 return NGX_CONF_ERROR;
             }
 
+            ctx->compact_ratio = ratio;
             continue;
+
+        } else if (ngx_strncmp(value[i].data, "fsync=", 6) == 0) {
+            rv = ngx_http_kv_zone_fsync(cf, &value[i], ctx);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
         }
 
-        if (ngx_strncmp(value[i].data, "max_value=", 10) == 0) {
-
-            s.data = value[i].data + 10;
-            s.len = value[i].len - 10;
-
-            max_value = ngx_parse_size(&s);
-
-            if (max_value < 0 || (size_t) max_value > KV_MAX_VALUE_LIMIT) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid \"%V\", it must be at most 1g",
-                                   &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
+        if (rv != NGX_CONF_OK) {
+            return rv;
         }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
-        return NGX_CONF_ERROR;
     }
 
     if (name.len == 0) {
@@ -340,15 +375,8 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    ctx = ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_zone_t));
-    if (ctx == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
     ctx->name = name;
     ctx->path = path;
-    ctx->max_key = max_key;
-    ctx->max_value = max_value;
 
     ctx->host.ctx = ctx;
     ctx->host.alloc = ngx_http_kv_host_alloc;
@@ -356,6 +384,15 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->host.lock = ngx_http_kv_host_lock;
     ctx->host.unlock = ngx_http_kv_host_unlock;
     ctx->host.log = ngx_http_kv_host_log;
+
+#if (NGX_THREADS)
+    /* fsync and compaction run there, off the event loop */
+
+    ctx->thread_pool = ngx_thread_pool_add(cf, NULL);
+    if (ctx->thread_pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+#endif
 
     shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_kv_module);
     if (shm_zone == NULL) {
@@ -380,6 +417,76 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     *zonep = ctx;
 
     return NGX_CONF_OK;
+}
+
+
+/* "name=SIZE" from offset skip on, within [min, max] */
+
+static char *
+ngx_http_kv_zone_size(ngx_conf_t *cf, ngx_str_t *value, size_t skip,
+    size_t min, size_t max, size_t *size)
+{
+    off_t      n;
+    ngx_str_t  s;
+
+    s.data = value->data + skip;
+    s.len = value->len - skip;
+
+    n = ngx_parse_offset(&s);
+
+    if (n == NGX_ERROR || (uint64_t) n < min || (uint64_t) n > max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"%V\", it must be a size from %uz to "
+                           "%uz", value, min, max);
+        return NGX_CONF_ERROR;
+    }
+
+    *size = n;
+
+    return NGX_CONF_OK;
+}
+
+
+/* fsync=off|always|interval:TIME */
+
+static char *
+ngx_http_kv_zone_fsync(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_http_kv_zone_t *ctx)
+{
+    ngx_int_t  ms;
+    ngx_str_t  s;
+
+    s.data = value->data + 6;
+    s.len = value->len - 6;
+
+    if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+        ctx->fsync = KV_FSYNC_OFF;
+        return NGX_CONF_OK;
+    }
+
+    if (s.len == 6 && ngx_strncmp(s.data, "always", 6) == 0) {
+        ctx->fsync = KV_FSYNC_ALWAYS;
+        return NGX_CONF_OK;
+    }
+
+    if (s.len > 9 && ngx_strncmp(s.data, "interval:", 9) == 0) {
+        s.data += 9;
+        s.len -= 9;
+
+        ms = ngx_parse_time(&s, 0);
+
+        if (ms != NGX_ERROR && ms > 0) {
+            ctx->fsync = KV_FSYNC_INTERVAL;
+            ctx->fsync_interval = ms;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"%V\", it must be \"fsync=off\", "
+                       "\"fsync=always\" or \"fsync=interval:TIME\"", value);
+
+    return NGX_CONF_ERROR;
 }
 
 
@@ -411,7 +518,8 @@ ngx_http_kv(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    klcf->shm_zone = ngx_http_kv_zone_ref(cf, &value[1]);
+    klcf->shm_zone = ngx_shared_memory_add(cf, &value[1], 0,
+                                           &ngx_http_kv_module);
     if (klcf->shm_zone == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -434,38 +542,36 @@ ngx_http_kv_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static char *
-ngx_http_kv_ready(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_kv_loc_conf_t *klcf = conf;
+/*
+ * kv_ready, kv_status, kv_compact NAME: a location answering for a zone;
+ * cmd->offset is the zone's field in the location conf, cmd->post the
+ * handler.  The zone's kv_zone line may come later in the configuration.
+ */
 
+static char *
+ngx_http_kv_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
     ngx_str_t                 *value;
+    ngx_shm_zone_t           **zonep;
     ngx_http_core_loc_conf_t  *clcf;
 
-    if (klcf->ready_zone) {
+    zonep = (ngx_shm_zone_t **) ((char *) conf + cmd->offset);
+
+    if (*zonep) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
-    klcf->ready_zone = ngx_http_kv_zone_ref(cf, &value[1]);
-    if (klcf->ready_zone == NULL) {
+    *zonep = ngx_shared_memory_add(cf, &value[1], 0, &ngx_http_kv_module);
+    if (*zonep == NULL) {
         return NGX_CONF_ERROR;
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_kv_ready_handler;
+    clcf->handler = (ngx_http_handler_pt) cmd->post;
 
     return NGX_CONF_OK;
-}
-
-
-/* a zone by name; its kv_zone line may come later in the configuration */
-
-static ngx_shm_zone_t *
-ngx_http_kv_zone_ref(ngx_conf_t *cf, ngx_str_t *name)
-{
-    return ngx_shared_memory_add(cf, name, 0, &ngx_http_kv_module);
 }
 
 
@@ -652,6 +758,11 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.max_value = ctx->max_value;
         conf.owner_uid = (uid_t) -1;
         conf.owner_gid = (gid_t) -1;
+        conf.segment_size = ctx->segment_size;
+        conf.fsync = ctx->fsync;
+        conf.compact_dead_pct = ctx->compact_ratio;
+        conf.compact_dead_bytes = ctx->compact_dead;
+        conf.read_only = 0;
 
         /* the master usually runs as root, the workers as "user" */
 
@@ -683,6 +794,30 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
                       "kv_zone \"%V\": cannot open the store in \"%V\": %s; "
                       "it answers 503 until nginx is restarted",
                       &ctx->name, &ctx->path, kv_strerror(rc));
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kv_init_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                i;
+    ngx_http_kv_zone_t      **zonep;
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
+    if (kmcf == NULL) {
+        return NGX_OK;
+    }
+
+    zonep = kmcf->zones.elts;
+
+    for (i = 0; i < kmcf->zones.nelts; i++) {
+        if (ngx_http_kv_threads_init(cycle, zonep[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;

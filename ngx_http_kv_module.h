@@ -19,29 +19,83 @@
 #include "kvstore.h"
 
 
-typedef struct {
+typedef struct ngx_http_kv_zone_s  ngx_http_kv_zone_t;
+typedef struct ngx_http_kv_job_s   ngx_http_kv_job_t;
+
+
+/* blocking work run in a thread pool, with a store handle of its own */
+struct ngx_http_kv_job_s {
+    ngx_http_kv_zone_t      *zone;
+    kv_store_t               store;
+    int                      rc;
+    uint64_t                 durable;     /* sync: the position now durable */
+    void                   (*run)(ngx_http_kv_job_t *job);   /* the thread */
+    void                   (*done)(ngx_http_kv_job_t *job);  /* event loop */
+    ngx_uint_t               busy;
+#if (NGX_THREADS)
+    ngx_thread_task_t       *task;
+#endif
+};
+
+
+struct ngx_http_kv_zone_s {
     ngx_str_t                name;
     ngx_str_t                path;        /* absolute, null-terminated */
     size_t                   max_key;
     size_t                   max_value;
+    size_t                   segment_size;
+    ngx_uint_t               fsync;       /* KV_FSYNC_* */
+    ngx_msec_t               fsync_interval;
+    ngx_uint_t               compact_ratio;
+    size_t                   compact_dead;
     ngx_shm_zone_t          *shm_zone;
     ngx_slab_pool_t         *shpool;
     kv_host_t                host;
     kv_store_t               store;       /* this process's handle */
     ngx_flag_t               reused;      /* index kept from the last cycle */
-} ngx_http_kv_zone_t;
+#if (NGX_THREADS)
+    ngx_thread_pool_t       *thread_pool;
+#endif
+
+    /* per worker process */
+    ngx_queue_t              waiters;     /* writes waiting for an fsync */
+    ngx_http_kv_job_t       *sync;
+    ngx_http_kv_job_t       *hints;
+    ngx_http_kv_job_t       *compact;
+    ngx_event_t              flush_timer;
+    ngx_event_t              maintenance_timer;
+    ngx_event_t              hold;        /* while writes wait for a flush */
+    uint32_t                 hinted;      /* active segment at the last
+                                             hint pass */
+};
 
 
 typedef struct {
     ngx_shm_zone_t          *shm_zone;    /* kv NAME */
     ngx_shm_zone_t          *ready_zone;  /* kv_ready NAME */
+    ngx_shm_zone_t          *status_zone; /* kv_status NAME */
+    ngx_shm_zone_t          *compact_zone; /* kv_compact NAME */
 } ngx_http_kv_loc_conf_t;
 
 
+/* ngx_http_kv_handler.c */
 ngx_int_t ngx_http_kv_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_health_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_ready_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_kv_status_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_kv_compact_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *data, size_t len);
+ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *msg);
 void ngx_http_kv_install_body_filter(void);
+
+/* ngx_http_kv_threads.c */
+ngx_int_t ngx_http_kv_threads_init(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
+ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_uint_t status);
+ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone);
 
 
 extern ngx_module_t  ngx_http_kv_module;

@@ -1,0 +1,489 @@
+
+/*
+ * ngx_http_kv_module: the work that must not run on the event loop.
+ *
+ * fsync (group commit): a write under fsync=always is answered once a
+ * flush covers it.  Each worker keeps one flush in flight; every write
+ * that arrives meanwhile waits for the next one, so all writes waiting at a
+ * moment share one fdatasync().  A flush by any process advances the
+ * store's durable position for all of them.
+ *
+ * fsync=interval: each worker flushes its own writes every interval.
+ *
+ * Maintenance: every worker closes its descriptors of segments that a
+ * compaction deleted; worker 0 also writes the hint files of segments that
+ * became immutable and starts a compaction when the dead-data thresholds
+ * say so.  POST /kv/compact starts one in whichever worker receives it.
+ *
+ * Each job has a kv_store_t of its own: descriptors are never shared
+ * between a thread and the event loop.  Without thread support in nginx a
+ * job runs in place, blocking.
+ */
+
+
+#include "ngx_http_kv_module.h"
+
+
+/* how often worker 0 looks for maintenance work */
+#define NGX_HTTP_KV_MAINTENANCE_INTERVAL  1000
+
+/*
+ * While writes wait for a flush, a timer that is not cancelable keeps a
+ * gracefully exiting worker alive until they are answered: nginx ends an
+ * exiting worker as soon as only cancelable timers are left.
+ */
+#define NGX_HTTP_KV_HOLD_INTERVAL         60000
+
+
+typedef struct {
+    ngx_http_request_t      *request;
+    ngx_http_kv_zone_t      *zone;
+    uint64_t                 pos;         /* end of the write to flush */
+    ngx_uint_t               status;      /* to answer once durable */
+    ngx_queue_t              queue;
+} ngx_http_kv_waiter_t;
+
+
+static ngx_http_kv_job_t *ngx_http_kv_job_create(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone, void (*run)(ngx_http_kv_job_t *job),
+    void (*done)(ngx_http_kv_job_t *job));
+static ngx_int_t ngx_http_kv_job_post(ngx_http_kv_job_t *job);
+#if (NGX_THREADS)
+static void ngx_http_kv_job_thread(void *data, ngx_log_t *log);
+static void ngx_http_kv_job_event(ngx_event_t *ev);
+#endif
+
+static void ngx_http_kv_sync_run(ngx_http_kv_job_t *job);
+static void ngx_http_kv_sync_done(ngx_http_kv_job_t *job);
+static void ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
+    uint64_t durable);
+static void ngx_http_kv_waiter_cleanup(void *data);
+static void ngx_http_kv_hints_run(ngx_http_kv_job_t *job);
+static void ngx_http_kv_compact_run(ngx_http_kv_job_t *job);
+static void ngx_http_kv_job_logged(ngx_http_kv_job_t *job);
+static void ngx_http_kv_flush_timer(ngx_event_t *ev);
+static void ngx_http_kv_hold_timer(ngx_event_t *ev);
+static void ngx_http_kv_maintenance_timer(ngx_event_t *ev);
+static void ngx_http_kv_timer_init(ngx_event_t *ev, ngx_http_kv_zone_t *zone,
+    ngx_event_handler_pt handler, ngx_msec_t period, ngx_log_t *log);
+
+
+ngx_int_t
+ngx_http_kv_threads_init(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
+{
+    ngx_queue_init(&zone->waiters);
+
+    zone->sync = ngx_http_kv_job_create(cycle, zone, ngx_http_kv_sync_run,
+                                        ngx_http_kv_sync_done);
+    zone->hints = ngx_http_kv_job_create(cycle, zone, ngx_http_kv_hints_run,
+                                         ngx_http_kv_job_logged);
+    zone->compact = ngx_http_kv_job_create(cycle, zone,
+                                           ngx_http_kv_compact_run,
+                                           ngx_http_kv_job_logged);
+
+    if (zone->sync == NULL || zone->hints == NULL || zone->compact == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* every worker flushes its own writes */
+
+    if (zone->fsync == KV_FSYNC_INTERVAL) {
+        ngx_http_kv_timer_init(&zone->flush_timer, zone,
+                               ngx_http_kv_flush_timer, zone->fsync_interval,
+                               cycle->log);
+    }
+
+    ngx_http_kv_timer_init(&zone->maintenance_timer, zone,
+                           ngx_http_kv_maintenance_timer,
+                           NGX_HTTP_KV_MAINTENANCE_INTERVAL, cycle->log);
+
+    return NGX_OK;
+}
+
+
+/* cancelable: a graceful shutdown does not wait for them */
+
+static void
+ngx_http_kv_timer_init(ngx_event_t *ev, ngx_http_kv_zone_t *zone,
+    ngx_event_handler_pt handler, ngx_msec_t period, ngx_log_t *log)
+{
+    ev->handler = handler;
+    ev->data = zone;
+    ev->log = log;
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, period);
+}
+
+
+static ngx_http_kv_job_t *
+ngx_http_kv_job_create(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone,
+    void (*run)(ngx_http_kv_job_t *job), void (*done)(ngx_http_kv_job_t *job))
+{
+    ngx_http_kv_job_t  *job;
+
+    job = ngx_pcalloc(cycle->pool, sizeof(ngx_http_kv_job_t));
+    if (job == NULL) {
+        return NULL;
+    }
+
+    job->zone = zone;
+    job->run = run;
+    job->done = done;
+
+    kv_store_init(&job->store, zone->store.sh, &zone->host,
+                  &zone->store.conf);
+
+#if (NGX_THREADS)
+    job->task = ngx_thread_task_alloc(cycle->pool, 0);
+    if (job->task == NULL) {
+        return NULL;
+    }
+
+    job->task->ctx = job;
+    job->task->handler = ngx_http_kv_job_thread;
+    job->task->event.handler = ngx_http_kv_job_event;
+    job->task->event.data = job;
+    job->task->event.log = cycle->log;
+#endif
+
+    return job;
+}
+
+
+/* NGX_BUSY if the job is already running */
+
+static ngx_int_t
+ngx_http_kv_job_post(ngx_http_kv_job_t *job)
+{
+    if (job->busy) {
+        return NGX_BUSY;
+    }
+
+#if (NGX_THREADS)
+
+    if (ngx_thread_task_post(job->zone->thread_pool, job->task) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                      "kv_zone \"%V\": cannot post a task to the thread "
+                      "pool", &job->zone->name);
+        return NGX_ERROR;
+    }
+
+    job->busy = 1;
+
+#else
+
+    job->run(job);
+    job->done(job);
+
+#endif
+
+    return NGX_OK;
+}
+
+
+#if (NGX_THREADS)
+
+static void
+ngx_http_kv_job_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_kv_job_t  *job = data;
+
+    job->run(job);
+}
+
+
+static void
+ngx_http_kv_job_event(ngx_event_t *ev)
+{
+    ngx_http_kv_job_t  *job = ev->data;
+
+    job->busy = 0;
+    job->done(job);
+}
+
+#endif
+
+
+/*
+ * A write is done: answer now, or (fsync=always) once it is durable.
+ * Returns the response's rc, or NGX_DONE if the request now waits.
+ */
+
+ngx_int_t
+ngx_http_kv_write_done(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_uint_t status)
+{
+    int                    rc;
+    ngx_pool_cleanup_t    *cln;
+    ngx_http_kv_waiter_t  *w;
+
+    if (zone->fsync != KV_FSYNC_ALWAYS) {
+        return ngx_http_kv_send(r, status, NULL, NULL, 0);
+    }
+
+    rc = kv_durable(&zone->store, zone->store.written);
+
+    if (rc == 1) {
+        return ngx_http_kv_send(r, status, NULL, NULL, 0);
+    }
+
+    if (rc != 0) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "a flush to disk failed earlier, "
+                                      "writes cannot be made durable");
+    }
+
+    w = ngx_palloc(r->pool, sizeof(ngx_http_kv_waiter_t));
+    if (w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    w->request = r;
+    w->zone = zone;
+    w->pos = zone->store.written;
+    w->status = status;
+    ngx_queue_insert_tail(&zone->waiters, &w->queue);
+
+    cln->handler = ngx_http_kv_waiter_cleanup;
+    cln->data = w;
+
+    if (ngx_http_kv_job_post(zone->sync) == NGX_ERROR) {
+        ngx_queue_remove(&w->queue);
+        ngx_queue_init(&w->queue);
+        return ngx_http_kv_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "cannot start a flush to disk");
+    }
+
+    if (!zone->hold.timer_set) {
+        zone->hold.handler = ngx_http_kv_hold_timer;
+        zone->hold.data = zone;
+        zone->hold.log = ngx_cycle->log;
+        ngx_add_timer(&zone->hold, NGX_HTTP_KV_HOLD_INTERVAL);
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_kv_sync_run(ngx_http_kv_job_t *job)
+{
+    job->rc = kv_sync(&job->store, &job->durable);
+}
+
+
+static void
+ngx_http_kv_sync_done(ngx_http_kv_job_t *job)
+{
+    ngx_http_kv_wake(job->zone, job->rc != KV_OK, job->durable);
+
+    /* writes that arrived during this flush share the next one */
+
+    if (!ngx_queue_empty(&job->zone->waiters)) {
+        if (ngx_http_kv_job_post(job) == NGX_ERROR) {
+            ngx_http_kv_wake(job->zone, 1, 0);
+        }
+    }
+}
+
+
+/* answers the waiting writes that are durable now, or all if it failed */
+
+static void
+ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
+    uint64_t durable)
+{
+    ngx_int_t              rc;
+    ngx_queue_t           *q, *next;
+    ngx_connection_t      *c;
+    ngx_http_request_t    *r;
+    ngx_http_kv_waiter_t  *w;
+
+    for (q = ngx_queue_head(&zone->waiters);
+         q != ngx_queue_sentinel(&zone->waiters);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        w = ngx_queue_data(q, ngx_http_kv_waiter_t, queue);
+
+        if (!failed && w->pos > durable) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        ngx_queue_init(q);
+
+        r = w->request;
+        c = r->connection;
+
+        if (failed) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "kv_zone \"%V\": the write cannot be made "
+                          "durable, answering 500", &zone->name);
+
+            rc = ngx_http_kv_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                        "the flush to disk failed, the "
+                                        "write may not be durable");
+
+        } else {
+            rc = ngx_http_kv_send(r, w->status, NULL, NULL, 0);
+        }
+
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+
+    if (ngx_queue_empty(&zone->waiters) && zone->hold.timer_set) {
+        ngx_del_timer(&zone->hold);
+    }
+}
+
+
+/* a request freed while it waits leaves the queue */
+
+static void
+ngx_http_kv_waiter_cleanup(void *data)
+{
+    ngx_http_kv_waiter_t  *w = data;
+
+    if (ngx_queue_next(&w->queue) != &w->queue) {
+        ngx_queue_remove(&w->queue);
+    }
+}
+
+
+static void
+ngx_http_kv_hints_run(ngx_http_kv_job_t *job)
+{
+    job->rc = kv_write_hints(&job->store);
+}
+
+
+static void
+ngx_http_kv_compact_run(ngx_http_kv_job_t *job)
+{
+    job->rc = kv_compact(&job->store);
+}
+
+
+/* kvstore logged the details; this says which job ended how */
+
+static void
+ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
+{
+    ngx_uint_t  level;
+
+    level = (job->rc == KV_OK) ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, ngx_cycle->log, 0, "kv_zone \"%V\": %s: %s",
+                  &job->zone->name,
+                  job == job->zone->compact ? "compaction" : "hint files",
+                  kv_strerror(job->rc));
+}
+
+
+/*
+ * Claims the store's compaction and starts it in a thread: NGX_OK,
+ * NGX_BUSY if one is running anywhere, NGX_ERROR.
+ */
+
+ngx_int_t
+ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
+{
+    int  rc;
+
+    if (zone->compact->busy) {
+        return NGX_BUSY;
+    }
+
+    rc = kv_compact_begin(&zone->store);
+
+    if (rc == KV_EBUSY) {
+        return NGX_BUSY;
+    }
+
+    if (rc != KV_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "kv_zone \"%V\": compaction started", &zone->name);
+
+    return ngx_http_kv_job_post(zone->compact);
+}
+
+
+static void
+ngx_http_kv_flush_timer(ngx_event_t *ev)
+{
+    ngx_http_kv_zone_t  *zone = ev->data;
+
+    if (kv_durable(&zone->store, zone->store.written) == 0) {
+        (void) ngx_http_kv_job_post(zone->sync);
+    }
+
+    ngx_add_timer(ev, zone->fsync_interval);
+}
+
+
+static void
+ngx_http_kv_hold_timer(ngx_event_t *ev)
+{
+    ngx_http_kv_zone_t  *zone = ev->data;
+
+    if (!ngx_queue_empty(&zone->waiters)) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "kv_zone \"%V\": writes have waited %M ms for a "
+                      "flush to disk", &zone->name,
+                      (ngx_msec_t) NGX_HTTP_KV_HOLD_INTERVAL);
+
+        ngx_add_timer(ev, NGX_HTTP_KV_HOLD_INTERVAL);
+    }
+}
+
+
+static void
+ngx_http_kv_maintenance_timer(ngx_event_t *ev)
+{
+    uint32_t             segment;
+    ngx_http_kv_zone_t  *zone = ev->data;
+
+    if (ngx_exiting || !zone->store.sh->open) {
+        return;
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_KV_MAINTENANCE_INTERVAL);
+
+    /* a thread may be using a busy job's handle */
+
+    kv_store_sweep(&zone->store);
+
+    if (!zone->sync->busy) {
+        kv_store_sweep(&zone->sync->store);
+    }
+
+    if (ngx_worker != 0) {
+        return;
+    }
+
+    /* a roll-over left a segment without its hint file */
+
+    segment = zone->store.sh->segment;
+
+    if (segment != zone->hinted && ngx_http_kv_job_post(zone->hints) == NGX_OK)
+    {
+        zone->hinted = segment;
+    }
+
+    if (kv_compact_due(&zone->store)) {
+        (void) ngx_http_kv_start_compaction(zone);
+    }
+}
