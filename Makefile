@@ -3,6 +3,7 @@
 #   make          build build/ngx_http_kv_module.so
 #   make run      install what is missing, build, run nginx in the foreground
 #   make test     install what is missing, build, run unit tests and t/
+#   make bench    build, run the benchmarks of bench/ (bench/README.md)
 #
 # Everything built lands in build/.
 
@@ -35,11 +36,17 @@ UNIT_TESTS  := $(patsubst kvstore/tests/%.c,$(BUILD)/unit/%, \
                  $(filter-out kvstore/tests/test_util.c, \
                    $(wildcard kvstore/tests/test_*.c)))
 
-.PHONY: all build deps deps-build deps-run deps-test unit t test run clean
+KVTOOL        := $(BUILD)/kvtool
+KVTOOL_SRCS   := $(wildcard kvtool/*.c)
+KVTOOL_PROTO  := $(BUILD)/proto/kv.pb-c.c $(BUILD)/proto/seed.pb-c.c
+KVTOOL_CFLAGS := -std=c11 -O2 -Wall -Wextra -Werror -Ikvstore \
+                 -I$(BUILD)/proto
+
+.PHONY: all build deps deps-build deps-run deps-test unit t test soak run clean
 
 all: build
 
-build: $(MODULE)
+build: $(MODULE) $(KVTOOL)
 
 # nginx's configure writes its Makefile into build/; the module is then
 # compiled with the exact flags Debian's nginx was built with (--with-compat).
@@ -88,6 +95,16 @@ $(BUILD)/unit/%: kvstore/tests/%.c kvstore/tests/test_util.c $(KV_SRCS) \
 	$(UNIT_CC) $(UNIT_CFLAGS) -o $@ $< kvstore/tests/test_util.c \
 	    $(KV_SRCS) $(BUILD)/unit/proto/kv.pb-c.c $(UNIT_LIBS)
 
+# kvtool, the operations CLI: the engine linked over an arena host.
+$(BUILD)/proto/%.pb-c.c: proto/%.proto
+	mkdir -p $(BUILD)/proto
+	protoc-c --c_out=$(BUILD)/proto --proto_path=proto $<
+
+$(KVTOOL): $(KVTOOL_SRCS) $(wildcard kvtool/*.h) $(KV_SRCS) $(KV_HDRS) \
+           $(KVTOOL_PROTO)
+	$(CC) $(KVTOOL_CFLAGS) -o $@ $(KVTOOL_SRCS) $(KV_SRCS) $(KVTOOL_PROTO) \
+	    -lprotobuf-c -lcjson -lxxhash
+
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do \
 	    echo "== $$(basename $$t)"; \
@@ -97,7 +114,7 @@ unit: $(UNIT_TESTS)
 
 # t/ suites: openresty's Test::Nginx when installed, else the compatible
 # runner in t/compat.  Each suite gets its own server root and free port.
-t: build
+t: build $(KVTOOL)
 	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
 	root=$$(mktemp -d /tmp/kv-t.XXXXXX); \
 	TEST_NGINX_BINARY=$(NGINX) \
@@ -110,9 +127,40 @@ t: build
 
 test: deps build unit t
 
+# The crash-torture test of t/, long: 500 kill -9 cycles, about 16 minutes.
+soak: build
+	@root=$$(mktemp -d /tmp/kv-soak.XXXXXX); \
+	TEST_NGINX_BINARY=$(NGINX) \
+	TEST_NGINX_LOAD_MODULES=$(MODULE) \
+	KV_TEST_TMP=$$root \
+	KV_TORTURE_CYCLES=$${KV_TORTURE_CYCLES:-500} \
+	    prove -I t/lib t/crash-torture.t; rc=$$?; \
+	rm -rf $$root; exit $$rc
+
 run: deps-build deps-run build
 	@PORT=$(PORT) DATA_DIR=$(DATA_DIR) NGINX=$(NGINX) MODULE=$(MODULE) \
 	    RUN_DIR=$(BUILD)/run ./run-nginx.sh
+
+# Benchmarks: speed and space targets live here, never in unit tests.
+# bench/peers.sh (the comparison with other stores) is run by hand.
+BENCH_KEYS   ?= 10000000
+BENCH_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -Ikvstore \
+                -I$(BUILD)/unit/proto
+
+.PHONY: bench
+
+$(BUILD)/bench/startup: bench/startup.c $(KV_SRCS) $(KV_HDRS) \
+                        $(BUILD)/unit/proto/kv.pb-c.c
+	mkdir -p $(BUILD)/bench
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/startup.c $(KV_SRCS) \
+	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash -lpthread
+
+bench: build $(BUILD)/bench/startup
+	@mkdir -p bench/out; set -o pipefail; rc=0; { \
+	    $(BUILD)/bench/startup $(BENCH_KEYS) || rc=1; \
+	    bench/groupcommit.sh || rc=1; \
+	    bench/space.sh || rc=1; exit $$rc; \
+	} 2>&1 | tee bench/out/bench-$$(date -u +%Y%m%dT%H%M%SZ).log
 
 clean:
 	rm -rf $(BUILD)

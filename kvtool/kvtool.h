@@ -1,0 +1,87 @@
+/*
+ * kvtool: the operations command line for a kvstore data directory.  It
+ * links the engine itself, with the index in a kv_arena instead of nginx
+ * shared memory.
+ */
+
+#ifndef KVTOOL_H
+#define KVTOOL_H
+
+#include <stdio.h>
+
+#include "kv_arena.h"
+#include "kv_internal.h"
+
+
+/* exit codes */
+#define KVTOOL_OK      0
+#define KVTOOL_FAIL    1     /* damage found, or the operation failed */
+#define KVTOOL_USAGE   2
+
+/* how kvtool_open() prepares a store */
+#define KVTOOL_SCAN    0     /* no recovery: for kv_scan_segment() only */
+#define KVTOOL_READ    1     /* read-only recovery: no lock, no change */
+#define KVTOOL_WRITE   2     /* recovery under the directory lock */
+#define KVTOOL_LOCK    3     /* the directory lock, no recovery yet */
+
+
+typedef struct {
+    kv_arena_t   *arena;
+    kv_host_t     host;
+    kv_shared_t  *sh;
+    kv_store_t    s;
+} kvtool_store_t;
+
+
+/*
+ * A damaged byte range of a segment: from a bad frame to the next valid
+ * one, or to the end of the file (tail).
+ */
+typedef struct {
+    uint64_t   off;
+    uint64_t   len;
+    unsigned   tail;
+} kvtool_damage_t;
+
+
+/* the hint file of a segment */
+#define KVTOOL_HINT_NONE       0     /* absent */
+#define KVTOOL_HINT_OK         1     /* loads and agrees with the segment */
+#define KVTOOL_HINT_BAD        2     /* unusable, or disagrees */
+#define KVTOOL_HINT_UNCHECKED  3     /* its segment is damaged */
+
+
+typedef struct {
+    uint32_t          id;
+    uint64_t          size;
+    uint64_t          records;
+    kvtool_damage_t  *damage;        /* malloc()ed */
+    size_t            ndamage;
+    unsigned          hint;          /* KVTOOL_HINT_* */
+    char              why[512];      /* why the hint is bad */
+} kvtool_segment_t;
+
+
+/* kvtool.c */
+void kvtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *kvtool_last_log(void);
+int kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data,
+    unsigned mode);
+void kvtool_close(kvtool_store_t *t);
+uint64_t kvtool_dir_bytes(const char *dir);
+long kvtool_lock_holder(const char *dir);
+void kvtool_hint_path(const char *dir, uint32_t id, char path[PATH_MAX]);
+
+/* kvtool_verify.c */
+int kvtool_verify_segment(kvtool_store_t *t, uint32_t id,
+    kvtool_store_t *index, kvtool_segment_t *seg);
+void kvtool_segment_free(kvtool_segment_t *seg);
+
+/* one file per command */
+int kvtool_check(const char *dir);
+int kvtool_dump(const char *dir);
+int kvtool_compact(const char *dir);
+int kvtool_import_seed(const char *file, const char *dir);
+int kvtool_repair(const char *dir);
+
+#endif /* KVTOOL_H */

@@ -1,0 +1,201 @@
+#define _GNU_SOURCE
+
+/*
+ * kvtool check DIR: read-only, lock-free, so it also runs beside nginx.
+ * Each segment is scanned past every damaged range, its hint verified, and
+ * its records replayed into an index for the live and dead figures.
+ */
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include "kvtool.h"
+
+
+typedef struct {
+    uint64_t  records;
+    uint64_t  bad;
+    uint64_t  torn;
+    uint64_t  hints[4];      /* by KVTOOL_HINT_* */
+} kvtool_check_t;
+
+
+/*
+ * Damage followed by valid records stops recovery; a bad end of a segment
+ * is the torn tail of a write that was never acknowledged as durable, and
+ * recovery cuts it, as it does after every crash.
+ */
+static void
+kvtool_check_damage(const kvtool_segment_t *seg, int last, long holder,
+    kvtool_check_t *c)
+{
+    size_t                  i;
+    const kvtool_damage_t  *d;
+
+    for (i = 0; i < seg->ndamage; i++) {
+        d = &seg->damage[i];
+
+        if (d->tail) {
+            printf("warning: torn tail in " KV_SEGMENT_FMT " at offset %"
+                   PRIu64 " (%" PRIu64 " bytes): %s\n", seg->id, d->off,
+                   d->len, last && holder > 0 ? "may be a write in progress"
+                                              : "the next start cuts it");
+            c->torn++;
+            continue;
+        }
+
+        printf("bad record in " KV_SEGMENT_FMT " at offset %" PRIu64 ": %"
+               PRIu64 " bytes unreadable, valid records follow at offset %"
+               PRIu64 "\n", seg->id, d->off, d->len, d->off + d->len);
+
+        c->bad++;
+    }
+}
+
+
+static void
+kvtool_check_segment(const kvtool_segment_t *seg, int last,
+    kvtool_check_t *c)
+{
+    const char  *hint;
+
+    switch (seg->hint) {
+    case KVTOOL_HINT_OK:
+        hint = "hint ok";
+        break;
+    case KVTOOL_HINT_BAD:
+        hint = "hint BAD: ";
+        break;
+    case KVTOOL_HINT_UNCHECKED:
+        hint = "hint not verified (damaged segment)";
+        break;
+    default:
+        hint = last ? "no hint (active segment)" : "hint missing";
+    }
+
+    printf(KV_SEGMENT_FMT ": %" PRIu64 " records, %" PRIu64 " bytes, %s%s\n",
+           seg->id, seg->records, seg->size, hint,
+           seg->hint == KVTOOL_HINT_BAD ? seg->why : "");
+
+    c->records += seg->records;
+
+    /* the active segment has no hint by design */
+    if (seg->hint != KVTOOL_HINT_NONE || !last) {
+        c->hints[seg->hint]++;
+    }
+}
+
+
+int
+kvtool_check(const char *dir)
+{
+    int               rc;
+    long              holder;
+    char              path[PATH_MAX];
+    size_t            i, n;
+    uint32_t         *ids;
+    struct stat       st;
+    kvtool_check_t    c;
+    kvtool_store_t    t;
+    kvtool_segment_t  seg;
+
+    if (stat(dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
+        kvtool_error("\"%s\" is not a directory", dir);
+        return KVTOOL_FAIL;
+    }
+
+    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_SCAN) != KV_OK) {
+        return KVTOOL_FAIL;
+    }
+
+    rc = kv_list_segments(&t.s, &ids, &n);
+    if (rc != KV_OK) {
+        kvtool_close(&t);
+        return KVTOOL_FAIL;
+    }
+
+    holder = kvtool_lock_holder(dir);
+    memset(&c, 0, sizeof(kvtool_check_t));
+
+    if (holder > 0) {
+        printf("checking \"%s\": in use by a running process (pid %ld)\n",
+               dir, holder);
+
+    } else {
+        printf("checking \"%s\": %s\n", dir,
+               holder == 0 ? "not in use" : "in use or not: /proc/locks is "
+               "unreadable");
+    }
+
+    snprintf(path, sizeof(path), "%s/" KV_MERGE_FILE, dir);
+
+    if (stat(path, &st) == 0) {
+        printf("note: %s exists: a compaction is running or was "
+               "interrupted; the next start removes its output\n", path);
+    }
+
+    for (i = 0; i < n; i++) {
+        rc = kvtool_verify_segment(&t, ids[i], &t, &seg);
+
+        /* a compaction of the running store may delete it meanwhile */
+        kv_segment_path(&t.s, ids[i], path);
+
+        if (rc == KV_NOTFOUND || (rc == KV_OK && access(path, F_OK) == -1)) {
+            printf(KV_SEGMENT_FMT ": removed during the check (by a "
+                   "compaction)\n", ids[i]);
+            rc = KV_OK;
+
+        } else if (rc == KV_OK) {
+            kvtool_check_segment(&seg, i == n - 1, &c);
+            kvtool_check_damage(&seg, i == n - 1, holder, &c);
+        }
+
+        kvtool_segment_free(&seg);
+
+        if (rc != KV_OK) {
+            break;
+        }
+    }
+
+    free(ids);
+
+    if (rc != KV_OK) {
+        kvtool_error("checking \"%s\" failed: %s", dir, kv_strerror(rc));
+        kvtool_close(&t);
+        return KVTOOL_FAIL;
+    }
+
+    printf("segments: %zu\n"
+           "records: %" PRIu64 "\n"
+           "live keys: %" PRIu64 "\n"
+           "live bytes: %" PRIu64 "\n"
+           "dead bytes: %" PRIu64 "\n"
+           "hints: %" PRIu64 " ok, %" PRIu64 " missing, %" PRIu64 " bad, %"
+           PRIu64 " not verified\n"
+           "bad records: %" PRIu64 "\n",
+           n, c.records, t.sh->stats.keys, t.sh->stats.live_bytes,
+           t.sh->stats.dead_bytes, c.hints[KVTOOL_HINT_OK],
+           c.hints[KVTOOL_HINT_NONE], c.hints[KVTOOL_HINT_BAD],
+           c.hints[KVTOOL_HINT_UNCHECKED], c.bad);
+
+    kvtool_close(&t);
+
+    if (c.bad) {
+        printf("result: DAMAGED: the store does not start; stop nginx and "
+               "run \"kvtool repair %s\"\n", dir);
+        return KVTOOL_FAIL;
+    }
+
+    if (c.hints[KVTOOL_HINT_BAD]) {
+        printf("result: DAMAGED hint files: starts scan their segments; "
+               "\"kvtool repair %s\" rewrites them\n", dir);
+        return KVTOOL_FAIL;
+    }
+
+    printf("result: ok%s\n", c.torn ? " (with a torn tail)" : "");
+
+    return KVTOOL_OK;
+}

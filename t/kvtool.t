@@ -1,0 +1,404 @@
+# kvtool, the operations CLI: import-seed, dump, check, repair, compact and
+# the directory lock, run against temporary directories.  The last part
+# needs nginx with the module: a running store, JSON values, the real lock.
+
+use strict;
+use warnings;
+
+use Test::More;
+use Cwd qw(abs_path);
+use Fcntl qw(:flock);
+use File::Temp qw(tempdir);
+use JSON::PP ();
+use MIME::Base64 qw(decode_base64);
+use POSIX ();
+
+my $Tool = $ENV{KV_TOOL} || 'build/kvtool';
+$Tool = abs_path($Tool) if -e $Tool;
+
+plan skip_all => "$Tool is not built (make build)" unless -f $Tool && -x _;
+
+my $Tmp = tempdir('kvtool-XXXXXX', TMPDIR => !$ENV{KV_TEST_TMP},
+                  DIR => $ENV{KV_TEST_TMP}, CLEANUP => 1);
+my $Seq = 0;
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or return undef;
+    local $/;
+    my $d = <$fh>;
+    return defined $d ? $d : '';
+}
+
+sub spew {
+    my ($path, $data, $mode) = @_;
+    open my $fh, $mode || '>:raw', $path or die "$path: $!";
+    print $fh $data;
+    close $fh or die "$path: $!";
+}
+
+# Runs kvtool; returns { rc, out, err }.
+sub kvtool {
+    my (@args) = @_;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>', "$Tmp/out" or POSIX::_exit(126);
+        open STDERR, '>', "$Tmp/err" or POSIX::_exit(126);
+        exec $Tool, @args or POSIX::_exit(127);
+    }
+    waitpid $pid, 0;
+    return { rc => $? >> 8, out => slurp("$Tmp/out"),
+             err => slurp("$Tmp/err") };
+}
+
+sub new_dir { return "$Tmp/d" . ++$Seq }
+
+# The Go server's file: u64 LE length, then a protobuf Entity
+# {bool tombstone = 1; string key = 2; bytes value = 3;}, encoded by hand.
+sub varint {
+    my ($n) = @_;
+    my $o = '';
+    while ($n >= 0x80) { $o .= chr(($n & 0x7f) | 0x80); $n >>= 7 }
+    return $o . chr($n);
+}
+
+sub entity {
+    my ($key, $value) = @_;       # undef value: a tombstone
+    my $p = defined $value ? '' : "\x08\x01";
+    $p .= "\x12" . varint(length $key) . $key;
+    $p .= "\x1a" . varint(length $value) . $value
+        if defined $value && length $value;
+    return pack('Q<', length $p) . $p;
+}
+
+sub seed_file {
+    my (@records) = @_;
+    my $path = "$Tmp/seed" . ++$Seq;
+    spew($path, join '', map { entity(@$_) } @records);
+    return $path;
+}
+
+# Frames of a segment: u32 LE payload length, u64 checksum, payload.
+sub frames {
+    my ($data) = @_;
+    my ($pos, @f) = (0);
+    while ($pos + 12 <= length $data) {
+        my $len = 12 + unpack 'V', substr($data, $pos, 4);
+        last if $pos + $len > length $data;
+        push @f, [$pos, $len];
+        $pos += $len;
+    }
+    return @f;
+}
+
+sub flip_byte {
+    my ($path, $off) = @_;
+    open my $fh, '+<:raw', $path or die "$path: $!";
+    seek $fh, $off, 0;
+    read $fh, my $b, 1;
+    seek $fh, $off, 0;
+    print $fh chr(ord($b) ^ 0x5a);
+    close $fh;
+}
+
+sub dir_bytes {
+    my ($dir) = @_;
+    opendir my $dh, $dir or return 0;
+    my $n = 0;
+    $n += -f "$dir/$_" ? -s _ : 0 for readdir $dh;
+    return $n;
+}
+
+# The dump as { key => [value, line] }; keys and values as bytes.
+sub dump_map {
+    my ($out) = @_;
+    my %m;
+    for my $line (split /\n/, $out) {
+        my $j = JSON::PP->new->utf8->decode($line);
+        my $k = exists $j->{key_base64} ? decode_base64($j->{key_base64})
+                                        : $j->{key};
+        my $v = exists $j->{value_base64} ? decode_base64($j->{value_base64})
+                                          : $j->{value};
+        utf8::encode($k) unless exists $j->{key_base64};
+        utf8::encode($v) unless exists $j->{value_base64} || ref $v;
+        $m{$k} = [$v, $j];
+    }
+    return \%m;
+}
+
+# 100 keys written 5 times with 1 KiB values: 80% of the log is dead.
+sub overwritten_store {
+    my $dir = new_dir();
+    my @recs;
+    for my $round (1 .. 5) {
+        push @recs, map { ["key$_", "$round:" . ('x' x 1024)] } 1 .. 100;
+    }
+    my $r = kvtool('import-seed', seed_file(@recs), $dir);
+    is($r->{rc}, 0, 'import of the overwritten store') or diag($r->{err});
+    return $dir;
+}
+
+
+# ---------------------------------------------------------------- usage
+
+{
+    my $r = kvtool();
+    is($r->{rc}, 2, 'no command: exit 2');
+    like($r->{err}, qr/usage: kvtool/, 'no command: usage');
+
+    is(kvtool('frobnicate', $Tmp)->{rc}, 2, 'unknown command: exit 2');
+    is(kvtool('check')->{rc}, 2, 'check without DIR: exit 2');
+    is(kvtool('import-seed', $Tmp)->{rc}, 2, 'import-seed without DIR: 2');
+
+    $r = kvtool('help');
+    is($r->{rc}, 0, 'help: exit 0');
+    like($r->{out}, qr/import-seed FILE DIR/, 'help lists the commands');
+
+    $r = kvtool('check', "$Tmp/missing");
+    is($r->{rc}, 1, 'check of a missing directory fails');
+    ok(!-e "$Tmp/missing", 'and does not create it');
+}
+
+
+# ---------------------------------------------------------------- import, dump
+
+{
+    my $dir = new_dir();
+    my $seed = seed_file(
+        [alpha => 'one'], [bin => "\x00\xff\xfe"], [alpha => 'uno'],
+        ['nokey'], [zeta => '1'], ['zeta'], [zeta => '2'],
+        ["k\x00z" => 'v'], [gamma => "caf\xc3\xa9"], [empty => ''],
+        [json => '{"a": 1}'], [gone => 'x'], ['gone'],
+    );
+    my $torn = substr(entity(tail => 'never complete'), 0, 14);
+    spew($seed, $torn, '>>:raw');
+
+    my $r = kvtool('import-seed', $seed, $dir);
+    is($r->{rc}, 0, 'import-seed: exit 0') or diag($r->{err});
+    like($r->{out}, qr/13 records: 10 puts, 2 deletes, 1 deletes of absent/,
+         'import-seed counts puts, deletes and deletes of absent keys');
+    like($r->{err}, qr/last record, at offset \d+, is truncated: ignored/,
+         'a truncated last record is a warning');
+
+    $r = kvtool('dump', $dir);
+    is($r->{rc}, 0, 'dump: exit 0') or diag($r->{err});
+
+    my @lines = split /\n/, $r->{out};
+    is(scalar @lines, 7, 'one line per live key');
+
+    my $m = dump_map($r->{out});
+    is_deeply([sort keys %$m],
+              [sort 'alpha', 'bin', 'zeta', "k\x00z", 'gamma', 'empty',
+               'json'], 'the live keys: last record wins, tombstones delete');
+    is_deeply([map { $m->{$_}[0] } 'alpha', 'bin', 'zeta', "k\x00z",
+                                   'gamma', 'empty', 'json'],
+              ['uno', "\x00\xff\xfe", '2', 'v', "caf\xc3\xa9", '',
+               '{"a": 1}'], 'the values');
+
+    ok(exists $m->{bin}[1]{value_base64}, 'binary value: value_base64');
+    ok(exists $m->{"k\x00z"}[1]{key_base64}, 'key with NUL: key_base64');
+    is($m->{gamma}[1]{value}, "caf\x{e9}", 'UTF-8 value: a JSON string');
+    is($m->{json}[1]{value}, '{"a": 1}',
+       'a JSON-looking octet-stream value stays a string');
+    is_deeply([sort { $a <=> $b } map { $_->[1]{seq} } values %$m],
+              [2, 3, 6, 7, 8, 9, 10],
+              'seq is the import order');
+    is(scalar(grep { $_->[1]{content_type} eq 'application/octet-stream' }
+              values %$m), 7, 'seed values are application/octet-stream');
+
+    my @keys = map { my $j = JSON::PP->new->utf8->decode($_);
+                     $j->{key} // decode_base64($j->{key_base64}) } @lines;
+    is_deeply(\@keys, [sort @keys], 'dump is sorted by key');
+
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'check of a clean store: exit 0');
+    like($r->{out}, qr/^live keys: 7$/m, 'check counts the live keys');
+    like($r->{out}, qr/^bad records: 0$/m, 'check finds no bad record');
+    like($r->{out}, qr/not in use/, 'check: nobody holds the directory');
+}
+
+{
+    my $dir = new_dir();
+    my $good = entity(a => '1');
+    my $bad = "\x12\x40abc";              # key claims 64 bytes, has 3
+    my $seed = "$Tmp/badseed";
+    spew($seed, $good . pack('Q<', length $bad) . $bad . entity(b => '2'));
+
+    my $r = kvtool('import-seed', $seed, $dir);
+    is($r->{rc}, 1, 'import-seed of a bad record in the middle: exit 1');
+    like($r->{err}, qr/record at offset ${\ length $good} .*not a valid Entity/,
+         'the error names the offset');
+}
+
+
+# ---------------------------------------------------------------- damage
+
+{
+    my $dir = overwritten_store();
+    my $before = kvtool('dump', $dir)->{out};
+    my $seg = "$dir/0000000001.kvlog";
+    my $seg_size = -s $seg;
+    my @f = frames(slurp($seg));
+    is(scalar @f, 500, '500 frames in the segment');
+
+    # an old version (round 2) of key50: dead, overwritten three times
+    my ($off, $len) = @{ $f[149] };
+    flip_byte($seg, $off + 40);
+    my $damaged = substr(slurp($seg), $off, $len);
+
+    my $r = kvtool('check', $dir);
+    is($r->{rc}, 1, 'check of a damaged store: exit 1');
+    my $next = $off + $len;
+    like($r->{out}, qr/^bad\ record\ in\ 0000000001\.kvlog\ at\ offset
+                       \ $off:\ $len\ bytes\ unreadable,\ valid\ records
+                       \ follow\ at\ offset\ $next$/mx,
+         'check names the file, the offset and the damaged range');
+    like($r->{out}, qr/^records: 499$/m, 'check counts the records after it');
+    like($r->{out}, qr/kvtool repair/, 'check points at repair');
+
+    $r = kvtool('dump', $dir);
+    is($r->{rc}, 1, 'dump refuses a store that recovery refuses');
+    like($r->{err}, qr/offset $off/, 'and says where');
+
+    $r = kvtool('repair', $dir);
+    is($r->{rc}, 0, 'repair: exit 0') or diag($r->{err});
+    like($r->{out},
+         qr/moved $len damaged bytes of 0000000001\.kvlog at offset $off /,
+         'repair reports the move');
+    like($r->{out}, qr/older value, be missing/, 'repair warns about the key');
+    is(slurp("$dir/lost+found/0000000001.kvlog-$off.bin"), $damaged,
+       'the damaged bytes are in lost+found');
+    is(-s $seg, $seg_size - $len, 'the segment lost exactly that range');
+
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'check after repair: exit 0') or diag($r->{out});
+    is(kvtool('dump', $dir)->{out}, $before,
+       'every record after the damage survived');
+
+    # the newest version of key7 (round 5): the key falls back to round 4
+    @f = frames(slurp($seg));
+    ($off, $len) = @{ $f[-94] };
+    flip_byte($seg, $off + 20);
+    is(kvtool('check', $dir)->{rc}, 1, 'second damage found');
+    is(kvtool('repair', $dir)->{rc}, 0, 'second repair');
+    my $m = dump_map(kvtool('dump', $dir)->{out});
+    like($m->{key7}[0], qr/^4:/, 'key7 shows its older value, as warned');
+    like($m->{key8}[0], qr/^5:/, 'key8 keeps its newest value');
+    is(scalar keys %$m, 100, 'no key lost');
+
+    # a torn tail is normal after a crash: a warning, exit 0
+    spew($seg, "\x40\x00\x00\x00torn", '>>:raw');
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'a torn tail: exit 0');
+    like($r->{out}, qr/warning: torn tail in 0000000001\.kvlog/,
+         'a torn tail is reported as such');
+}
+
+
+# ---------------------------------------------------------------- compact
+
+{
+    my $dir = overwritten_store();
+    my $before = kvtool('dump', $dir);
+    my $size = dir_bytes($dir);
+
+    my $r = kvtool('compact', $dir);
+    is($r->{rc}, 0, 'compact: exit 0') or diag($r->{err});
+    like($r->{out}, qr/^reclaimed: \d+ bytes$/m, 'compact reports');
+    my $after = dir_bytes($dir);
+    cmp_ok($after, '<', $size * 0.3, "compact shrank $size to $after bytes");
+    is(kvtool('dump', $dir)->{out}, $before->{out},
+       'dump identical before and after compaction');
+
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'check after compaction');
+    like($r->{out}, qr/^hints: [1-9]\d* ok, 0 missing, 0 bad/m,
+         'compaction wrote hints and check verified them');
+
+    opendir my $dh, $dir;
+    my ($hint) = grep { /\.kvhint$/ } readdir $dh;
+    flip_byte("$dir/$hint", 30);
+
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 1, 'a corrupt hint: exit 1');
+    like($r->{out}, qr/hint BAD: .*checksum/, 'check says why');
+
+    $r = kvtool('repair', $dir);
+    is($r->{rc}, 0, 'repair of a bad hint');
+    like($r->{out}, qr/removed .*\Q$hint\E/, 'repair removed it');
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'the hint is written again');
+    like($r->{out}, qr/^hints: [1-9]\d* ok, 0 missing, 0 bad/m, 'and good');
+}
+
+
+# ---------------------------------------------------------------- the lock
+
+{
+    my $dir = overwritten_store();
+    my $dump = kvtool('dump', $dir)->{out};
+    my $seed = seed_file([x => 'y']);
+
+    open my $lock, '>>', "$dir/LOCK" or die "$dir/LOCK: $!";
+    ok(flock($lock, LOCK_EX | LOCK_NB), 'the test holds the directory lock');
+
+    for my $cmd (['compact', $dir], ['import-seed', $seed, $dir],
+                 ['repair', $dir])
+    {
+        my $r = kvtool(@$cmd);
+        is($r->{rc}, 1, "$cmd->[0] refuses a locked directory");
+        like($r->{err}, qr/in use by a running process \(pid $$ holds/,
+             "$cmd->[0] says who holds it");
+    }
+
+    my $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'check works on a locked directory');
+    like($r->{out}, qr/in use by a running process \(pid $$\)/,
+         'check says the directory is in use');
+
+    $r = kvtool('dump', $dir);
+    is($r->{rc}, 0, 'dump works on a locked directory');
+    is($r->{out}, $dump, 'the same dump');
+
+    close $lock;
+    is(kvtool('compact', $dir)->{rc}, 0, 'compact once the lock is gone');
+}
+
+
+# ---------------------------------------------------------------- nginx
+
+SKIP: {
+    my $module = $ENV{TEST_NGINX_LOAD_MODULES} || 'build/ngx_http_kv_module.so';
+    skip 'the module is not built', 9 unless -f $module;
+    $ENV{TEST_NGINX_LOAD_MODULES} ||= abs_path($module);
+
+    require lib;
+    lib->import('t/lib');
+    require KvTest;
+
+    my $srv = KvTest->new(name => 'kvtool');
+    $srv->start_ok or skip 'nginx did not start', 8;
+
+    my $json = '{ "n": 12345678901234567890, "s": "a b" }';
+    is($srv->put('doc', $json, 'application/json')->{status}, 201,
+       'PUT of a JSON value');
+    is($srv->put('bin', "\x80\x81")->{status}, 201, 'PUT of a binary value');
+
+    my $r = kvtool('dump', $srv->data_dir);
+    is($r->{rc}, 0, 'dump of a store nginx is serving');
+    like($r->{out},
+         qr/^\{"key":"doc","value":\{"n":12345678901234567890,"s":"a\ b"\},
+             "content_type":"application\/json","seq":\d+\}$/mx,
+         'a JSON value is embedded as JSON, minified, its number intact');
+    like($r->{out}, qr/"key":"bin","value_base64":"gIE="/, 'binary: base64');
+
+    $r = kvtool('compact', $srv->data_dir);
+    is($r->{rc}, 1, 'compact refuses the directory of a running nginx');
+    like($r->{err}, qr/stop nginx first/, 'and says so');
+
+    $srv->stop;
+    is(kvtool('compact', $srv->data_dir)->{rc}, 0,
+       'compact after nginx stopped');
+}
+
+done_testing();
