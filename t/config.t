@@ -151,14 +151,14 @@ qr/\[emerg\].*max_value/
 
 === TEST 11: an unknown kv_zone parameter
 --- http_config
-    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t11 fsync=always;
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t11 colour=blue;
 --- config
     location /db/ { kv store; }
 --- request
 GET /db/x
 --- must_die
 --- error_log eval
-qr/\[emerg\].*fsync/
+qr/\[emerg\].*invalid parameter "colour=blue"/
 
 
 

@@ -11,6 +11,11 @@ package KvTest;
 #   $r->{status}, $r->{headers}{'content-type'}, $r->{body}
 #   $srv->stop;  $srv->kill9_all;  $srv->reload;  $srv->nginx_t;
 #
+#   my $s = KvTest->new(name => 'st', zone_extra => 'segment_size=64k',
+#                       endpoints => 1);   # + /kv/status and /kv/compact
+#   $s->status->{keys};  $s->compact->{status};
+#   my ($rc, $out) = KvTest::kvtool('check', $s->data_dir);
+#
 # Environment (see target `t` in the Makefile):
 #   TEST_NGINX_BINARY        nginx binary (default: nginx)
 #   TEST_NGINX_LOAD_MODULES  absolute path(s) of the module .so
@@ -28,10 +33,14 @@ use POSIX qw(:sys_wait_h);
 use File::Path qw(make_path remove_tree);
 use File::Temp qw(tempdir);
 use Time::HiRes qw(time sleep);
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use JSON::PP ();
 use Test::More ();
 
 our @EXPORT_OK = qw(http_req free_port tmp_root read_file write_file
-                    wait_until frames_of slurp_log);
+                    wait_until frames_of slurp_log http_pipelined
+                    segment_ids dir_bytes none_ok);
 
 our $Binary  = $ENV{TEST_NGINX_BINARY} || 'nginx';
 our $Modules = $ENV{TEST_NGINX_LOAD_MODULES} || '';
@@ -85,6 +94,16 @@ sub write_file {
     close $fh or die "close $path: $!";
 }
 
+# none_ok(\@problems, $msg): passes if the list is empty, else shows the
+# first ten.
+sub none_ok {
+    my ($list, $msg) = @_;
+    my $last = $#$list < 9 ? $#$list : 9;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    return Test::More::is(scalar(@$list), 0, $msg)
+        || Test::More::diag(join "\n", @$list[0 .. $last]);
+}
+
 # Polls $cond every $step seconds until it returns true or $timeout passes.
 # Returns the condition's last value.
 sub wait_until {
@@ -114,6 +133,45 @@ sub frames_of {
         $pos += 12 + $len;
     }
     return (\@frames, $pos);
+}
+
+# Segment ids present in a data directory, ascending.
+sub segment_ids {
+    my ($dir) = @_;
+    opendir my $dh, $dir or return ();
+    my @ids = sort { $a <=> $b } map { /^(\d{10})\.kvlog$/ ? $1 + 0 : () }
+              readdir $dh;
+    closedir $dh;
+    return @ids;
+}
+
+# Total size of the files in $dir whose names match $re (default: all).
+sub dir_bytes {
+    my ($dir, $re) = @_;
+    opendir my $dh, $dir or return 0;
+    my $n = 0;
+    for my $f (readdir $dh) {
+        next if $f eq '.' || $f eq '..';
+        next if $re && $f !~ $re;
+        $n += -s "$dir/$f" || 0;
+    }
+    closedir $dh;
+    return $n;
+}
+
+# build/kvtool of this checkout (KV_TOOL overrides).
+sub kvtool_path {
+    return $ENV{KV_TOOL} if $ENV{KV_TOOL};
+    return abs_path(dirname(__FILE__) . '/../..') . '/build/kvtool';
+}
+
+# Runs kvtool with @args; returns (exit code, stdout and stderr).
+sub kvtool {
+    my (@args) = @_;
+    my $tool = kvtool_path();
+    return (127, "$tool does not exist (run make)") unless -x $tool;
+    my ($rc, $out) = _run_capture($tool, @args);
+    return ($rc, $out);
 }
 
 # ---------------------------------------------------------------- HTTP
@@ -232,6 +290,49 @@ sub http_req {
     return $res;
 }
 
+# http_pipelined($port, [$method, $path, $body, $ctype], ...)
+# Sends every request in one write on one connection (the last one with
+# Connection: close) and returns one { status, headers, body } per request
+# (status 0 for a response that did not arrive).
+sub http_pipelined {
+    my ($port, @reqs) = @_;
+    my $raw = '';
+    for my $i (0 .. $#reqs) {
+        my ($method, $path, $body, $ctype) = @{ $reqs[$i] };
+        $raw .= "$method $path HTTP/1.1\r\nHost: localhost\r\n";
+        $raw .= "Connection: close\r\n" if $i == $#reqs;
+        $raw .= "Content-Type: $ctype\r\n" if defined $ctype;
+        $raw .= "Content-Length: " . length($body) . "\r\n" if defined $body;
+        $raw .= "\r\n";
+        $raw .= $body if defined $body;
+    }
+    my $all = http_req($port, 'PIPELINED', undef, undef, undef,
+                       raw => $raw);
+    my $rest = defined $all->{raw} ? $all->{raw} : '';
+    my @res;
+    for my $i (0 .. $#reqs) {
+        my $res = { status => 0, headers => {}, body => undef };
+        push @res, $res;
+        my $hend = index $rest, "\r\n\r\n";
+        last if $hend < 0;
+        my @lines = split /\r\n/, substr($rest, 0, $hend);
+        substr($rest, 0, $hend + 4) = '';
+        my $sl = shift @lines;
+        last unless $sl =~ m{^HTTP/1\.[01] (\d{3})};
+        my $status = $1;
+        for my $l (@lines) {
+            my ($k, $v) = split /:\s*/, $l, 2;
+            $res->{headers}{lc $k} = $v;
+        }
+        my $len = $res->{headers}{'content-length'};
+        last unless defined $len && length($rest) >= $len;
+        $res->{body} = substr $rest, 0, $len;
+        substr($rest, 0, $len) = '';
+        $res->{status} = $status;
+    }
+    return @res;
+}
+
 # ---------------------------------------------------------------- nginx
 
 # KvTest->new(%opt)
@@ -244,6 +345,8 @@ sub http_req {
 #   http_extra  text added inside http {}
 #   server_extra text added inside server {}
 #   reuseport   add reuseport to listen (spreads connections over workers)
+#   zone_extra  more kv_zone parameters ("segment_size=64k fsync=off")
+#   endpoints   add location = /kv/status and = /kv/compact for the zone
 sub new {
     my ($class, %o) = @_;
     my $n = ++$Seq;
@@ -261,6 +364,8 @@ sub new {
         http_extra => $o{http_extra} || '',
         server_extra => $o{server_extra} || '',
         reuseport  => $o{reuseport},
+        zone_extra => $o{zone_extra},
+        endpoints  => $o{endpoints},
         port       => $o{port} || free_port(),
         generation => 0,
     }, $class;
@@ -289,6 +394,11 @@ sub conf_text {
     my $zone = "kv_zone zone=$self->{zone_name}:$self->{zone_size} path=$self->{data_dir}";
     $zone .= " max_key=$self->{max_key}" if defined $self->{max_key};
     $zone .= " max_value=$self->{max_value}" if defined $self->{max_value};
+    $zone .= " $self->{zone_extra}" if defined $self->{zone_extra};
+    my $endpoints = $self->{endpoints}
+        ? "location = /kv/status { kv_status $self->{zone_name}; }\n"
+          . "        location = /kv/compact { kv_compact $self->{zone_name}; }"
+        : '';
     my $gen = $self->{generation};
     my $listen = "127.0.0.1:$self->{port}" . ($self->{reuseport} ? ' reuseport' : '');
     my $user = $> == 0 ? "user root;" : "";
@@ -322,6 +432,7 @@ $self->{http_extra}
         location = /healthz { kv_health; }
         location = /readyz { kv_ready $self->{zone_name}; }
         location = /__ver { return 200 "gen-$gen"; }
+        $endpoints
 $self->{server_extra}
     }
 }
@@ -362,8 +473,14 @@ sub alive {
     # a zombie still answers kill 0
     my $stat = read_file("/proc/$pid/stat");
     return 0 unless defined $stat;
-    return 0 if $stat =~ /^\d+ \(.*\) Z /s;
-    return 1;
+    return 1 unless $stat =~ /^\d+ \(.*\) Z /s;
+    # a killed process's leader turns zombie before its other threads
+    # (thread-pool threads finishing a syscall) are gone
+    for my $task (glob "/proc/$pid/task/*") {
+        my $t = read_file("$task/stat");
+        return 1 if defined $t && $t !~ /^\d+ \(.*\) [ZX] /s;
+    }
+    return 0;
 }
 
 # Child processes of $ppid, from /proc.
@@ -447,6 +564,33 @@ sub put {
 sub get {
     my ($self, $key) = @_;
     return $self->req('GET', "/db/$key");
+}
+
+# GET /kv/status (needs endpoints => 1): the decoded JSON, or undef.
+sub status {
+    my ($self) = @_;
+    my $r = $self->req('GET', '/kv/status');
+    return undef unless $r->{status} == 200;
+    my $j = eval { JSON::PP->new->decode($r->{body}) };
+    return ref $j eq 'HASH' ? $j : undef;
+}
+
+# POST /kv/compact (needs endpoints => 1).
+sub compact {
+    my ($self) = @_;
+    return $self->req('POST', '/kv/compact');
+}
+
+# Polls the status until compaction.running is false; returns that status
+# (undef on timeout or if the status cannot be read).
+sub wait_compaction_done {
+    my ($self, $timeout) = @_;
+    my $st;
+    wait_until(sub {
+        $st = $self->status;
+        return $st && !$st->{compaction}{running};
+    }, $timeout || 60, 0.05) or return undef;
+    return $st;
 }
 
 # Waits for every pid in @pids to disappear.
@@ -597,7 +741,8 @@ sub cleanup_all {
 # operation to a file, so that after a crash the store can be checked
 # against what was acknowledged:
 #   A <op> <key> <id>      before sending (op: P = PUT value id, D = DELETE)
-#   K <op> <key> <id> <st> acknowledged (PUT 201; DELETE 200 or 404)
+#   K <op> <key> <id> <st> <time>   acknowledged (PUT 201; DELETE 200 or
+#                                    404), with the time of the answer
 #   E <op> <key> <id> <st> <error>   no acknowledgement (status or error)
 
 sub writer_value {
@@ -643,7 +788,7 @@ sub spawn_writer {
                        'application/octet-stream', timeout => 10);
         my $st = $r->{status};
         if (($op eq 'P' && $st == 201) || ($op eq 'D' && ($st == 200 || $st == 404))) {
-            print $j "K $op $key $id $st\n";
+            printf $j "K %s %s %s %s %.6f\n", $op, $key, $id, $st, time;
             $fails = 0;
         } else {
             my $e = $r->{error} || 'status';
