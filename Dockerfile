@@ -20,6 +20,7 @@ RUN apt-get update \
         nginx libprotobuf-c1 libcjson1 libxxhash0 curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/build/ngx_http_kv_module.so /usr/lib/nginx/modules/
+COPY --from=build /src/build/kvtool /usr/local/bin/
 COPY nginx.conf.example /etc/nginx/nginx.conf
 RUN install -d -o www-data -g www-data -m 0750 /var/lib/nginx-kv \
  && nginx -t
