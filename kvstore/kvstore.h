@@ -31,7 +31,7 @@
 #define KV_EIO        -3     /* a read or write failed (errno is logged) */
 #define KV_ENOSPC     -4     /* the disk is full */
 #define KV_ECORRUPT   -5     /* a record failed its checksum or decoding */
-#define KV_ELOCKED    -6     /* the data directory is locked by another process */
+#define KV_ELOCKED    -6     /* another process holds the data directory */
 #define KV_EINVAL     -7     /* bad argument (key or value size) */
 #define KV_EUNAVAIL   -8     /* the store is not open */
 #define KV_EBUSY      -9     /* a compaction is already running */
