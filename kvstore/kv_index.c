@@ -17,9 +17,11 @@ kv_shared_t *
 kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
     uint32_t max_value)
 {
-    uint32_t      n;
-    kv_ref_t     *buckets;
-    kv_shared_t  *sh;
+    int                  err;
+    uint32_t             n;
+    kv_ref_t            *buckets;
+    kv_shared_t         *sh;
+    pthread_mutexattr_t  attr;
 
     n = 1;
 
@@ -56,6 +58,32 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
     sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
                                                    : KV_MAX_VALUE_LIMIT;
     sh->lock_fd = -1;
+
+    /* robust: a process killed while flushing hands the mutex on */
+
+    err = pthread_mutexattr_init(&attr);
+
+    if (err == 0) {
+        err = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+
+        if (err == 0) {
+            err = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+        }
+
+        if (err == 0) {
+            err = pthread_mutex_init(&sh->flush_mutex, &attr);
+        }
+
+        pthread_mutexattr_destroy(&attr);
+    }
+
+    if (err != 0) {
+        host->free(host->ctx, buckets);
+        host->free(host->ctx, sh);
+        host->unlock(host->ctx);
+        kv_log(host, KV_LOG_ERR, err, "initializing the flush mutex failed");
+        return NULL;
+    }
 
     host->unlock(host->ctx);
 

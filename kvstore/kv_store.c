@@ -679,6 +679,33 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
  * The lock guards the shared positions only: flushes run without it, so
  * any number of handles may sync at once and appends go on meanwhile.
  */
+/*
+ * One flush at a time, store-wide: a flush that waited for another one
+ * then covers every write made meanwhile, in any process, so concurrent
+ * writers share as few fdatasync() calls as possible.
+ */
+static int
+kv_flush_lock(kv_store_t *s)
+{
+    int  err;
+
+    err = pthread_mutex_lock(&s->sh->flush_mutex);
+
+    if (err == EOWNERDEAD) {
+        /* the dead flusher left nothing to repair: its work is redone */
+        err = pthread_mutex_consistent(&s->sh->flush_mutex);
+    }
+
+    if (err != 0) {
+        kv_log(s->host, KV_LOG_ERR, err, "locking the flush mutex of \"%s\" "
+               "failed", s->conf.dir);
+        return KV_EIO;
+    }
+
+    return KV_OK;
+}
+
+
 int
 kv_sync(kv_store_t *s, uint64_t *durable)
 {
@@ -691,22 +718,32 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     sh = s->sh;
     host = s->host;
+    *durable = 0;
 
     host->lock(host->ctx);
-
     rc = kv_check_open(s);
-    failed = sh->sync_failed;
-    from = sh->synced;
-    target = KV_LOC(sh->segment, sh->write_off);
-    *durable = from;
-
     host->unlock(host->ctx);
 
     if (rc != KV_OK) {
         return rc;
     }
 
+    rc = kv_flush_lock(s);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    /* the end of the log now, after waiting for the flush lock */
+
+    host->lock(host->ctx);
+    failed = sh->sync_failed;
+    from = sh->synced;
+    target = KV_LOC(sh->segment, sh->write_off);
+    *durable = from;
+    host->unlock(host->ctx);
+
     if (failed) {
+        pthread_mutex_unlock(&sh->flush_mutex);
         kv_log(host, KV_LOG_ERR, 0, "a flush of \"%s\" to stable storage "
                "failed earlier: no later write is durable until a restart",
                s->conf.dir);
@@ -714,6 +751,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     }
 
     if (from >= target) {
+        pthread_mutex_unlock(&sh->flush_mutex);
         return KV_OK;
     }
 
@@ -769,6 +807,8 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     *durable = sh->synced;
 
     host->unlock(host->ctx);
+
+    pthread_mutex_unlock(&sh->flush_mutex);
 
     return rc;
 }

@@ -19,6 +19,7 @@
 #ifndef KVSTORE_H
 #define KVSTORE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -169,6 +170,8 @@ typedef struct {
     uint32_t    sync_failed;   /* an fsync failed: nothing later is
                                   durable, appends are refused */
     int32_t     compactor;     /* pid running a compaction, or 0 */
+    pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
+                                      robust and process-shared */
     kv_stats_t  stats;
 } kv_shared_t;
 

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +365,150 @@ test_sync_failure(void **state)
 }
 
 
+/* the first flush waits in the hook until the test releases it */
+static pthread_mutex_t  gate_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t   gate_cond = PTHREAD_COND_INITIALIZER;
+static int              gate_entered, gate_open, gate_flushes;
+
+
+static int
+gate_sync(void *ctx, int fd, const char *path)
+{
+    (void) ctx;
+    (void) fd;
+    (void) path;
+
+    pthread_mutex_lock(&gate_mutex);
+
+    gate_flushes++;
+    gate_entered = 1;
+    pthread_cond_broadcast(&gate_cond);
+
+    while (!gate_open) {
+        pthread_cond_wait(&gate_cond, &gate_mutex);
+    }
+
+    pthread_mutex_unlock(&gate_mutex);
+
+    return 0;
+}
+
+
+typedef struct {
+    kv_store_t  *s;
+    uint64_t     durable;
+    int          rc;
+    int          done;
+} sync_thread_t;
+
+
+static void *
+sync_thread(void *arg)
+{
+    sync_thread_t  *st = arg;
+
+    st->rc = kv_sync(st->s, &st->durable);
+    __atomic_store_n(&st->done, 1, __ATOMIC_RELEASE);
+
+    return NULL;
+}
+
+
+static void *
+lock_and_die(void *arg)
+{
+    kv_shared_t  *sh = arg;
+
+    assert_int_equal(pthread_mutex_lock(&sh->flush_mutex), 0);
+
+    return NULL;
+}
+
+
+/*
+ * Group commit across processes: a flush waits for the one in progress,
+ * then covers every write made meanwhile with one flush.  A flusher that
+ * dies holding the flush lock does not wedge the store.
+ */
+static void
+test_flush_serialized(void **state)
+{
+    char              dir[PATH_MAX];
+    uint64_t          first_end, durable;
+    pthread_t         t1, t2, dead;
+    kv_store_t        h1, h2;
+    sync_thread_t     st1, st2;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+    t.host.sync = gate_sync;
+    kv_store_init(&h1, t.sh, &t.host, &t.s.conf);
+    kv_store_init(&h2, t.sh, &t.host, &t.s.conf);
+
+    put_n(&t.s, 0);
+    first_end = t.s.written;
+
+    memset(&st1, 0, sizeof(st1));
+    st1.s = &h1;
+    assert_int_equal(pthread_create(&t1, NULL, sync_thread, &st1), 0);
+
+    pthread_mutex_lock(&gate_mutex);
+    while (!gate_entered) {
+        pthread_cond_wait(&gate_cond, &gate_mutex);
+    }
+    pthread_mutex_unlock(&gate_mutex);
+
+    /* a write during the first flush, and a second flusher */
+
+    put_n(&t.s, 1);
+
+    memset(&st2, 0, sizeof(st2));
+    st2.s = &h2;
+    assert_int_equal(pthread_create(&t2, NULL, sync_thread, &st2), 0);
+
+    usleep(100 * 1000);
+    assert_int_equal(__atomic_load_n(&st2.done, __ATOMIC_ACQUIRE), 0);
+    assert_int_equal(gate_flushes, 1);
+
+    pthread_mutex_lock(&gate_mutex);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_mutex);
+
+    assert_int_equal(pthread_join(t1, NULL), 0);
+    assert_int_equal(pthread_join(t2, NULL), 0);
+
+    assert_int_equal(st1.rc, KV_OK);
+    assert_true(st1.durable >= first_end);
+    assert_int_equal(st2.rc, KV_OK);
+    assert_true(st2.durable == t.s.written);
+    assert_int_equal(gate_flushes, 2);
+    assert_int_equal(kv_durable(&t.s, t.s.written), 1);
+
+    /* covered already: no third flush */
+    assert_int_equal(kv_sync(&h2, &durable), KV_OK);
+    assert_int_equal(gate_flushes, 2);
+
+    /* a flusher that dies holding the lock hands it on */
+    assert_int_equal(pthread_create(&dead, NULL, lock_and_die, t.sh), 0);
+    assert_int_equal(pthread_join(dead, NULL), 0);
+
+    put_n(&t.s, 2);
+    assert_int_equal(kv_sync(&h1, &durable), KV_OK);
+    assert_true(durable == t.s.written);
+    assert_int_equal(gate_flushes, 3);
+
+    kv_store_close(&h1);
+    kv_store_close(&h2);
+    kv_test_close(&t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+}
+
+
 int
 main(void)
 {
@@ -371,6 +516,7 @@ main(void)
         cmocka_unit_test(test_roll_order),
         cmocka_unit_test(test_hint_order),
         cmocka_unit_test(test_kv_sync),
+        cmocka_unit_test(test_flush_serialized),
         cmocka_unit_test(test_sync_failure),
     };
 
