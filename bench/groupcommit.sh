@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# groupcommit.sh: durable SET throughput with 64 clients against what one
+# fdatasync per request would give (issue 3: at least 10x).
+#
+#  1. Baseline, on the filesystem that holds the data directory: SYNC_N
+#     sequential appends of a 150-byte record (a SET of a 100-byte value is
+#     about that size framed), each made durable before the next (dd
+#     oflag=dsync: O_DSYNC, the same flush as fdatasync after each write).
+#  2. For fsync=always, interval:1s and off: nginx (2 workers) on a fresh
+#     data directory, wrk -t2 -c64 SETs of 100-byte values to random keys
+#     of [0, 1000000) for DURATION seconds; req/s, latency, the fsyncs
+#     counted by /kv/status and the writes each of them covered.
+#
+# PASS when fsync=always reaches 10x the baseline with no errors.
+# Environment: DURATION (10), THREADS (2), CONNS (64), SYNC_N (5000), and
+# those of lib.sh.  Raw wrk output goes to bench/out/groupcommit-*/.
+
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-64}
+SYNC_N=${SYNC_N:-5000}
+TARGET=10
+
+need wrk curl jq dd awk
+
+out=$(out_dir groupcommit)
+trap kv_stop EXIT
+
+echo "groupcommit: $(date -u '+%F %T UTC')"
+machine
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+sync_file=$(mktemp "$KV_TMP/kv-bench-dsync.XXXXXX")
+secs=$(LC_ALL=C dd if=/dev/zero of="$sync_file" bs=150 count="$SYNC_N" \
+           oflag=dsync 2>&1 | awk -F', ' '/copied/ { print $3 + 0 }')
+rm -f -- "$sync_file"
+base=$(awk -v n="$SYNC_N" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+
+echo "baseline: $SYNC_N appends of 150 B, fdatasync each (dd oflag=dsync)" \
+     "on $KV_TMP: $secs s = $base durable writes/s"
+echo "workload: wrk -t$THREADS -c$CONNS -d${DURATION}s, POST of 100 B to" \
+     "random keys of [0, 1000000), nginx worker_processes 2"
+echo
+echo "| fsync | req/s | p50 ms | p99 ms | errors | fsyncs | writes/fsync" \
+     "| vs baseline |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+
+verdict=FAIL
+ratio_always=0
+
+for mode in always interval:1s off; do
+    kv_start "$mode"
+
+    f0=$(kv_status .fsync.count)
+    p0=$(kv_status .puts)
+
+    log=$out/wrk-${mode%%:*}.txt
+    timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" \
+        --latency -s "$bench_dir/kv.lua" "$kv_url/db/" \
+        -- op=set nthreads="$THREADS" > "$log"
+
+    f1=$(kv_status .fsync.count)
+    p1=$(kv_status .puts)
+    werr=$(kv_status .write_errors)
+    kv_stop
+
+    read -r rps p50 p99 errs < <(awk -v werr="$werr" '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /s$/) return v * 1000
+            return v
+        }
+        /^Requests\/sec/          { rps = $2 }
+        /^ +50%/                  { p50 = ms($2) }
+        /^ +99%/                  { p99 = ms($2) }
+        /Non-2xx/                 { errs += $NF }
+        /Socket errors/           { gsub(/[^0-9 ]/, " ")
+                                    errs += $1 + $2 + $3 + $4 }
+        END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, errs + werr }
+        ' "$log")
+
+    fsyncs=$((f1 - f0))
+    if ((fsyncs > 0)); then
+        wpf=$(awk -v p=$((p1 - p0)) -v f=$fsyncs \
+                  'BEGIN { printf "%.1f", p / f }')
+    else
+        wpf=n/a
+    fi
+    ratio=$(awk -v r="$rps" -v b="$base" 'BEGIN { printf "%.1f", r / b }')
+
+    echo "| $mode | $rps | $p50 | $p99 | $errs | $fsyncs | $wpf | ${ratio}x |"
+
+    if [[ $mode == always ]]; then
+        ratio_always=$ratio
+        if ((errs == 0)) \
+           && awk -v r="$ratio" -v t=$TARGET 'BEGIN { exit !(r >= t) }'
+        then
+            verdict=PASS
+        fi
+    fi
+done
+
+echo
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$verdict: fsync=always group commit: ${ratio_always}x the" \
+     "one-fdatasync-per-write baseline of $base/s (target >= ${TARGET}x," \
+     "no errors)"
+
+[[ $verdict == PASS ]]
