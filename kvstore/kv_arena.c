@@ -19,15 +19,8 @@
 #include <string.h>
 
 #include "kv_arena.h"
+#include "kv_internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define kv_poison(p, n)    ASAN_POISON_MEMORY_REGION(p, n)
-#define kv_unpoison(p, n)  ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define kv_poison(p, n)    (void) 0
-#define kv_unpoison(p, n)  (void) 0
-#endif
 
 
 /* blocks up to 64 KiB are recycled; bigger ones (bucket arrays) are not */

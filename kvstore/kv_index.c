@@ -134,6 +134,84 @@ kv_index_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
  * Returns the key's entry, or a new unlinked one (*fresh = 1) that the
  * caller passes to kv_index_set() or frees; NULL if memory is exhausted.
  */
+/*
+ * Entries live in slots of their own size, 8-byte steps, carved from
+ * pages: nginx's slab allocator would round a 40-byte entry (a 16-byte
+ * key) up to 64 bytes.  A freed slot serves the next entry of its size.
+ */
+static size_t
+kv_entry_size(size_t klen)
+{
+    return (sizeof(kv_entry_t) + klen + 7) & ~(size_t) 7;
+}
+
+
+static kv_entry_t *
+kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen)
+{
+    size_t       size, i;
+    uint8_t     *page;
+    kv_ref_t    *head;
+    kv_entry_t  *e;
+
+    size = kv_entry_size(klen);
+
+    if (size > KV_ENTRY_SLOT_MAX) {
+        return host->alloc(host->ctx, size);
+    }
+
+    head = &sh->free_slots[size / 8 - 1];
+
+    if (*head == 0) {
+        page = host->alloc(host->ctx, KV_ENTRY_PAGE);
+        if (page == NULL) {
+            return NULL;
+        }
+
+        /* slot 0 is returned, the others go on the free list */
+
+        for (i = KV_ENTRY_PAGE / size - 1; i > 0; i--) {
+            e = (kv_entry_t *) (page + i * size);
+            e->klen = (uint16_t) klen;
+            kv_entry_free(host, sh, e);
+        }
+
+        e = (kv_entry_t *) page;
+
+    } else {
+        e = kv_ptr(host, *head);
+        kv_unpoison(e, size);
+        *head = e->next;
+    }
+
+    return e;
+}
+
+
+/* a slot never used is freed too: only its klen must be set */
+void
+kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
+{
+    size_t     size;
+    kv_ref_t  *head;
+
+    size = kv_entry_size(e->klen);
+
+    if (size > KV_ENTRY_SLOT_MAX) {
+        host->free(host->ctx, e);
+        return;
+    }
+
+    head = &sh->free_slots[size / 8 - 1];
+
+    e->next = *head;
+    *head = kv_ref(host, e);
+
+    /* only the link (and flen) stay addressable while the slot is free */
+    kv_poison((uint8_t *) e + 8, size - 8);
+}
+
+
 kv_entry_t *
 kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     size_t klen, int *fresh)
@@ -146,7 +224,7 @@ kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
         return e;
     }
 
-    e = host->alloc(host->ctx, sizeof(kv_entry_t) + klen);
+    e = kv_entry_alloc(host, sh, klen);
     if (e == NULL) {
         return NULL;
     }
@@ -205,7 +283,7 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     sh->stats.live_bytes -= e->flen;
     sh->stats.dead_bytes += e->flen;
 
-    host->free(host->ctx, e);
+    kv_entry_free(host, sh, e);
 }
 
 

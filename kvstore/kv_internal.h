@@ -12,8 +12,18 @@
 #include "kvstore.h"
 
 
+/* under AddressSanitizer, freed index memory is poisoned */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define kv_poison(p, n)    ASAN_POISON_MEMORY_REGION(p, n)
+#define kv_unpoison(p, n)  ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define kv_poison(p, n)    (void) 0
+#define kv_unpoison(p, n)  (void) 0
+#endif
+
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  1
+#define KV_SHARED_VERSION  2
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -79,6 +89,7 @@ void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
     int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type);
 void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);
+void kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
 
 
 /*

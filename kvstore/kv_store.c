@@ -525,7 +525,7 @@ kv_put(kv_store_t *s, const uint8_t *key, size_t klen, const uint8_t *value,
     rc = kv_append(s, &rec, &loc, &flen);
     if (rc != KV_OK) {
         if (fresh) {
-            host->free(host->ctx, e);
+            kv_entry_free(host, sh, e);
         }
 
         goto done;

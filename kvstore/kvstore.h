@@ -50,6 +50,14 @@
 #define KV_TYPE_JSON   1
 
 #define KV_MAX_KEY_LIMIT    32767               /* hard cap on max_key */
+
+/*
+ * Index entries up to KV_ENTRY_SLOT_MAX bytes live in slots of their size
+ * (8-byte steps) carved from KV_ENTRY_PAGE-byte pages; bigger ones come
+ * from the host allocator.
+ */
+#define KV_ENTRY_PAGE       4096
+#define KV_ENTRY_SLOT_MAX   512
 #define KV_MAX_VALUE_LIMIT  (1024u * 1024 * 1024) /* hard cap on max_value */
 
 /*
@@ -172,6 +180,7 @@ typedef struct {
     int32_t     compactor;     /* pid running a compaction, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
+    kv_ref_t    free_slots[KV_ENTRY_SLOT_MAX / 8];  /* per slot size */
     kv_stats_t  stats;
 } kv_shared_t;
 

@@ -249,7 +249,8 @@ test_full_index(void **state)
 
     kv_test_mkdtemp(dir);
     kv_test_log_reset();
-    assert_int_equal(kv_test_open(&t, dir, 4096, 4), KV_OK);
+    /* room for the shared state and a few slot pages */
+    assert_int_equal(kv_test_open(&t, dir, 4 * KV_ENTRY_PAGE, 4), KV_OK);
 
     for (i = 0; ; i++) {
         snprintf(key, sizeof(key), "key-%d", i);
@@ -283,6 +284,66 @@ test_full_index(void **state)
 }
 
 
+/* entries of one size share pages without rounding; a freed slot is reused */
+static void
+test_entry_slots(void **state)
+{
+    int               i, n;
+    char              dir[PATH_MAX], key[32];
+    uint8_t          *lo, *hi, *p;
+    kv_entry_t       *e, *freed;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 1024), KV_OK);
+
+    /* 16-byte keys: 40-byte slots, 102 to a page */
+    n = KV_ENTRY_PAGE / 40;
+    lo = NULL;
+    hi = NULL;
+
+    for (i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "key-%012d", i);
+        assert_int_equal(kv_put(&t.s, (uint8_t *) key, 16, (uint8_t *) "v",
+                                1, KV_TYPE_OCTET), KV_OK);
+
+        t.host.lock(t.host.ctx);
+        p = (uint8_t *) kv_index_find(&t.host, t.sh, (uint8_t *) key, 16,
+                                      NULL);
+        t.host.unlock(t.host.ctx);
+
+        lo = (lo == NULL || p < lo) ? p : lo;
+        hi = (hi == NULL || p > hi) ? p : hi;
+    }
+
+    assert_true(hi - lo == (n - 1) * 40);
+
+    t.host.lock(t.host.ctx);
+    freed = kv_index_find(&t.host, t.sh, (uint8_t *) "key-000000000007",
+                          16, NULL);
+    t.host.unlock(t.host.ctx);
+
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) "key-000000000007", 16),
+                     KV_OK);
+    assert_int_equal(kv_put(&t.s, (uint8_t *) "another-key-0016", 16,
+                            (uint8_t *) "w", 1, KV_TYPE_OCTET), KV_OK);
+
+    t.host.lock(t.host.ctx);
+    e = kv_index_find(&t.host, t.sh, (uint8_t *) "another-key-0016", 16,
+                      NULL);
+    t.host.unlock(t.host.ctx);
+
+    assert_ptr_equal(e, freed);
+    kv_test_expect(&t, "another-key-0016", 16, "w", 1);
+    kv_test_expect(&t, "key-000000000008", 16, "v", 1);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 int
 main(void)
 {
@@ -293,6 +354,7 @@ main(void)
         cmocka_unit_test(test_binary_keys),
         cmocka_unit_test(test_create_too_small),
         cmocka_unit_test(test_full_index),
+        cmocka_unit_test(test_entry_slots),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

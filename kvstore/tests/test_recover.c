@@ -515,7 +515,7 @@ test_full_index(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    assert_int_equal(kv_test_open(&t, dir, 4096, 4), KV_OK);
+    assert_int_equal(kv_test_open(&t, dir, 4 * KV_ENTRY_PAGE, 4), KV_OK);
 
     for (i = 0; ; i++) {
         snprintf(key, sizeof(key), "key-%d", i);
@@ -543,12 +543,12 @@ test_full_index(void **state)
     kv_test_close(&t);
 
     /* the same keys fit the same zone again, not a smaller one */
-    assert_int_equal(kv_test_open(&t, dir, 4096, 4), KV_OK);
+    assert_int_equal(kv_test_open(&t, dir, 4 * KV_ENTRY_PAGE, 4), KV_OK);
     assert_true(t.sh->stats.keys == (uint64_t) i);
     kv_test_close(&t);
 
     kv_test_log_reset();
-    assert_int_equal(kv_test_open(&t, dir, 2048, 4), KV_ENOMEM);
+    assert_int_equal(kv_test_open(&t, dir, 2 * KV_ENTRY_PAGE, 4), KV_ENOMEM);
     assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
                            "index memory too small for the keys in"));
     assert_int_equal(t.sh->open, 0);
