@@ -415,9 +415,11 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
     }
 
     off = sh->write_off;
-    kv_segment_path(s, sh->segment, path);
+
+    /* paths are formatted for error messages only: this runs locked */
 
     if (off + frame.flen > (uint64_t) 1 << KV_LOC_OFFSET_BITS) {
+        kv_segment_path(s, sh->segment, path);
         kv_log(s->host, KV_LOG_ERR, 0, "appending key \"%s\" to \"%s\" at "
                "offset %" PRIu64 " would pass the 1 TiB limit of a segment",
                kv_key_str(rec->key, rec->klen, kbuf), path, off);
@@ -439,6 +441,7 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
     }
 
     err = errno;
+    kv_segment_path(s, sh->segment, path);
 
     kv_log(s->host, KV_LOG_ERR, err, "appending %zu bytes to \"%s\" at "
            "offset %" PRIu64 " for key \"%s\" failed", frame.flen, path, off,
@@ -632,15 +635,16 @@ done:
 int
 kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
 {
-    int      fd;
+    int      fd, err;
     char     path[PATH_MAX];
     ssize_t  n;
 
-    kv_segment_path(s, loc->segment, path);
+    /* the path is formatted for error messages only: this is every GET */
 
     if (loc->flen <= KV_FRAME_HEADER || loc->flen > KV_FRAME_MAX
         || loc->vlen > loc->flen - KV_FRAME_HEADER)
     {
+        kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_ERR, 0, "bad location in \"%s\": offset "
                "%" PRIu64 ", frame of %u bytes, value of %u bytes", path,
                loc->offset, loc->flen, loc->vlen);
@@ -651,6 +655,7 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
 
     if (fd == -1 && errno == ENOENT) {
         /* compaction moved the record and deleted its segment */
+        kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" is gone, the record at "
                "offset %" PRIu64 " moved", path, loc->offset);
         return KV_ESTALE;
@@ -659,12 +664,15 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
     n = fd != -1 ? kv_pread_full(fd, buf, loc->flen, loc->offset) : -1;
 
     if (n == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "reading %u bytes from \"%s\" at "
+        err = errno;
+        kv_segment_path(s, loc->segment, path);
+        kv_log(s->host, KV_LOG_ERR, err, "reading %u bytes from \"%s\" at "
                "offset %" PRIu64 " failed", loc->flen, path, loc->offset);
         return KV_EIO;
     }
 
     if ((size_t) n != loc->flen || kv_frame_verify(buf, loc->flen) != KV_OK) {
+        kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
                "%" PRIu64 ": %zd of %u bytes read, checksum or length "
                "mismatch", path, loc->offset, n, loc->flen);
