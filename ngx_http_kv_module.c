@@ -294,8 +294,10 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                        KV_MAX_VALUE_LIMIT, &ctx->max_value);
 
         } else if (ngx_strncmp(value[i].data, "segment_size=", 13) == 0) {
-            rv = ngx_http_kv_zone_size(cf, &value[i], 13, 64 * 1024,
-                                       (size_t) 1 << 39, &ctx->segment_size);
+            rv = ngx_http_kv_zone_size(cf, &value[i], 13,
+                                       KV_SEGMENT_SIZE_MIN,
+                                       KV_SEGMENT_SIZE_MAX,
+                                       &ctx->segment_size);
 
         } else if (ngx_strncmp(value[i].data, "compact_dead=", 13) == 0) {
             rv = ngx_http_kv_zone_size(cf, &value[i], 13, 0,

@@ -85,6 +85,9 @@
  * data is dead or 512 MiB are (Bitcask merges at 60% or 512 MB).
  */
 #define KV_SEGMENT_SIZE_DEFAULT        (64 * 1024 * 1024)
+/* the bounds of segment_size= and kvtool's --segment-size */
+#define KV_SEGMENT_SIZE_MIN            ((uint64_t) 64 * 1024)
+#define KV_SEGMENT_SIZE_MAX            ((uint64_t) 1 << 39)
 #define KV_COMPACT_DEAD_PCT_DEFAULT    50
 #define KV_COMPACT_DEAD_BYTES_DEFAULT  (512ull * 1024 * 1024)
 

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,17 +25,24 @@
 
 
 static const char  *kvtool_usage_text =
-    "usage: kvtool COMMAND ARGS\n"
+    "usage: kvtool COMMAND [OPTIONS] ARGS\n"
     "\n"
     "  check DIR               verify every record and hint file; exit 1\n"
     "                          on damage (works on a running store)\n"
     "  dump DIR                print every live key as one JSON object per\n"
     "                          line, sorted by key (works on a running "
     "store)\n"
-    "  compact DIR             compact a stopped store\n"
-    "  import-seed FILE DIR    import the original Go server's data file\n"
+    "  compact [--segment-size=SIZE] DIR\n"
+    "                          compact a stopped store\n"
+    "  import-seed [--segment-size=SIZE] FILE DIR\n"
+    "                          import the original Go server's data file\n"
     "  repair DIR              move damaged records of a stopped store to\n"
     "                          DIR/lost+found so that it starts again\n"
+    "\n"
+    "Options go right after the command name.  --segment-size=SIZE (or\n"
+    "--segment-size SIZE): new segments roll over at SIZE, which should be\n"
+    "the kv_zone's segment_size; nginx's syntax (16m, 64k, 1g), from 64k\n"
+    "to 512g, default 64m.\n"
     "\n"
     "dump prints {\"key\": ..., \"value\": ..., \"content_type\": ..., "
     "\"seq\": N}:\n"
@@ -85,14 +93,16 @@ kvtool_last_log(void)
 
 
 /*
- * Prepares a store in dir as mode says, with an arena for a log of data
- * bytes: a live frame takes at least 17 bytes of log and its index entry
- * at most 39 bytes more than the key, so 2.5 bytes of arena per byte of
- * log hold any store; the arena is malloc()ed, and pages never touched
- * cost nothing.  Failures are reported; nothing is left open then.
+ * Prepares a store in dir as mode says, its log rolling over to a new
+ * segment at segment_size, with an arena for a log of data bytes: a live
+ * frame takes at least 17 bytes of log and its index entry at most 39
+ * bytes more than the key, so 2.5 bytes of arena per byte of log hold any
+ * store; the arena is malloc()ed, and pages never touched cost nothing.
+ * Failures are reported; nothing is left open then.
  */
 int
-kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode)
+kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
+    uint64_t segment_size)
 {
     int          rc;
     long         pid;
@@ -129,7 +139,7 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode)
     conf.dir = dir;
     conf.max_key = KV_MAX_KEY_LIMIT;
     conf.max_value = KV_MAX_VALUE_LIMIT;
-    conf.segment_size = KV_SEGMENT_SIZE_DEFAULT;
+    conf.segment_size = segment_size;
     conf.fsync = KV_FSYNC_OFF;
     conf.compact_dead_pct = KV_COMPACT_DEAD_PCT_DEFAULT;
     conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
@@ -287,9 +297,120 @@ kvtool_usage(FILE *out, int code)
 }
 
 
+/*
+ * A size in nginx's syntax, as ngx_parse_offset() reads kv_zone's: digits
+ * and an optional k, m or g (either case), nothing else.  -1 if s is not
+ * one or does not fit.
+ */
+static int
+kvtool_parse_size(const char *s, uint64_t *size)
+{
+    size_t    len, i;
+    uint64_t  n, scale;
+
+    len = strlen(s);
+
+    switch (len > 0 ? s[len - 1] : '\0') {
+
+    case 'K':
+    case 'k':
+        scale = 1024;
+        len--;
+        break;
+
+    case 'M':
+    case 'm':
+        scale = 1024 * 1024;
+        len--;
+        break;
+
+    case 'G':
+    case 'g':
+        scale = 1024 * 1024 * 1024;
+        len--;
+        break;
+
+    default:
+        scale = 1;
+    }
+
+    if (len == 0) {
+        return -1;
+    }
+
+    n = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9'
+            || n > (UINT64_MAX - (uint64_t) (s[i] - '0')) / 10)
+        {
+            return -1;
+        }
+
+        n = n * 10 + (uint64_t) (s[i] - '0');
+    }
+
+    if (n > UINT64_MAX / scale) {
+        return -1;
+    }
+
+    *size = n * scale;
+
+    return 0;
+}
+
+
+/*
+ * The option at argv[*i]: --segment-size=SIZE, or --segment-size SIZE
+ * (then *i moves to SIZE).  KVTOOL_OK or KVTOOL_USAGE, reported.
+ */
+static int
+kvtool_option(int argc, char **argv, int *i, uint64_t *segment_size)
+{
+    size_t       len;
+    const char  *arg, *value;
+
+    arg = argv[*i];
+    len = sizeof("--segment-size") - 1;
+
+    if (strncmp(arg, "--segment-size", len) != 0
+        || (arg[len] != '=' && arg[len] != '\0'))
+    {
+        kvtool_error("unknown option \"%s\"", arg);
+        return KVTOOL_USAGE;
+    }
+
+    if (arg[len] == '=') {
+        value = arg + len + 1;
+
+    } else if (*i + 1 < argc) {
+        value = argv[++*i];
+
+    } else {
+        kvtool_error("the option \"%s\" needs a SIZE", arg);
+        return KVTOOL_USAGE;
+    }
+
+    if (kvtool_parse_size(value, segment_size) == -1
+        || *segment_size < KV_SEGMENT_SIZE_MIN
+        || *segment_size > KV_SEGMENT_SIZE_MAX)
+    {
+        kvtool_error("invalid --segment-size \"%s\": it must be a size "
+                     "from %" PRIu64 " to %" PRIu64 " bytes, with an "
+                     "optional k, m or g suffix, as kv_zone's segment_size",
+                     value, KV_SEGMENT_SIZE_MIN, KV_SEGMENT_SIZE_MAX);
+        return KVTOOL_USAGE;
+    }
+
+    return KVTOOL_OK;
+}
+
+
 int
 main(int argc, char **argv)
 {
+    int          i, n, rc;
+    uint64_t     segment_size;
     const char  *cmd;
 
     if (argc < 2) {
@@ -304,24 +425,52 @@ main(int argc, char **argv)
         return kvtool_usage(stdout, KVTOOL_OK);
     }
 
-    if (argc == 3 && strcmp(cmd, "check") == 0) {
-        return kvtool_check(argv[2]);
+    segment_size = KV_SEGMENT_SIZE_DEFAULT;
+
+    for (i = 2; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        rc = kvtool_option(argc, argv, &i, &segment_size);
+        if (rc != KVTOOL_OK) {
+            return kvtool_usage(stderr, rc);
+        }
     }
 
-    if (argc == 3 && strcmp(cmd, "dump") == 0) {
-        return kvtool_dump(argv[2]);
+    /* only the commands that write new segments take --segment-size */
+    if (i > 2 && strcmp(cmd, "compact") != 0
+        && strcmp(cmd, "import-seed") != 0)
+    {
+        kvtool_error("\"%s\" takes no options", cmd);
+        return kvtool_usage(stderr, KVTOOL_USAGE);
     }
 
-    if (argc == 3 && strcmp(cmd, "compact") == 0) {
-        return kvtool_compact(argv[2]);
+    n = argc - i;
+    argv += i;
+
+    if (n == 1 && strcmp(cmd, "check") == 0) {
+        return kvtool_check(argv[0]);
     }
 
-    if (argc == 4 && strcmp(cmd, "import-seed") == 0) {
-        return kvtool_import_seed(argv[2], argv[3]);
+    if (n == 1 && strcmp(cmd, "dump") == 0) {
+        return kvtool_dump(argv[0]);
     }
 
-    if (argc == 3 && strcmp(cmd, "repair") == 0) {
-        return kvtool_repair(argv[2]);
+    if (n == 1 && strcmp(cmd, "compact") == 0) {
+        return kvtool_compact(argv[0], segment_size);
+    }
+
+    if (n == 2 && strcmp(cmd, "import-seed") == 0) {
+        return kvtool_import_seed(argv[0], argv[1], segment_size);
+    }
+
+    if (n == 1 && strcmp(cmd, "repair") == 0) {
+        return kvtool_repair(argv[0]);
+    }
+
+    for (i = 0; i < n; i++) {
+        if (strncmp(argv[i], "--", 2) == 0) {
+            kvtool_error("the option \"%s\" comes after an argument: "
+                         "options go right after the command name", argv[i]);
+            return kvtool_usage(stderr, KVTOOL_USAGE);
+        }
     }
 
     kvtool_error("bad command line");

@@ -66,7 +66,7 @@ typedef struct {
 void kvtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *kvtool_last_log(void);
 int kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data,
-    unsigned mode);
+    unsigned mode, uint64_t segment_size);
 void kvtool_close(kvtool_store_t *t);
 uint64_t kvtool_dir_bytes(const char *dir);
 long kvtool_lock_holder(const char *dir);
@@ -80,8 +80,9 @@ void kvtool_segment_free(kvtool_segment_t *seg);
 /* one file per command */
 int kvtool_check(const char *dir);
 int kvtool_dump(const char *dir);
-int kvtool_compact(const char *dir);
-int kvtool_import_seed(const char *file, const char *dir);
+int kvtool_compact(const char *dir, uint64_t segment_size);
+int kvtool_import_seed(const char *file, const char *dir,
+    uint64_t segment_size);
 int kvtool_repair(const char *dir);
 
 #endif /* KVTOOL_H */

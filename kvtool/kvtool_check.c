@@ -107,7 +107,10 @@ kvtool_check(const char *dir)
         return KVTOOL_FAIL;
     }
 
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_SCAN) != KV_OK) {
+    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_SCAN,
+                    KV_SEGMENT_SIZE_DEFAULT)
+        != KV_OK)
+    {
         return KVTOOL_FAIL;
     }
 

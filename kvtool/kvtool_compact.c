@@ -1,8 +1,9 @@
 #define _GNU_SOURCE
 
 /*
- * kvtool compact DIR: the engine's own compaction, run offline under the
- * directory lock, then the hint file of every immutable segment.
+ * kvtool compact [--segment-size=SIZE] DIR: the engine's own compaction,
+ * run offline under the directory lock, its outputs rolling over at SIZE,
+ * then the hint file of every immutable segment.
  */
 
 #include <inttypes.h>
@@ -22,7 +23,7 @@ kvtool_compact_report(const char *when, uint64_t bytes, const kv_stats_t *st)
 
 
 int
-kvtool_compact(const char *dir)
+kvtool_compact(const char *dir, uint64_t segment_size)
 {
     int             rc;
     uint64_t        before_bytes, after_bytes;
@@ -37,7 +38,9 @@ kvtool_compact(const char *dir)
 
     before_bytes = kvtool_dir_bytes(dir);
 
-    if (kvtool_open(&t, dir, before_bytes, KVTOOL_WRITE) != KV_OK) {
+    if (kvtool_open(&t, dir, before_bytes, KVTOOL_WRITE, segment_size)
+        != KV_OK)
+    {
         return KVTOOL_FAIL;
     }
 

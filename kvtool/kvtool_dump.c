@@ -374,7 +374,10 @@ kvtool_dump(const char *dir)
         return KVTOOL_FAIL;
     }
 
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_READ) != KV_OK) {
+    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_READ,
+                    KV_SEGMENT_SIZE_DEFAULT)
+        != KV_OK)
+    {
         return KVTOOL_FAIL;
     }
 

@@ -315,7 +315,14 @@ kvtool_repair(const char *dir)
         return KVTOOL_FAIL;
     }
 
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_LOCK) != KV_OK) {
+    /*
+     * Damaged segments are rewritten in place, smaller, and nothing is
+     * appended: no segment rolls over, so repair needs no --segment-size.
+     */
+    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_LOCK,
+                    KV_SEGMENT_SIZE_DEFAULT)
+        != KV_OK)
+    {
         return KVTOOL_FAIL;
     }
 

@@ -1,10 +1,11 @@
 #define _GNU_SOURCE
 
 /*
- * kvtool import-seed FILE DIR: replays the original Go server's data file
- * (proto/seed.proto) into a store through kv_put() and kv_delete(), in file
- * order, so the last record of a key wins.  The Go server had no content
- * types: every value is application/octet-stream.
+ * kvtool import-seed [--segment-size=SIZE] FILE DIR: replays the original
+ * Go server's data file (proto/seed.proto) into a store through kv_put()
+ * and kv_delete(), in file order, so the last record of a key wins; the
+ * log rolls over at SIZE.  The Go server had no content types: every value
+ * is application/octet-stream.
  */
 
 #include <errno.h>
@@ -179,7 +180,7 @@ kvtool_seed_import(kvtool_store_t *t, kvtool_seed_t *sd)
 
 
 int
-kvtool_import_seed(const char *file, const char *dir)
+kvtool_import_seed(const char *file, const char *dir, uint64_t segment_size)
 {
     int             rc;
     uint64_t        durable;
@@ -202,7 +203,7 @@ kvtool_import_seed(const char *file, const char *dir)
 
     if (kvtool_open(&t, dir, (sd.size != UINT64_MAX ? sd.size : 0)
                              + kvtool_dir_bytes(dir),
-                    KVTOOL_WRITE)
+                    KVTOOL_WRITE, segment_size)
         != KV_OK)
     {
         fclose(sd.f);

@@ -129,7 +129,8 @@ kvtool_verify_hint(kvtool_store_t *t, kvtool_store_t *alone,
     kvtool_store_t     hint;
     kvtool_compare_t   c;
 
-    rc = kvtool_open(&hint, t->s.conf.dir, seg->size, KVTOOL_SCAN);
+    rc = kvtool_open(&hint, t->s.conf.dir, seg->size, KVTOOL_SCAN,
+                     KV_SEGMENT_SIZE_DEFAULT);
     if (rc != KV_OK) {
         return rc;
     }
@@ -207,7 +208,7 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
 
         rc = kvtool_open(&alone, t->s.conf.dir,
                          stat(path, &st) == 0 ? (uint64_t) st.st_size : 0,
-                         KVTOOL_SCAN);
+                         KVTOOL_SCAN, KV_SEGMENT_SIZE_DEFAULT);
         if (rc != KV_OK) {
             return rc;
         }

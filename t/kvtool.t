@@ -127,15 +127,66 @@ sub dump_map {
 }
 
 # 100 keys written 5 times with 1 KiB values: 80% of the log is dead.
+# @opt: kvtool options for the import.
 sub overwritten_store {
+    my (@opt) = @_;
     my $dir = new_dir();
     my @recs;
     for my $round (1 .. 5) {
         push @recs, map { ["key$_", "$round:" . ('x' x 1024)] } 1 .. 100;
     }
-    my $r = kvtool('import-seed', seed_file(@recs), $dir);
-    is($r->{rc}, 0, 'import of the overwritten store') or diag($r->{err});
+    my $r = kvtool('import-seed', @opt, seed_file(@recs), $dir);
+    is($r->{rc}, 0, "import of the overwritten store @opt")
+        or diag($r->{err});
     return $dir;
+}
+
+# The non-empty segments of $dir in id order: [name, size, [frame sizes]].
+sub segments {
+    my ($dir) = @_;
+    opendir(my $dh, $dir) or die "$dir: $!";
+    my @names = sort grep { /^\d{10}\.kvlog$/ } readdir $dh;
+    closedir $dh;
+    return grep { $_->[1] }
+           map { my $d = slurp("$dir/$_");
+                 [$_, length $d, [map { $_->[1] } frames($d)]] } @names;
+}
+
+# Checks how the segments of $dir rolled over at $max bytes; $rule:
+#   append   kv_append(): a record that would take a non-empty segment past
+#            $max opens the next one, so a segment is at most $max bytes
+#            or holds one record, and the next one's first record did not
+#            fit;
+#   compact  a compaction output rolls over once it holds $max bytes: it
+#            has less before its last record, and each one but the last
+#            has at least $max.
+# Returns the segments.
+sub rolled_ok {
+    my ($dir, $max, $rule, $what) = @_;
+    my @s = segments($dir);
+    my @bad;
+    for my $i (0 .. $#s) {
+        my ($name, $size, $f) = @{ $s[$i] };
+        my $n = @$f;
+        my $next = $i < $#s ? $s[$i + 1][2][0] : undef;
+        my $sum = 0;
+        $sum += $_ for @$f;
+        push @bad, "$name: $size bytes, $sum in whole records"
+            if $sum != $size;
+        if ($rule eq 'append') {
+            push @bad, "$name: $size bytes in $n records"
+                if $size > $max && $n > 1;
+            push @bad, "$name: rolled at $size bytes before a $next-byte record"
+                if defined $next && $size + $next <= $max;
+        } else {
+            push @bad, "$name: $size bytes, $f->[-1] in its last record"
+                if $size - $f->[-1] >= $max;
+            push @bad, "$name: rolled at $size bytes"
+                if defined $next && $size < $max;
+        }
+    }
+    is_deeply(\@bad, [], "$what: segments roll over at $max bytes ($rule)");
+    return @s;
 }
 
 
@@ -152,7 +203,8 @@ sub overwritten_store {
 
     $r = kvtool('help');
     is($r->{rc}, 0, 'help: exit 0');
-    like($r->{out}, qr/import-seed FILE DIR/, 'help lists the commands');
+    like($r->{out}, qr/import-seed \[--segment-size=SIZE\] FILE DIR/,
+         'help lists the commands');
 
     $r = kvtool('check', "$Tmp/missing");
     is($r->{rc}, 1, 'check of a missing directory fails');
@@ -315,7 +367,7 @@ sub overwritten_store {
     like($r->{out}, qr/^hints: [1-9]\d* ok, 0 missing, 0 bad/m,
          'compaction wrote hints and check verified them');
 
-    opendir my $dh, $dir;
+    opendir(my $dh, $dir) or die "$dir: $!";
     my ($hint) = grep { /\.kvhint$/ } readdir $dh;
     flip_byte("$dir/$hint", 30);
 
@@ -329,6 +381,107 @@ sub overwritten_store {
     $r = kvtool('check', $dir);
     is($r->{rc}, 0, 'the hint is written again');
     like($r->{out}, qr/^hints: [1-9]\d* ok, 0 missing, 0 bad/m, 'and good');
+}
+
+
+# ---------------------------------------------------------------- segment size
+
+{
+    my $min = 64 * 1024;
+    my $dir = new_dir();
+    my @recs;
+    for my $round (1 .. 5) {
+        push @recs, map { ["key$_", "$round:" . ('x' x 1024)] } 1 .. 100;
+        push @recs, [big => 'b' x 100_000] if $round == 3;
+    }
+    my %want = ((map { ("key$_" => '5:' . ('x' x 1024)) } 1 .. 100),
+                big => 'b' x 100_000);
+
+    my $r = kvtool('import-seed', "--segment-size=64k", seed_file(@recs),
+                   $dir);
+    is($r->{rc}, 0, 'import-seed --segment-size=64k: exit 0')
+        or diag($r->{err});
+    my @s = rolled_ok($dir, $min, 'append', 'import-seed --segment-size=64k');
+    cmp_ok(scalar @s, '>=', 9, scalar(@s) . ' segments for 600 KB');
+    is(scalar(grep { $_->[1] > $min } @s), 1,
+       'one segment passes the size');
+    is_deeply([map { scalar @{ $_->[2] } } grep { $_->[1] > $min } @s], [1],
+              'the record larger than the size, alone in its segment');
+
+    my $before = kvtool('dump', $dir);
+    my $m = dump_map($before->{out});
+    is_deeply({ map { ($_ => $m->{$_}[0]) } keys %$m }, \%want,
+              'the small segments read back');
+
+    $r = kvtool('compact', '--segment-size', '64k', $dir);
+    is($r->{rc}, 0, 'compact --segment-size 64k: exit 0') or diag($r->{err});
+    @s = rolled_ok($dir, $min, 'compact', 'compact --segment-size 64k');
+    cmp_ok(scalar @s, '>=', 3, scalar(@s) . ' outputs for 200 KB live');
+    is(kvtool('dump', $dir)->{out}, $before->{out},
+       'dump identical after compaction into small segments');
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'check after compaction into small segments')
+        or diag($r->{out});
+
+    $r = kvtool('compact', $dir);
+    is($r->{rc}, 0, 'compact without --segment-size') or diag($r->{err});
+    is(scalar(segments($dir)), 1, 'the default size: one segment');
+    is(kvtool('dump', $dir)->{out}, $before->{out},
+       'dump identical after compaction into one segment');
+}
+
+{
+    my $dir = overwritten_store();
+    my $dump = kvtool('dump', $dir)->{out};
+    my $size = dir_bytes($dir);
+    my $seed = seed_file([x => 'y']);
+    my $why = 'it must be a size from 65536 to 549755813888 bytes';
+
+    for my $v ('abc', '0', '', '65535', '63k', '1t', '16mb', '16 m', '-64k',
+               '+64k', '0x10000', '512G1', '513g', '549755813889',
+               '99999999999999999999', '99999999999999999g')
+    {
+        my $r = kvtool('compact', "--segment-size=$v", $dir);
+        is($r->{rc}, 2, "--segment-size=$v: exit 2");
+        like($r->{err}, qr/^kvtool: invalid --segment-size "\Q$v\E": \Q$why/,
+             "--segment-size=$v: why");
+    }
+
+    my $r = kvtool('import-seed', '--segment-size', '1', $seed, $dir);
+    is($r->{rc}, 2, 'import-seed --segment-size 1: exit 2');
+    like($r->{err}, qr/invalid --segment-size "1"/, 'and why');
+
+    $r = kvtool('compact', '--segment-size');
+    is($r->{rc}, 2, '--segment-size without SIZE: exit 2');
+    like($r->{err}, qr/"--segment-size" needs a SIZE/, 'and why');
+
+    $r = kvtool('compact', '--segment-sizes=64k', $dir);
+    is($r->{rc}, 2, 'an unknown option: exit 2');
+    like($r->{err}, qr/unknown option "--segment-sizes=64k"/, 'named');
+
+    $r = kvtool('compact', $dir, '--segment-size=64k');
+    is($r->{rc}, 2, 'an option after DIR: exit 2');
+    like($r->{err}, qr/options go right after the command name/, 'and why');
+
+    for my $cmd ('check', 'dump', 'repair') {
+        $r = kvtool($cmd, '--segment-size=64k', $dir);
+        is($r->{rc}, 2, "$cmd --segment-size: exit 2");
+        like($r->{err}, qr/"$cmd" takes no options/, "$cmd: why");
+    }
+
+    is(dir_bytes($dir), $size, 'none of them touched the store');
+    is(kvtool('dump', $dir)->{out}, $dump, 'the same dump');
+
+    for my $v ('64K', '65536', '512g', '1G', '16m') {
+        $r = kvtool('compact', "--segment-size=$v", $dir);
+        is($r->{rc}, 0, "--segment-size=$v: exit 0") or diag($r->{err});
+    }
+    is(kvtool('dump', $dir)->{out}, $dump, 'the same dump after them');
+
+    $r = kvtool('help');
+    like($r->{out}, qr/compact \[--segment-size=SIZE\] DIR/,
+         'help shows the option');
+    like($r->{out}, qr/kv_zone's segment_size/, 'and what it should match');
 }
 
 
@@ -369,7 +522,7 @@ sub overwritten_store {
 
 SKIP: {
     my $module = $ENV{TEST_NGINX_LOAD_MODULES} || 'build/ngx_http_kv_module.so';
-    skip 'the module is not built', 9 unless -f $module;
+    skip 'the module is not built', 17 unless -f $module;
     $ENV{TEST_NGINX_LOAD_MODULES} ||= abs_path($module);
 
     require lib;
@@ -377,7 +530,7 @@ SKIP: {
     require KvTest;
 
     my $srv = KvTest->new(name => 'kvtool');
-    $srv->start_ok or skip 'nginx did not start', 8;
+    $srv->start_ok or skip 'nginx did not start', 16;
 
     my $json = '{ "n": 12345678901234567890, "s": "a b" }';
     is($srv->put('doc', $json, 'application/json')->{status}, 201,
@@ -399,6 +552,39 @@ SKIP: {
     $srv->stop;
     is(kvtool('compact', $srv->data_dir)->{rc}, 0,
        'compact after nginx stopped');
+
+    # an operator's store of segment_size=64k, compacted offline with it
+    my $min = 64 * 1024;
+    my $small = KvTest->new(name => 'kvtool-64k',
+                            zone_extra => 'segment_size=64k fsync=off '
+                                          . 'compact_ratio=100');
+    $small->start_ok or skip 'nginx did not start', 7;
+
+    my %want;
+    my $failed = 0;
+    for my $round (1, 2) {
+        for my $i (1 .. 200) {
+            $want{"k$i"} = "$round:$i:" . ('v' x 1024);
+            $failed++ if $small->put("k$i", $want{"k$i"})->{status} !~ /^20/;
+        }
+    }
+    is($failed, 0, '400 PUTs of 1 KiB into segment_size=64k');
+    ok($small->stop, 'nginx stopped');
+
+    $r = kvtool('compact', '--segment-size=64k', $small->data_dir);
+    is($r->{rc}, 0, 'compact --segment-size=64k of what nginx wrote')
+        or diag($r->{err});
+    my @s = rolled_ok($small->data_dir, $min, 'compact',
+                      'compact of the nginx store');
+    cmp_ok(scalar @s, '>=', 3, scalar(@s) . ' outputs for 200 KB live');
+
+    $small->start_ok('nginx started on the compacted store') or skip
+        'nginx did not start', 1;
+    my @wrong = grep { my $g = $small->get($_);
+                       $g->{status} != 200 || $g->{body} ne $want{$_} }
+                sort keys %want;
+    is_deeply(\@wrong, [], 'nginx reads every key back');
+    $small->stop;
 }
 
 done_testing();
