@@ -114,6 +114,9 @@ unit: $(UNIT_TESTS)
 
 # t/ suites: openresty's Test::Nginx when installed, else the compatible
 # runner in t/compat.  Each suite gets its own server root and free port.
+# make t T=t/compact.t runs one suite
+T ?= t/
+
 t: build $(KVTOOL)
 	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
 	root=$$(mktemp -d /tmp/kv-t.XXXXXX); \
@@ -122,7 +125,7 @@ t: build $(KVTOOL)
 	TEST_NGINX_SERVROOT=$$root/servroot \
 	TEST_NGINX_RANDOMIZE=1 \
 	KV_TEST_TMP=$$root \
-	    prove $$inc -I t/lib -r t/; rc=$$?; \
+	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
 test: deps build unit t

@@ -34,6 +34,12 @@
  */
 #define NGX_HTTP_KV_HOLD_INTERVAL         60000
 
+/*
+ * Likewise while a compaction runs, so that an exiting worker cancels it
+ * instead of waiting for all of it in the thread pool at exit.
+ */
+#define NGX_HTTP_KV_COMPACT_WATCH         100
+
 
 typedef struct {
     ngx_http_request_t      *request;
@@ -60,6 +66,8 @@ static void ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
 static void ngx_http_kv_waiter_cleanup(void *data);
 static void ngx_http_kv_hints_run(ngx_http_kv_job_t *job);
 static void ngx_http_kv_compact_run(ngx_http_kv_job_t *job);
+static void ngx_http_kv_compact_done(ngx_http_kv_job_t *job);
+static void ngx_http_kv_compact_watch(ngx_event_t *ev);
 static void ngx_http_kv_job_logged(ngx_http_kv_job_t *job);
 static void ngx_http_kv_flush_timer(ngx_event_t *ev);
 static void ngx_http_kv_hold_timer(ngx_event_t *ev);
@@ -79,7 +87,7 @@ ngx_http_kv_threads_init(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
                                          ngx_http_kv_job_logged);
     zone->compact = ngx_http_kv_job_create(cycle, zone,
                                            ngx_http_kv_compact_run,
-                                           ngx_http_kv_job_logged);
+                                           ngx_http_kv_compact_done);
 
     if (zone->sync == NULL || zone->hints == NULL || zone->compact == NULL) {
         return NGX_ERROR;
@@ -374,6 +382,30 @@ ngx_http_kv_compact_run(ngx_http_kv_job_t *job)
 }
 
 
+static void
+ngx_http_kv_compact_done(ngx_http_kv_job_t *job)
+{
+    if (job->zone->compact_watch.timer_set) {
+        ngx_del_timer(&job->zone->compact_watch);
+    }
+
+    ngx_http_kv_job_logged(job);
+}
+
+
+static void
+ngx_http_kv_compact_watch(ngx_event_t *ev)
+{
+    ngx_http_kv_zone_t  *zone = ev->data;
+
+    if (ngx_exiting) {
+        kv_compact_cancel(&zone->compact->store);
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_KV_COMPACT_WATCH);
+}
+
+
 /* kvstore logged the details; this says which job ended how */
 
 static void
@@ -381,7 +413,16 @@ ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
 {
     ngx_uint_t  level;
 
-    level = (job->rc == KV_OK) ? NGX_LOG_INFO : NGX_LOG_ERR;
+    switch (job->rc) {
+    case KV_OK:
+        level = NGX_LOG_INFO;
+        break;
+    case KV_ECANCELED:
+        level = NGX_LOG_NOTICE;
+        break;
+    default:
+        level = NGX_LOG_ERR;
+    }
 
     ngx_log_error(level, ngx_cycle->log, 0, "kv_zone \"%V\": %s: %s",
                   &job->zone->name,
@@ -398,13 +439,16 @@ ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
 ngx_int_t
 ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
 {
-    int  rc;
+    int        rc;
+    ngx_int_t  posted;
 
     if (zone->compact->busy) {
         return NGX_BUSY;
     }
 
-    rc = kv_compact_begin(&zone->store);
+    /* the job's handle: the claim resets its cancel request */
+
+    rc = kv_compact_begin(&zone->compact->store);
 
     if (rc == KV_EBUSY) {
         return NGX_BUSY;
@@ -417,7 +461,20 @@ ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                   "kv_zone \"%V\": compaction started", &zone->name);
 
-    return ngx_http_kv_job_post(zone->compact);
+    /* before the post: without threads the job is done when it returns */
+
+    zone->compact_watch.handler = ngx_http_kv_compact_watch;
+    zone->compact_watch.data = zone;
+    zone->compact_watch.log = ngx_cycle->log;
+    ngx_add_timer(&zone->compact_watch, NGX_HTTP_KV_COMPACT_WATCH);
+
+    posted = ngx_http_kv_job_post(zone->compact);
+
+    if (posted != NGX_OK && zone->compact_watch.timer_set) {
+        ngx_del_timer(&zone->compact_watch);
+    }
+
+    return posted;
 }
 
 

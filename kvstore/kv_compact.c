@@ -31,6 +31,17 @@
  *     ascending order, the directory flushed after each.
  *  7. Counters; the claim is released on every path.
  *
+ * Cancel (kv_compact_cancel): the flag is checked before each record of
+ * step 3 (a relaxed load, cheap beside the lock taken for the index check;
+ * at most one record is copied after it is set) and before each output's
+ * hint in step 4 (which re-reads the output).  Until MERGE is removed the
+ * compaction is undone as recovery undoes a crash: the outputs MERGE
+ * names, then MERGE, are deleted; no index entry refers to them yet, and
+ * the roll stays, as after a crash.  Once MERGE is gone there is nothing
+ * to undo, only steps 5 and 6 to finish, which write no data (step 5
+ * re-reads the outputs, just written): they run to the end whatever the
+ * flag says.
+ *
  * Memory: 8 bytes per copied record (its old location; the new one and the
  * key come back from the scan of step 5), a 1 MiB output buffer (or one
  * frame if bigger) and a 64 KiB batch of keys for the swaps.
@@ -252,10 +263,12 @@ kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last)
 /*
  * Deletes the outputs of a compaction that did not finish, then MERGE.
  * Sound only while MERGE exists: no index entry refers to an output yet.
- * *removed counts the segment files deleted.
+ * *removed counts the segment files deleted.  level: KV_LOG_WARN after a
+ * crash; KV_LOG_NOTICE when the compactor undoes its own work, having
+ * logged why.
  */
 static int
-kv_merge_remove(kv_store_t *s, uint64_t *removed)
+kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
 {
     int       rc;
     char      path[PATH_MAX];
@@ -293,7 +306,7 @@ kv_merge_remove(kv_store_t *s, uint64_t *removed)
     }
 
     if (rc == KV_OK) {
-        kv_log(s->host, KV_LOG_WARN, 0, "removed the outputs of an "
+        kv_log(s->host, level, 0, "removed the outputs of an "
                "interrupted compaction in \"%s\" (segments %u to %u, %"
                PRIu64 " files)", s->conf.dir, first, last, *removed);
     }
@@ -312,7 +325,7 @@ kv_compact_cleanup(kv_store_t *s)
     struct dirent  *de;
     DIR            *d;
 
-    rc = kv_merge_remove(s, &removed);
+    rc = kv_merge_remove(s, KV_LOG_WARN, &removed);
     if (rc != KV_OK && rc != KV_NOTFOUND) {
         return rc;
     }
@@ -418,12 +431,37 @@ kv_compact_begin(kv_store_t *s)
 
     s->host->unlock(s->host->ctx);
 
+    /*
+     * Cleared here, in the thread that posts the compaction, not when
+     * kv_compact() starts: a cancel made while the task waits in the
+     * thread pool's queue must not be lost.  Not on KV_EBUSY: s may be the
+     * handle of the compaction that runs.
+     */
+    if (rc == KV_OK) {
+        __atomic_store_n(&s->compact_cancel, 0, __ATOMIC_RELAXED);
+    }
+
     if (rc == KV_OK && pid != 0) {
         kv_log(s->host, KV_LOG_WARN, 0, "took over the compaction of \"%s\" "
                "from process %ld, which is gone", s->conf.dir, (long) pid);
     }
 
     return rc;
+}
+
+
+/* A flag with no data behind it: relaxed, lock-free, signal-safe. */
+void
+kv_compact_cancel(kv_store_t *s)
+{
+    __atomic_store_n(&s->compact_cancel, 1, __ATOMIC_RELAXED);
+}
+
+
+static int
+kv_compact_cancelled(kv_compact_t *c)
+{
+    return __atomic_load_n(&c->s->compact_cancel, __ATOMIC_RELAXED) != 0;
 }
 
 
@@ -760,6 +798,10 @@ kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
     c = ctx;
     host = c->s->host;
 
+    if (kv_compact_cancelled(c)) {
+        return KV_ECANCELED;
+    }
+
     if (rec->tombstone) {
         return KV_OK;
     }
@@ -848,6 +890,10 @@ kv_compact_outputs(kv_compact_t *c)
 
     /* a hint only saves a scan at start-up: its failure is logged only */
     for (id = c->first_out; c->out != 0 && id <= c->out; id++) {
+        if (kv_compact_cancelled(c)) {
+            return KV_ECANCELED;
+        }
+
         (void) kv_write_hint(s, id);
     }
 
@@ -1043,7 +1089,7 @@ kv_compact(kv_store_t *s)
     c->in_fd = -1;
 
     /* the outputs of a compactor that died, whose claim was taken over */
-    rc = kv_merge_remove(s, &removed);
+    rc = kv_merge_remove(s, KV_LOG_WARN, &removed);
     kv_compact_count(s, 0, removed);
 
     if (rc == KV_OK || rc == KV_NOTFOUND) {
@@ -1065,7 +1111,7 @@ kv_compact(kv_store_t *s)
 
         /* undo: MERGE, while it exists, names the outputs to remove */
         if (rc != KV_OK) {
-            (void) kv_merge_remove(s, &removed);
+            (void) kv_merge_remove(s, KV_LOG_NOTICE, &removed);
             kv_compact_count(s, 0, removed);
         }
     }
@@ -1094,6 +1140,10 @@ kv_compact(kv_store_t *s)
                c->first_out - 1, s->conf.dir,
                c->out ? c->out - c->first_out + 1 : 0, c->nmoved, c->stale,
                c->in_bytes - c->out_bytes, c->in_bytes);
+
+    } else if (rc == KV_ECANCELED) {
+        kv_log(s->host, KV_LOG_NOTICE, 0, "compaction of \"%s\" cancelled; "
+               "its inputs are kept", s->conf.dir);
 
     } else {
         kv_log(s->host, KV_LOG_ERR, 0, "compaction of \"%s\" failed (%s); "

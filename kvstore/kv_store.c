@@ -684,10 +684,6 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
 
 
 /*
- * The lock guards the shared positions only: flushes run without it, so
- * any number of handles may sync at once and appends go on meanwhile.
- */
-/*
  * One flush at a time, store-wide: a flush that waited for another one
  * then covers every write made meanwhile, in any process, so concurrent
  * writers share as few fdatasync() calls as possible.
@@ -870,6 +866,8 @@ kv_strerror(int rc)
         return "a compaction is already running";
     case KV_ESTALE:
         return "the record moved";
+    case KV_ECANCELED:
+        return "the compaction was cancelled";
     default:
         return "unknown error";
     }
@@ -887,6 +885,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->conf = *conf;
     s->fd_next = 0;
     s->written = 0;
+    s->compact_cancel = 0;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         s->fds[i].segment = 0;

@@ -38,6 +38,7 @@
 #define KV_EBUSY      -9     /* a compaction is already running */
 #define KV_ESTALE     -10    /* the record moved (compaction): look it up
                                 again */
+#define KV_ECANCELED  -11    /* kv_compact_cancel() stopped a compaction */
 
 /* log levels, mapped by the host onto its own */
 #define KV_LOG_ERR     1
@@ -223,6 +224,8 @@ typedef struct {
     uint32_t            fd_next;           /* round-robin eviction */
     uint64_t            written;   /* KV_LOC end of this handle's last
                                       append, for kv_durable() */
+    uint32_t            compact_cancel;  /* kv_compact_cancel() was called;
+                                            __atomic builtins only */
 } kv_store_t;
 
 
@@ -295,7 +298,9 @@ int kv_compact_due(kv_store_t *s);
 
 /*
  * Claims the store's one compaction: KV_OK, or KV_EBUSY while another live
- * process runs one (a claim left by a dead pid is taken over).
+ * process runs one (a claim left by a dead pid is taken over).  A claim
+ * clears the cancel request of s: call it on the handle that kv_compact()
+ * and kv_compact_cancel() then use.
  */
 int kv_compact_begin(kv_store_t *s);
 
@@ -307,9 +312,25 @@ int kv_compact_begin(kv_store_t *s);
  * and deletes the old segments.  Tombstones are dropped: every older
  * segment is merged.  A kill at any moment leaves a store that recovers
  * with every acknowledged write and no resurrected key.  Releases the
- * claim.
+ * claim.  KV_ECANCELED if kv_compact_cancel() stopped it.
  */
 int kv_compact(kv_store_t *s);
+
+/*
+ * Asks the kv_compact() running on s in another thread (or about to run
+ * there after kv_compact_begin(s)) to stop: it only sets a flag, atomically,
+ * so it is cheap and async-signal-safe.  kv_compact() checks the flag while
+ * it copies (before each record it scans and each output's hint file) and
+ * then undoes its work as recovery would after a crash: it deletes its
+ * outputs and MERGE, leaves the index and the inputs as they were (the log
+ * stays rolled to a new segment), counts no compaction, logs a notice and
+ * returns KV_ECANCELED.  Once MERGE is removed the outputs are part of the
+ * store; the rest (index swaps after one read of the outputs, deleting the
+ * inputs) writes no data and is completed regardless of the flag, and
+ * kv_compact() returns what it would have.  kv_compact_begin() clears the
+ * flag: a request made before the claim is forgotten.
+ */
+void kv_compact_cancel(kv_store_t *s);
 
 /*
  * Writes the missing hint file of each immutable segment (the segment is

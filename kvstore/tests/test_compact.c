@@ -4,8 +4,9 @@
  * Compaction: space reclaimed, values byte-exact before and after a
  * restart, no resurrection (also of keys deleted or re-put while a
  * compaction runs, in the same thread at chosen moments and in another
- * thread at random ones), the claim, and a kill at every flush a
- * compaction makes (fork, then _exit() in the child's host->sync).
+ * thread at random ones), the claim, a kill at every flush a compaction
+ * makes (fork, then _exit() in the child's host->sync), and a cancel before
+ * the copy, during it, during the hints and too late to stop anything.
  */
 
 #include <dirent.h>
@@ -40,6 +41,42 @@ typedef struct {
 } kv_ct_bg_t;
 
 
+/* what a cancelled compaction must leave as it found it */
+typedef struct {
+    uint32_t         *ids;               /* segments, ascending */
+    size_t            nids;
+    uint64_t          hints;             /* hint files */
+    uint32_t          first;             /* first_segment */
+    kv_stats_t        st;
+} kv_ct_before_t;
+
+
+/* the moments of a compaction test_cancel_during cancels it at */
+#define KV_CT_AT_COPY  0      /* first output flushed, the copy goes on */
+#define KV_CT_AT_HINT  1      /* the first output's hint written */
+#define KV_CT_AT_SWAP  2      /* MERGE removed: too late to cancel */
+#define KV_CT_AT_N     3
+
+
+/* the stop of a compaction thread at a moment, for a cancel */
+typedef struct {
+    pthread_mutex_t   mutex;
+    pthread_cond_t    cond;
+    int               state;             /* KV_CT_STOP_* */
+    char              path[PATH_MAX];    /* flushed at the moment */
+    char              first_out[PATH_MAX];
+    int               merge;             /* MERGE exists at the moment */
+    int               late;              /* outputs flushed after it */
+    kv_store_t       *s;
+    int               rc;                /* kv_compact()'s */
+} kv_ct_stop_t;
+
+#define KV_CT_STOP_BEFORE     0
+#define KV_CT_STOP_AT         1          /* the compaction waits there */
+#define KV_CT_STOP_CANCELLED  2
+#define KV_CT_STOP_DONE       3          /* kv_compact() returned */
+
+
 /* the moments the sync hook acts at, and how */
 static int           kv_ct_kill_at;     /* kill at this flush, 0: never */
 static int           kv_ct_syncs;
@@ -47,6 +84,10 @@ static int           kv_ct_phase;
 static const char   *kv_ct_dir;
 static kv_store_t   *kv_ct_other;       /* writes "during" a compaction */
 static kv_ct_ref_t  *kv_ct_during;
+static kv_ct_stop_t  kv_ct_stop = {
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+    .cond = PTHREAD_COND_INITIALIZER
+};
 
 
 static size_t
@@ -881,6 +922,300 @@ test_kill_anywhere(void **state)
 }
 
 
+static void
+kv_ct_before(kv_test_store_t *t, const char *dir, kv_ct_before_t *b)
+{
+    assert_int_equal(kv_list_segments(&t->s, &b->ids, &b->nids), KV_OK);
+    assert_true(b->nids > 0);
+    (void) kv_ct_dir_bytes(dir, ".kvhint", &b->hints);
+    b->first = t->sh->first_segment;
+    kv_stats(&t->s, &b->st);
+}
+
+
+/*
+ * After a cancelled compaction, in the running store: the outputs, their
+ * hints and MERGE gone, the inputs and the index as they were, and only
+ * the new empty active segment added, past the ids the outputs had.
+ */
+static void
+kv_ct_check_cancelled(kv_test_store_t *t, const char *dir,
+    const kv_ct_before_t *b, const kv_ct_ref_t *ref)
+{
+    char        path[PATH_MAX];
+    size_t      n;
+    uint32_t   *ids;
+    uint64_t    hints;
+    kv_stats_t  st;
+
+    assert_int_equal(kv_test_log_count[KV_LOG_ERR], 0);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_NOTICE], "cancelled"));
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_NOTICE], dir));
+
+    assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
+    assert_false(kv_ct_exists(dir, KV_MERGE_FILE KV_TMP_SUFFIX));
+
+    assert_int_equal(kv_list_segments(&t->s, &ids, &n), KV_OK);
+    assert_int_equal(n, b->nids + 1);
+    assert_memory_equal(ids, b->ids, b->nids * sizeof(uint32_t));
+    assert_int_equal(ids[b->nids], t->sh->segment);
+    assert_true(ids[b->nids] > b->ids[b->nids - 1] + 1);
+    free(ids);
+
+    kv_test_segment(dir, t->sh->segment, path);
+    assert_int_equal(kv_test_file_size(path), 0);
+    (void) kv_ct_dir_bytes(dir, ".kvhint", &hints);
+    assert_int_equal(hints, b->hints);
+
+    kv_stats(&t->s, &st);
+    assert_true(st.compactions == 0 && st.reclaimed_bytes == 0);
+    assert_true(st.keys == b->st.keys && st.live_bytes == b->st.live_bytes
+                && st.dead_bytes == b->st.dead_bytes);
+    assert_int_equal(t->sh->compactor, 0);
+    assert_int_equal(t->sh->first_segment, b->first);
+    kv_ct_check_bytes(t, dir);
+    kv_ct_check(t, ref);
+}
+
+
+static void
+test_cancel_before_copy(void **state)
+{
+    char              dir[PATH_MAX];
+    uint64_t          before, after, n;
+    kv_conf_t         conf;
+    kv_stats_t        st;
+    kv_ct_ref_t       ref;
+    kv_ct_before_t    b;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_ct_conf(&conf, dir, 4096);
+    assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA, 1024),
+                     KV_OK);
+    kv_ct_fill(&t, &ref);
+    kv_ct_before(&t, dir, &b);
+    before = kv_ct_dir_bytes(dir, ".kvlog", &n);
+
+    kv_test_log_reset();
+    assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    kv_compact_cancel(&t.s);
+    assert_int_equal(kv_compact(&t.s), KV_ECANCELED);
+    kv_ct_check_cancelled(&t, dir, &b, &ref);
+    free(b.ids);
+
+    /* a cancel before the claim is forgotten: this one runs to the end */
+    kv_compact_cancel(&t.s);
+    kv_ct_compact(&t);
+    after = kv_ct_dir_bytes(dir, ".kvlog", &n);
+    kv_stats(&t.s, &st);
+    assert_true(st.compactions == 1 && st.dead_bytes == 0);
+    assert_true(st.reclaimed_bytes == before - after && after < before);
+    kv_ct_check(&t, &ref);
+    kv_ct_check_bytes(&t, dir);
+
+    kv_ct_reopen(&t, &conf);
+    kv_ct_check(&t, &ref);
+    kv_ct_check_bytes(&t, dir);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+/*
+ * host->sync of test_cancel_during, in the compaction thread: at the
+ * chosen flush it waits until the test thread has cancelled; after that,
+ * it counts the flushes of outputs, which a prompt cancel leaves none of.
+ */
+static int
+kv_ct_cancel_sync(void *ctx, int fd, const char *path)
+{
+    size_t         len;
+    kv_ct_stop_t  *st;
+
+    (void) ctx;
+    (void) fd;
+
+    st = &kv_ct_stop;
+    len = strlen(path);
+
+    pthread_mutex_lock(&st->mutex);
+
+    if (st->state == KV_CT_STOP_BEFORE && strcmp(path, st->path) == 0
+        && kv_ct_exists(kv_ct_dir, KV_MERGE_FILE) == st->merge
+        && access(st->first_out, F_OK) == 0)
+    {
+        st->state = KV_CT_STOP_AT;
+        pthread_cond_signal(&st->cond);
+
+        while (st->state != KV_CT_STOP_CANCELLED) {
+            pthread_cond_wait(&st->cond, &st->mutex);
+        }
+
+    } else if (st->state == KV_CT_STOP_CANCELLED && len > 6
+               && strcmp(path + len - 6, ".kvlog") == 0)
+    {
+        st->late++;
+    }
+
+    pthread_mutex_unlock(&st->mutex);
+
+    return 0;
+}
+
+
+static void *
+kv_ct_cancel_run(void *arg)
+{
+    kv_ct_stop_t  *st;
+
+    st = arg;
+    st->rc = kv_compact(st->s);
+
+    pthread_mutex_lock(&st->mutex);
+    st->state = KV_CT_STOP_DONE;
+    pthread_cond_signal(&st->cond);
+    pthread_mutex_unlock(&st->mutex);
+
+    return NULL;
+}
+
+
+/*
+ * A compaction thread is stopped at a flush and cancelled from the test
+ * thread, as nginx's event loop cancels its thread pool's compaction:
+ * during the copy and the hints it is undone, once MERGE is removed it
+ * completes.  Either way the store, and a recovery of it, hold every key
+ * at its last value and nothing deleted.
+ */
+static void
+test_cancel_during(void **state)
+{
+    int               at, merge, copied, state_at;
+    char              dir[PATH_MAX], name[32];
+    uint32_t          a;
+    pthread_t         tid;
+    kv_conf_t         conf;
+    kv_stats_t        st;
+    kv_store_t        job;
+    kv_ct_ref_t       ref;
+    kv_ct_stop_t     *stop;
+    kv_ct_before_t    b;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    stop = &kv_ct_stop;
+
+    for (at = 0; at < KV_CT_AT_N; at++) {
+        kv_test_mkdtemp(dir);
+        kv_ct_conf(&conf, dir, 64 * 1024);
+        assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA, 1024),
+                         KV_OK);
+        kv_ct_fill(&t, &ref);
+        kv_ct_before(&t, dir, &b);
+        a = t.sh->segment;
+
+        /*
+         * Inputs much bigger than the outputs: a cancel seen only between
+         * inputs would let outputs be completed, and flushed, after it.
+         */
+        conf.segment_size = 4096;
+
+        kv_ct_dir = dir;
+        stop->state = KV_CT_STOP_BEFORE;
+        stop->late = 0;
+        kv_test_segment(dir, a + 1, stop->first_out);
+
+        switch (at) {
+        case KV_CT_AT_COPY:
+            kv_test_segment(dir, a + 1, stop->path);
+            stop->merge = 1;
+            break;
+
+        case KV_CT_AT_HINT:
+            snprintf(name, sizeof(name), KV_HINT_FMT KV_TMP_SUFFIX, a + 1);
+            kv_test_path(dir, name, stop->path);
+            stop->merge = 1;
+            break;
+
+        default:
+            snprintf(stop->path, sizeof(stop->path), "%s", dir);
+            stop->merge = 0;
+        }
+
+        t.host.sync = kv_ct_cancel_sync;
+        kv_test_log_reset();
+
+        /* the thread's own handle, claimed by the caller, as nginx does */
+        kv_store_init(&job, t.sh, &t.host, &conf);
+        assert_int_equal(kv_compact_begin(&job), KV_OK);
+        stop->s = &job;
+        assert_int_equal(pthread_create(&tid, NULL, kv_ct_cancel_run, stop),
+                         0);
+
+        pthread_mutex_lock(&stop->mutex);
+
+        while (stop->state == KV_CT_STOP_BEFORE) {
+            pthread_cond_wait(&stop->cond, &stop->mutex);
+        }
+
+        /* what the moment looks like, asserted once the thread is done */
+        state_at = stop->state;
+        merge = kv_ct_exists(dir, KV_MERGE_FILE);
+        copied = access(stop->first_out, F_OK) == 0;
+
+        kv_compact_cancel(&job);
+        stop->state = KV_CT_STOP_CANCELLED;
+        pthread_cond_signal(&stop->cond);
+        pthread_mutex_unlock(&stop->mutex);
+
+        assert_int_equal(pthread_join(tid, NULL), 0);
+        t.host.sync = NULL;
+        kv_store_close(&job);
+
+        assert_int_equal(state_at, KV_CT_STOP_AT);
+        assert_true(copied);
+        assert_int_equal(merge, at != KV_CT_AT_SWAP);
+
+        if (at == KV_CT_AT_SWAP) {
+            assert_int_equal(stop->rc, KV_OK);
+            assert_int_equal(kv_test_log_count[KV_LOG_ERR], 0);
+            kv_stats(&t.s, &st);
+            assert_true(st.compactions == 1 && st.reclaimed_bytes > 0);
+            assert_true(t.sh->first_segment == a + 1);
+            kv_ct_check(&t, &ref);
+            kv_ct_check_bytes(&t, dir);
+
+        } else {
+            assert_int_equal(stop->rc, KV_ECANCELED);
+            assert_int_equal(stop->late, 0);
+            kv_ct_check_cancelled(&t, dir, &b, &ref);
+        }
+
+        free(b.ids);
+
+        kv_ct_reopen(&t, &conf);
+        kv_ct_check(&t, &ref);
+        kv_ct_check_bytes(&t, dir);
+        assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
+
+        /* the store goes on: writes and a compaction of what is left */
+        kv_ct_put(&t.s, &ref, 2, 7);
+        kv_ct_del(&t.s, &ref, 3);
+        kv_ct_compact(&t);
+        kv_ct_reopen(&t, &conf);
+        kv_ct_check(&t, &ref);
+
+        kv_test_close(&t);
+        kv_test_rmdir(dir);
+    }
+}
+
+
 int
 main(void)
 {
@@ -893,6 +1228,8 @@ main(void)
         cmocka_unit_test(test_due),
         cmocka_unit_test(test_merge_left),
         cmocka_unit_test(test_kill_anywhere),
+        cmocka_unit_test(test_cancel_before_copy),
+        cmocka_unit_test(test_cancel_during),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
