@@ -345,7 +345,7 @@ kv_write_hint(kv_store_t *s, uint32_t id)
 
     if (rc != KV_OK) {
         s->host->lock(s->host->ctx);
-        s->sh->sync_failed = 1;
+        __atomic_store_n(&s->sh->sync_failed, 1, __ATOMIC_RELEASE);
         s->host->unlock(s->host->ctx);
         return rc;
     }

@@ -310,7 +310,7 @@ kv_roll(kv_store_t *s, uint32_t next)
         || kv_flush(s, -1, s->conf.dir) != KV_OK)
     {
         close(fd);
-        sh->sync_failed = 1;
+        __atomic_store_n(&sh->sync_failed, 1, __ATOMIC_RELEASE);
         return KV_EIO;
     }
 
@@ -798,11 +798,11 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     if (failed) {
         /* the kernel may have dropped the dirty pages: never pretend */
-        sh->sync_failed = 1;
+        __atomic_store_n(&sh->sync_failed, 1, __ATOMIC_RELEASE);
 
     } else if (rc == KV_OK) {
         if (target > sh->synced) {
-            sh->synced = target;
+            __atomic_store_n(&sh->synced, target, __ATOMIC_RELEASE);
         }
 
         sh->stats.fsyncs++;
@@ -821,13 +821,13 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 int
 kv_durable(kv_store_t *s, uint64_t pos)
 {
-    int  rc;
+    /* lock-free: called for every write; both only ever move forward */
 
-    s->host->lock(s->host->ctx);
-    rc = s->sh->sync_failed ? KV_EIO : pos <= s->sh->synced;
-    s->host->unlock(s->host->ctx);
+    if (__atomic_load_n(&s->sh->sync_failed, __ATOMIC_ACQUIRE)) {
+        return KV_EIO;
+    }
 
-    return rc;
+    return pos <= __atomic_load_n(&s->sh->synced, __ATOMIC_ACQUIRE);
 }
 
 

@@ -181,6 +181,8 @@ typedef struct {
     uint64_t    synced;        /* KV_LOC: all before it is durable */
     uint32_t    sync_failed;   /* an fsync failed: nothing later is
                                   durable, appends are refused */
+                               /* both stored atomically under the lock,
+                                  read lock-free by kv_durable() */
     int32_t     compactor;     /* pid running a compaction, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
