@@ -6,14 +6,20 @@
 #     sequential appends of a 150-byte record (a SET of a 100-byte value is
 #     about that size framed), each made durable before the next (dd
 #     oflag=dsync: O_DSYNC, the same flush as fdatasync after each write).
-#  2. For fsync=always, interval:1s and off: nginx (2 workers) on a fresh
-#     data directory, wrk -t2 -c64 SETs of 100-byte values to random keys
-#     of [0, 1000000) for DURATION seconds; req/s, latency, the fsyncs
-#     counted by /kv/status and the writes each of them covered.
+#  2. nginx (2 workers) on a fresh data directory, wrk -t2 -c64 SETs of
+#     100-byte values to random keys of [0, 1000000) for DURATION seconds;
+#     req/s, latency, the fsyncs counted by /kv/status and the writes each
+#     of them covered.
 #
-# PASS when fsync=always reaches 10x the baseline with no errors.
-# Environment: DURATION (10), THREADS (2), CONNS (64), SYNC_N (5000), and
-# those of lib.sh.  Raw wrk output goes to bench/out/groupcommit-*/.
+# The disk's speed here drifts by 2x within minutes, so fsync=always runs
+# ROUNDS times, each right after a baseline of its own, and the verdict
+# takes the median of the rounds' ratios.  interval:1s and off run once,
+# against the last baseline, to show the ceiling of the HTTP path.
+#
+# PASS when the median ratio of fsync=always is 10x or more, no errors.
+# Environment: DURATION (10), THREADS (2), CONNS (64), SYNC_N (5000),
+# ROUNDS (3), and those of lib.sh.  Raw wrk output goes to
+# bench/out/groupcommit-*/.
 
 set -euo pipefail
 
@@ -23,6 +29,7 @@ DURATION=${DURATION:-10}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 SYNC_N=${SYNC_N:-5000}
+ROUNDS=${ROUNDS:-3}
 TARGET=10
 
 need wrk curl jq dd awk
@@ -34,31 +41,43 @@ echo "groupcommit: $(date -u '+%F %T UTC')"
 machine
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-sync_file=$(mktemp "$KV_TMP/kv-bench-dsync.XXXXXX")
-secs=$(LC_ALL=C dd if=/dev/zero of="$sync_file" bs=150 count="$SYNC_N" \
-           oflag=dsync 2>&1 | awk -F', ' '/copied/ { print $3 + 0 }')
-rm -f -- "$sync_file"
-base=$(awk -v n="$SYNC_N" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+# one fdatasync per write: durable appends per second, into $base
+baseline() {
+    local f secs
+
+    f=$(mktemp "$KV_TMP/kv-bench-dsync.XXXXXX")
+    secs=$(LC_ALL=C dd if=/dev/zero of="$f" bs=150 count="$SYNC_N" \
+               oflag=dsync 2>&1 | awk -F', ' '/copied/ { print $3 + 0 }')
+    rm -f -- "$f"
+    base=$(awk -v n="$SYNC_N" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+}
 
 echo "baseline: $SYNC_N appends of 150 B, fdatasync each (dd oflag=dsync)" \
-     "on $KV_TMP: $secs s = $base durable writes/s"
+     "on $KV_TMP, before each fsync=always round"
 echo "workload: wrk -t$THREADS -c$CONNS -d${DURATION}s, POST of 100 B to" \
      "random keys of [0, 1000000), nginx worker_processes 2"
 echo
-echo "| fsync | req/s | p50 ms | p99 ms | errors | fsyncs | writes/fsync" \
-     "| vs baseline |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| fsync | baseline/s | req/s | p50 ms | p99 ms | errors | fsyncs" \
+     "| writes/fsync | vs baseline |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 
-verdict=FAIL
-ratio_always=0
+errors=0
+ratios=()
+modes=()
+for ((i = 1; i <= ROUNDS; i++)); do
+    modes+=(always)
+done
+modes+=(interval:1s off)
 
-for mode in always interval:1s off; do
+for mode in "${modes[@]}"; do
+    [[ $mode == always ]] && baseline
+
     kv_start "$mode"
 
     f0=$(kv_status .fsync.count)
     p0=$(kv_status .puts)
 
-    log=$out/wrk-${mode%%:*}.txt
+    log=$out/wrk-${mode%%:*}-$((${#ratios[@]} + 1)).txt
     timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" \
         --latency -s "$bench_dir/kv.lua" "$kv_url/db/" \
         -- op=set nthreads="$THREADS" > "$log"
@@ -93,22 +112,30 @@ for mode in always interval:1s off; do
     fi
     ratio=$(awk -v r="$rps" -v b="$base" 'BEGIN { printf "%.1f", r / b }')
 
-    echo "| $mode | $rps | $p50 | $p99 | $errs | $fsyncs | $wpf | ${ratio}x |"
+    echo "| $mode | $base | $rps | $p50 | $p99 | $errs | $fsyncs | $wpf" \
+         "| ${ratio}x |"
 
     if [[ $mode == always ]]; then
-        ratio_always=$ratio
-        if ((errs == 0)) \
-           && awk -v r="$ratio" -v t=$TARGET 'BEGIN { exit !(r >= t) }'
-        then
-            verdict=PASS
-        fi
+        ratios+=("$ratio")
+        errors=$((errors + errs))
     fi
 done
 
+median=$(printf '%s\n' "${ratios[@]}" | sort -n \
+         | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }')
+
+if ((errors == 0)) \
+   && awk -v r="$median" -v t=$TARGET 'BEGIN { exit !(r >= t) }'
+then
+    verdict=PASS
+else
+    verdict=FAIL
+fi
+
 echo
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$verdict: fsync=always group commit: ${ratio_always}x the" \
-     "one-fdatasync-per-write baseline of $base/s (target >= ${TARGET}x," \
-     "no errors)"
+echo "$verdict: fsync=always group commit: median ${median}x the" \
+     "one-fdatasync-per-write baseline over $ROUNDS rounds" \
+     "(${ratios[*]}; target >= ${TARGET}x, no errors)"
 
 [[ $verdict == PASS ]]
