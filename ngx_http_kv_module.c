@@ -40,6 +40,7 @@ static void ngx_http_kv_host_lock(void *ctx);
 static void ngx_http_kv_host_unlock(void *ctx);
 static void ngx_http_kv_host_log(void *ctx, int level, int err,
     const char *msg);
+static int ngx_http_kv_host_stopping(void *ctx);
 
 
 static ngx_command_t  ngx_http_kv_commands[] = {
@@ -386,6 +387,7 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->host.lock = ngx_http_kv_host_lock;
     ctx->host.unlock = ngx_http_kv_host_unlock;
     ctx->host.log = ngx_http_kv_host_log;
+    ctx->host.stopping = ngx_http_kv_host_stopping;
 
 #if (NGX_THREADS)
     /* fsync and compaction run there, off the event loop */
@@ -907,4 +909,19 @@ ngx_http_kv_host_log(void *ctx, int level, int err, const char *msg)
 
     ngx_log_error(levels[level], ngx_cycle->log, err, "kv_zone \"%V\": %s",
                   &zone->name, msg);
+}
+
+
+/*
+ * Read by a compaction in a pool thread: a worker that stops, gracefully
+ * (SIGQUIT, reload) or fast (SIGTERM), would otherwise wait at exit for the
+ * whole compaction, which nginx's thread pool finishes before it exits.
+ */
+
+static int
+ngx_http_kv_host_stopping(void *ctx)
+{
+    return __atomic_load_n(&ngx_terminate, __ATOMIC_RELAXED)
+           || __atomic_load_n(&ngx_quit, __ATOMIC_RELAXED)
+           || __atomic_load_n(&ngx_exiting, __ATOMIC_RELAXED);
 }

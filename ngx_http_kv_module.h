@@ -65,7 +65,6 @@ struct ngx_http_kv_zone_s {
     ngx_event_t              flush_timer;
     ngx_event_t              maintenance_timer;
     ngx_event_t              hold;        /* while writes wait for a flush */
-    ngx_event_t              compact_watch; /* while a compaction runs */
     uint32_t                 hinted;      /* active segment at the last
                                              hint pass */
 };

@@ -34,12 +34,6 @@
  */
 #define NGX_HTTP_KV_HOLD_INTERVAL         60000
 
-/*
- * Likewise while a compaction runs, so that an exiting worker cancels it
- * instead of waiting for all of it in the thread pool at exit.
- */
-#define NGX_HTTP_KV_COMPACT_WATCH         100
-
 
 typedef struct {
     ngx_http_request_t      *request;
@@ -66,8 +60,6 @@ static void ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
 static void ngx_http_kv_waiter_cleanup(void *data);
 static void ngx_http_kv_hints_run(ngx_http_kv_job_t *job);
 static void ngx_http_kv_compact_run(ngx_http_kv_job_t *job);
-static void ngx_http_kv_compact_done(ngx_http_kv_job_t *job);
-static void ngx_http_kv_compact_watch(ngx_event_t *ev);
 static void ngx_http_kv_job_logged(ngx_http_kv_job_t *job);
 static void ngx_http_kv_flush_timer(ngx_event_t *ev);
 static void ngx_http_kv_hold_timer(ngx_event_t *ev);
@@ -87,7 +79,7 @@ ngx_http_kv_threads_init(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
                                          ngx_http_kv_job_logged);
     zone->compact = ngx_http_kv_job_create(cycle, zone,
                                            ngx_http_kv_compact_run,
-                                           ngx_http_kv_compact_done);
+                                           ngx_http_kv_job_logged);
 
     if (zone->sync == NULL || zone->hints == NULL || zone->compact == NULL) {
         return NGX_ERROR;
@@ -382,30 +374,6 @@ ngx_http_kv_compact_run(ngx_http_kv_job_t *job)
 }
 
 
-static void
-ngx_http_kv_compact_done(ngx_http_kv_job_t *job)
-{
-    if (job->zone->compact_watch.timer_set) {
-        ngx_del_timer(&job->zone->compact_watch);
-    }
-
-    ngx_http_kv_job_logged(job);
-}
-
-
-static void
-ngx_http_kv_compact_watch(ngx_event_t *ev)
-{
-    ngx_http_kv_zone_t  *zone = ev->data;
-
-    if (ngx_exiting) {
-        kv_compact_cancel(&zone->compact->store);
-    }
-
-    ngx_add_timer(ev, NGX_HTTP_KV_COMPACT_WATCH);
-}
-
-
 /* kvstore logged the details; this says which job ended how */
 
 static void
@@ -439,8 +407,7 @@ ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
 ngx_int_t
 ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
 {
-    int        rc;
-    ngx_int_t  posted;
+    int  rc;
 
     if (zone->compact->busy) {
         return NGX_BUSY;
@@ -461,20 +428,7 @@ ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                   "kv_zone \"%V\": compaction started", &zone->name);
 
-    /* before the post: without threads the job is done when it returns */
-
-    zone->compact_watch.handler = ngx_http_kv_compact_watch;
-    zone->compact_watch.data = zone;
-    zone->compact_watch.log = ngx_cycle->log;
-    ngx_add_timer(&zone->compact_watch, NGX_HTTP_KV_COMPACT_WATCH);
-
-    posted = ngx_http_kv_job_post(zone->compact);
-
-    if (posted != NGX_OK && zone->compact_watch.timer_set) {
-        ngx_del_timer(&zone->compact_watch);
-    }
-
-    return posted;
+    return ngx_http_kv_job_post(zone->compact);
 }
 
 

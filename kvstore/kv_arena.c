@@ -226,6 +226,9 @@ kv_arena_destroy(kv_arena_t *a)
 void
 kv_arena_host(kv_arena_t *a, kv_host_t *host)
 {
+    /* the optional hooks stay NULL */
+    memset(host, 0, sizeof(kv_host_t));
+
     host->ctx = a;
     host->base = a->base;
     host->alloc = kv_arena_alloc;

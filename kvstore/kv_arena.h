@@ -19,7 +19,8 @@ void kv_arena_destroy(kv_arena_t *a);
 /*
  * Fills host with the arena's memory, a lock (a pthread mutex, so threads
  * can share the arena) that aborts on misuse (re-entry by the holder,
- * unlock or alloc or free by a thread not holding it) and a log to stderr.
+ * unlock or alloc or free by a thread not holding it) and a log to stderr;
+ * the optional hooks (sync, stopping) are NULL: set them after.
  */
 void kv_arena_host(kv_arena_t *a, kv_host_t *host);
 

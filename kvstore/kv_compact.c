@@ -31,10 +31,11 @@
  *     ascending order, the directory flushed after each.
  *  7. Counters; the claim is released on every path.
  *
- * Cancel (kv_compact_cancel): the flag is checked before each record of
- * step 3 (a relaxed load, cheap beside the lock taken for the index check;
- * at most one record is copied after it is set) and before each output's
- * hint in step 4 (which re-reads the output).  Until MERGE is removed the
+ * Cancel (kv_compact_cancel(), or host->stopping() saying 1): both are
+ * checked before each record of step 3 (a relaxed load and a call, cheap
+ * beside the lock taken for the index check; at most one record is copied
+ * after a cancel) and before each output's hint in step 4 (which re-reads
+ * the output).  Until MERGE is removed the
  * compaction is undone as recovery undoes a crash: the outputs MERGE
  * names, then MERGE, are deleted; no index entry refers to them yet, and
  * the roll stays, as after a crash.  Once MERGE is gone there is nothing
@@ -461,7 +462,10 @@ kv_compact_cancel(kv_store_t *s)
 static int
 kv_compact_cancelled(kv_compact_t *c)
 {
-    return __atomic_load_n(&c->s->compact_cancel, __ATOMIC_RELAXED) != 0;
+    const kv_host_t  *host = c->s->host;
+
+    return __atomic_load_n(&c->s->compact_cancel, __ATOMIC_RELAXED) != 0
+           || (host->stopping != NULL && host->stopping(host->ctx));
 }
 
 

@@ -122,6 +122,13 @@ typedef struct {
      * the order and inject failures.  Returns 0 or -1 with errno set.
      */
     int      (*sync)(void *ctx, int fd, const char *path);
+
+    /*
+     * Optional: 1 once the host is shutting down.  A compaction polls it
+     * as it polls kv_compact_cancel()'s flag, from its own thread, so a
+     * stopping process does not wait for a whole compaction.
+     */
+    int      (*stopping)(void *ctx);
 } kv_host_t;
 
 

@@ -7,9 +7,43 @@
  */
 
 #include <inttypes.h>
+#include <signal.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "kvtool.h"
+
+
+/* the handle kv_compact() runs on, for the signal handler */
+static kv_store_t  *kvtool_compacting;
+
+
+/*
+ * Ctrl-C or SIGTERM: kv_compact() deletes what it wrote and returns (a
+ * second signal kills, as usual).  kv_compact_cancel() only sets a flag.
+ */
+static void
+kvtool_compact_signal(int signo)
+{
+    (void) signo;
+
+    kv_compact_cancel(kvtool_compacting);
+}
+
+
+static void
+kvtool_compact_signals(void (*handler)(int))
+{
+    struct sigaction  sa;
+
+    memset(&sa, 0, sizeof(struct sigaction));
+    sa.sa_handler = handler;
+    sa.sa_flags = (handler == SIG_DFL) ? 0 : SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+
+    (void) sigaction(SIGINT, &sa, NULL);
+    (void) sigaction(SIGTERM, &sa, NULL);
+}
 
 
 static void
@@ -49,7 +83,12 @@ kvtool_compact(const char *dir, uint64_t segment_size)
     rc = kv_compact_begin(&t.s);
 
     if (rc == KV_OK) {
+        kvtool_compacting = &t.s;
+        kvtool_compact_signals(kvtool_compact_signal);
+
         rc = kv_compact(&t.s);
+
+        kvtool_compact_signals(SIG_DFL);
     }
 
     if (rc == KV_OK) {

@@ -293,54 +293,65 @@ auto_case('auto-dead', 'compact_ratio=100 compact_dead=128k',
                 $_[0]->req(DELETE => "/db/d$_") for 60 .. 79;
                 $_[1]{"d$_"} = undef for 60 .. 79 });
 
-# --- 4: a graceful stop (SIGQUIT: docker stop, a Kubernetes pod's end)
-# cancels a running compaction instead of waiting for all of it
+# --- 4: a stop cancels a running compaction instead of waiting for all of
+# it: SIGQUIT (graceful: docker stop, nginx -s quit) and SIGTERM (fast: a
+# Kubernetes pod's end)
 
-my $q = KvTest->new(name => 'compact-quit', endpoints => 1,
-                    zone_size => '4m',
-                    zone_extra => 'segment_size=64k compact_ratio=100 '
-                                  . 'compact_dead=100000m');
-$q->start_ok or BAIL_OUT('cannot start nginx');
-my $qdir = $q->data_dir;
-my %qwant;
+sub stop_during_compaction {
+    my ($sig) = @_;
+    my $q = KvTest->new(name => "compact-$sig", endpoints => 1,
+                        zone_size => '4m',
+                        zone_extra => 'segment_size=64k compact_ratio=100 '
+                                      . 'compact_dead=100000m');
+    $q->start_ok or BAIL_OUT('cannot start nginx');
+    my $qdir = $q->data_dir;
+    my %qwant;
 
-# 64 MiB live in 64k segments: the compaction flushes ~1000 outputs, and
-# all but its last moments (index swaps, deletions) can be cancelled
-$fails = 0;
-for my $i (0 .. 319) {
-    my $k = "q$i";
-    $qwant{$k} = val($k, 1, 200_000);
-    $fails++ unless $q->put($k, $qwant{$k})->{status} == 201;
+    # 64 MiB live in 64k segments: the compaction flushes ~1000 outputs,
+    # and all but its last moments (index swaps, deletions) can be
+    # cancelled
+    my $fails = 0;
+    for my $i (0 .. 319) {
+        my $k = "q$i";
+        $qwant{$k} = val($k, 1, 200_000);
+        $fails++ unless $q->put($k, $qwant{$k})->{status} == 201;
+    }
+    is $fails, 0, "$sig: filled 64 MiB";
+    my @qids = segment_ids($qdir);
+
+    is $q->compact->{status}, 202, "$sig: compaction started";
+    ok $q->status->{compaction}{running}, "$sig: it runs when the signal comes";
+
+    my $m = $q->master_pid;
+    my @all = ($m, KvTest::children_of($m));
+    my $t0 = time;
+    kill $sig, $m;
+    ok KvTest::wait_gone(30, @all), "$sig: nginx exited";
+    my $secs = time - $t0;
+    like $q->log_text, qr/compaction of .* cancelled/,
+        "$sig: the log says the compaction was cancelled";
+    cmp_ok $secs, '<', 10, sprintf "$sig: exited %.1f s after the signal",
+        $secs;
+
+    opendir my $dh, $qdir or die "$qdir: $!";
+    my @left = grep { /^MERGE|\.tmp$/ } readdir $dh;
+    closedir $dh;
+    none_ok(\@left, "$sig: no MERGE or temporary file left");
+    my %old = map { $_ => 1 } @qids;
+    my @outputs = grep { !$old{$_} } segment_ids($qdir);
+    cmp_ok scalar(@outputs), '<=', 1,
+        "$sig: no compaction output left (only the new active segment)";
+
+    $q->start_ok("$sig: restarted");
+    none_ok([check_keys($q, \%qwant)], "$sig: every key intact after it");
+    is $q->compact->{status}, 202, "$sig: a new compaction starts";
+    my $st = $q->wait_compaction_done(120);
+    ok $st && $st->{compaction}{runs} == 1, "$sig: and completes";
+    none_ok([check_keys($q, \%qwant)], "$sig: every key intact after that");
+    $q->stop;
 }
-is $fails, 0, 'quit: filled 64 MiB';
-my @qids = segment_ids($qdir);
 
-is $q->compact->{status}, 202, 'quit: compaction started';
-ok $q->status->{compaction}{running}, 'quit: it runs when SIGQUIT comes';
-
-my $qt0 = time;
-ok $q->stop(30), 'quit: nginx exited';
-my $quit_secs = time - $qt0;
-like $q->log_text, qr/compaction of .* cancelled/,
-    'quit: the log says the compaction was cancelled';
-cmp_ok $quit_secs, '<', 10, sprintf 'quit: exited %.1f s after SIGQUIT',
-    $quit_secs;
-
-opendir my $dh, $qdir or die "$qdir: $!";
-my @left = grep { /^MERGE|\.tmp$/ } readdir $dh;
-closedir $dh;
-none_ok(\@left, 'quit: no MERGE or temporary file left');
-my %old = map { $_ => 1 } @qids;
-my @outputs = grep { !$old{$_} } segment_ids($qdir);
-cmp_ok scalar(@outputs), '<=', 1,
-    'quit: no compaction output left (only the new active segment)';
-
-$q->start_ok('quit: restarted');
-none_ok([check_keys($q, \%qwant)], 'quit: every key intact after it');
-is $q->compact->{status}, 202, 'quit: a new compaction starts';
-my $qst = $q->wait_compaction_done(120);
-ok $qst && $qst->{compaction}{runs} == 1, 'quit: and completes';
-none_ok([check_keys($q, \%qwant)], 'quit: every key intact after that');
-$q->stop;
+stop_during_compaction('QUIT');
+stop_during_compaction('TERM');
 
 done_testing;

@@ -384,6 +384,51 @@ sub rolled_ok {
 }
 
 
+# Ctrl-C during compact: kv_compact() deletes what it wrote, the store is
+# as before, exit 1.  The signal is sent once MERGE exists, i.e. while
+# outputs are being written (thousands of 64k outputs, each flushed).
+{
+    my $dir = new_dir();
+    my @recs = map { ["big$_", "$_:" . ('y' x 200_000)] } 1 .. 320;
+    my $r = kvtool('import-seed', seed_file(@recs), $dir);
+    is($r->{rc}, 0, 'compact, interrupted: 64 MiB imported')
+        or diag($r->{err});
+    my $before = kvtool('dump', $dir)->{out};
+    my @segs_before = map { $_->[0] } segments($dir);
+
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDOUT, '>', "$Tmp/out" or POSIX::_exit(126);
+        open STDERR, '>', "$Tmp/err" or POSIX::_exit(126);
+        exec $Tool, 'compact', '--segment-size=64k', $dir
+            or POSIX::_exit(127);
+    }
+    my $seen = 0;
+    for (1 .. 6000) {
+        if (-e "$dir/MERGE") { $seen = 1; last }
+        last if waitpid($pid, POSIX::WNOHANG()) == $pid;
+        select undef, undef, undef, 0.005;
+    }
+    ok($seen, 'compact, interrupted: MERGE appeared (outputs being written)');
+    kill 'INT', $pid;
+    waitpid $pid, 0;
+    my $rc = $? >> 8;
+    my $err = slurp("$Tmp/err");
+    is($rc, 1, 'compact, interrupted: exit 1');
+    like($err, qr/cancelled/, 'compact, interrupted: says it was cancelled');
+
+    opendir(my $dh, $dir) or die "$dir: $!";
+    my @left = grep { /^MERGE|\.tmp$/ } readdir $dh;
+    closedir $dh;
+    is("@left", '', 'compact, interrupted: no MERGE or temporary file');
+    my %old = map { $_ => 1 } @segs_before;
+    my @new = grep { !$old{$_} } map { $_->[0] } segments($dir);
+    is("@new", '', 'compact, interrupted: no output left with data');
+    is(kvtool('check', $dir)->{rc}, 0, 'compact, interrupted: check passes');
+    is(kvtool('dump', $dir)->{out}, $before,
+       'compact, interrupted: dump identical');
+}
+
 # ---------------------------------------------------------------- segment size
 
 {
