@@ -244,6 +244,37 @@ Content-Type: application/octet-stream
 
 
 
+=== TEST 10: with nginx.conf.example's error_page, those 400s are JSON too
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t10;
+--- config
+    error_page 400 /kv-400;
+    location = /kv-400 {
+        internal;
+        default_type application/json;
+        return 400 '{"error":"bad request"}\n';
+    }
+    location /db/ { kv store; }
+--- request eval
+["PUT /db/%zz
+x",
+"GET /db/ab%4",
+"PUT /db/ok
+x",
+"PUT /db/ok
+y"]
+--- more_headers
+Content-Type: application/octet-stream
+--- error_code eval
+[400, 400, 201, 201]
+--- response_headers_like eval
+["Content-Type: application/json", "Content-Type: application/json", "",
+ ""]
+--- response_body_like eval
+[$::E, $::E, qr/^$/, qr/^$/]
+
+
+
 === TEST 10: max_key counts decoded bytes: exactly max_key is fine, one more is 414
 --- http_config
     kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t10 max_key=16;
