@@ -35,13 +35,12 @@
  * checked before each record of step 3 (a relaxed load and a call, cheap
  * beside the lock taken for the index check; at most one record is copied
  * after a cancel) and before each output's hint in step 4 (which re-reads
- * the output).  Until MERGE is removed the
- * compaction is undone as recovery undoes a crash: the outputs MERGE
- * names, then MERGE, are deleted; no index entry refers to them yet, and
- * the roll stays, as after a crash.  Once MERGE is gone there is nothing
- * to undo, only steps 5 and 6 to finish, which write no data (step 5
- * re-reads the outputs, just written): they run to the end whatever the
- * flag says.
+ * the output).  Until MERGE is removed the compaction is undone as
+ * recovery undoes a crash: the outputs MERGE names, then MERGE, are
+ * deleted; no index entry refers to them yet, and the roll stays, as after
+ * a crash.  Once MERGE is gone there is nothing to undo, only steps 5 and
+ * 6 to finish, which write no data (step 5 re-reads the outputs, just
+ * written): they run to the end whatever the flag says.
  *
  * Memory: 8 bytes per copied record (its old location; the new one and the
  * key come back from the scan of step 5), a 1 MiB output buffer (or one
