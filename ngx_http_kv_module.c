@@ -777,6 +777,8 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
 
         kv_store_init(&ctx->store, ctx->shpool->data, &ctx->host, &conf);
 
+        ngx_http_kv_flushed_pipes(cycle, ctx);
+
         if (ctx->reused) {
             continue;
         }
@@ -843,6 +845,7 @@ ngx_http_kv_exit_process(ngx_cycle_t *cycle)
     zonep = kmcf->zones.elts;
 
     for (i = 0; i < kmcf->zones.nelts; i++) {
+        ngx_http_kv_threads_exit(zonep[i]);
         kv_store_close(&zonep[i]->store);
     }
 }

@@ -60,6 +60,13 @@ struct ngx_http_kv_zone_s {
     /* per worker process */
     ngx_queue_t              waiters;     /* writes waiting for an fsync */
     ngx_http_kv_job_t       *sync;
+#if (NGX_THREADS)
+    ngx_fd_t               (*flushed)[2]; /* a pipe per worker: any worker's
+                                             flush says so in the others' */
+    ngx_uint_t               nflushed;
+    ngx_connection_t        *flushed_conn; /* this worker's read end */
+    ngx_event_t              flush_retry; /* if that word does not come */
+#endif
     ngx_http_kv_job_t       *hints;
     ngx_http_kv_job_t       *compact;
     ngx_event_t              flush_timer;
@@ -91,8 +98,11 @@ ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
 void ngx_http_kv_install_body_filter(void);
 
 /* ngx_http_kv_threads.c */
+void ngx_http_kv_flushed_pipes(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
 ngx_int_t ngx_http_kv_threads_init(ngx_cycle_t *cycle,
     ngx_http_kv_zone_t *zone);
+void ngx_http_kv_threads_exit(ngx_http_kv_zone_t *zone);
 ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_uint_t status);
 ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone);

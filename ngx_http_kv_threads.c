@@ -6,7 +6,11 @@
  * flush covers it.  Each worker keeps one flush in flight; every write
  * that arrives meanwhile waits for the next one, so all writes waiting at a
  * moment share one fdatasync().  A flush by any process advances the
- * store's durable position for all of them.
+ * store's durable position for all of them.  With several workers, one
+ * flush at a time covers the writes of all: a worker whose writes wait
+ * while another worker's claimed flush runs does not start its own; that
+ * flush's end comes through a pipe, and a short timer starts ours anyway
+ * if it does not come (a worker that died, one of another cycle).
  *
  * fsync=interval: each worker flushes its own writes every interval.
  *
@@ -34,6 +38,9 @@
  */
 #define NGX_HTTP_KV_HOLD_INTERVAL         60000
 
+/* how long writes wait for another worker's flush to say it ended */
+#define NGX_HTTP_KV_FLUSH_RETRY           5
+
 
 typedef struct {
     ngx_http_request_t      *request;
@@ -51,7 +58,17 @@ static ngx_int_t ngx_http_kv_job_post(ngx_http_kv_job_t *job);
 #if (NGX_THREADS)
 static void ngx_http_kv_job_thread(void *data, ngx_log_t *log);
 static void ngx_http_kv_job_event(ngx_event_t *ev);
+static void ngx_http_kv_pipes_close(void *data);
+static ngx_int_t ngx_http_kv_flushed_watch(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
+static void ngx_http_kv_flushed_say(ngx_http_kv_zone_t *zone);
+static void ngx_http_kv_flushed_event(ngx_event_t *ev);
+static void ngx_http_kv_flush_retry(ngx_event_t *ev);
+static void ngx_http_kv_flushed_elsewhere(ngx_http_kv_zone_t *zone,
+    ngx_uint_t force);
 #endif
+static ngx_int_t ngx_http_kv_sync_post(ngx_http_kv_zone_t *zone,
+    ngx_uint_t force);
 
 static void ngx_http_kv_sync_run(ngx_http_kv_job_t *job);
 static void ngx_http_kv_sync_done(ngx_http_kv_job_t *job);
@@ -85,6 +102,12 @@ ngx_http_kv_threads_init(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
         return NGX_ERROR;
     }
 
+#if (NGX_THREADS)
+    if (ngx_http_kv_flushed_watch(cycle, zone) != NGX_OK) {
+        return NGX_ERROR;
+    }
+#endif
+
     /* every worker flushes its own writes */
 
     if (zone->fsync == KV_FSYNC_INTERVAL) {
@@ -98,6 +121,87 @@ ngx_http_kv_threads_init(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
                            NGX_HTTP_KV_MAINTENANCE_INTERVAL, cycle->log);
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_kv_threads_exit(ngx_http_kv_zone_t *zone)
+{
+#if (NGX_THREADS)
+
+    /* the thread pool has finished every task by now */
+
+    if (zone->flushed_conn != NULL) {
+        ngx_close_connection(zone->flushed_conn);
+        zone->flushed_conn = NULL;
+        zone->flushed[ngx_worker][0] = -1;
+    }
+
+#endif
+}
+
+
+/*
+ * In the master, for the workers it forks: a pipe per worker, which every
+ * other worker's flush writes a byte to.  Without them (one worker, fsync
+ * not always, pipe() failing) each worker flushes for itself.
+ */
+
+void
+ngx_http_kv_flushed_pipes(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
+{
+#if (NGX_THREADS)
+    ngx_uint_t           i, n;
+    ngx_core_conf_t     *ccf;
+    ngx_pool_cleanup_t  *cln;
+
+    zone->flushed = NULL;
+    zone->nflushed = 0;
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+    n = (ngx_uint_t) ccf->worker_processes;
+
+    if (zone->fsync != KV_FSYNC_ALWAYS || !ccf->master || n < 2) {
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    zone->flushed = ngx_palloc(cycle->pool, n * sizeof(ngx_fd_t[2]));
+
+    if (cln == NULL || zone->flushed == NULL) {
+        zone->flushed = NULL;
+        return;
+    }
+
+    cln->handler = ngx_http_kv_pipes_close;
+    cln->data = zone;
+
+    for (i = 0; i < n; i++) {
+        if (pipe(zone->flushed[i]) == -1) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          "kv_zone \"%V\": pipe() failed: each worker "
+                          "flushes its own writes", &zone->name);
+            break;
+        }
+
+        zone->nflushed = i + 1;
+
+        if (ngx_nonblocking(zone->flushed[i][0]) == -1
+            || ngx_nonblocking(zone->flushed[i][1]) == -1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          "kv_zone \"%V\": " ngx_nonblocking_n " on a "
+                          "pipe failed: each worker flushes its own writes",
+                          &zone->name);
+            break;
+        }
+    }
+
+    if (zone->nflushed < n) {
+        ngx_http_kv_pipes_close(zone);
+    }
+
+#endif
 }
 
 
@@ -202,6 +306,141 @@ ngx_http_kv_job_event(ngx_event_t *ev)
     job->done(job);
 }
 
+
+static void
+ngx_http_kv_pipes_close(void *data)
+{
+    ngx_uint_t           i, k;
+    ngx_http_kv_zone_t  *zone = data;
+
+    for (i = 0; i < zone->nflushed; i++) {
+        for (k = 0; k < 2; k++) {
+            if (zone->flushed[i][k] != -1 && close(zone->flushed[i][k]) == -1)
+            {
+                ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                              "kv_zone \"%V\": closing a pipe failed",
+                              &zone->name);
+            }
+        }
+    }
+
+    zone->flushed = NULL;
+    zone->nflushed = 0;
+}
+
+
+/* in a worker: its end of its pipe goes into the event loop */
+
+static ngx_int_t
+ngx_http_kv_flushed_watch(ngx_cycle_t *cycle, ngx_http_kv_zone_t *zone)
+{
+    ngx_connection_t  *c;
+
+    zone->flush_retry.handler = ngx_http_kv_flush_retry;
+    zone->flush_retry.data = zone;
+    zone->flush_retry.log = cycle->log;
+
+    if (zone->flushed == NULL || ngx_worker >= zone->nflushed) {
+        return NGX_OK;
+    }
+
+    c = ngx_get_connection(zone->flushed[ngx_worker][0], cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = zone;
+    c->read->handler = ngx_http_kv_flushed_event;
+    c->read->log = cycle->log;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        c->fd = (ngx_socket_t) -1;
+        ngx_free_connection(c);
+        return NGX_ERROR;
+    }
+
+    zone->flushed_conn = c;
+
+    return NGX_OK;
+}
+
+
+/* in the sync thread, after each flush: a byte for every other worker */
+
+static void
+ngx_http_kv_flushed_say(ngx_http_kv_zone_t *zone)
+{
+    ngx_uint_t  i;
+
+    if (zone->flushed_conn == NULL) {
+        return;
+    }
+
+    for (i = 0; i < zone->nflushed; i++) {
+        if (i == ngx_worker) {
+            continue;
+        }
+
+        /* EAGAIN: the pipe is full of bytes not read yet, which is enough */
+
+        if (write(zone->flushed[i][1], "", 1) == -1 && ngx_errno != NGX_EAGAIN)
+        {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                          "kv_zone \"%V\": writing to worker %ui's pipe "
+                          "failed", &zone->name, i);
+        }
+    }
+}
+
+
+static void
+ngx_http_kv_flushed_event(ngx_event_t *ev)
+{
+    u_char               buf[64];
+    ngx_connection_t    *c = ev->data;
+    ngx_http_kv_zone_t  *zone = c->data;
+
+    while (read(c->fd, buf, sizeof(buf)) > 0) { /* void */ }
+
+    ngx_http_kv_flushed_elsewhere(zone, 0);
+
+    if (ngx_handle_read_event(ev, 0) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
+                      "kv_zone \"%V\": cannot watch the flush pipe",
+                      &zone->name);
+    }
+}
+
+
+static void
+ngx_http_kv_flush_retry(ngx_event_t *ev)
+{
+    ngx_http_kv_flushed_elsewhere(ev->data, 1);
+}
+
+
+/*
+ * Another worker's flush ended, or did not say so in time: answers the
+ * writes it made durable and starts a flush for the others.
+ */
+
+static void
+ngx_http_kv_flushed_elsewhere(ngx_http_kv_zone_t *zone, ngx_uint_t force)
+{
+    uint64_t   durable;
+    ngx_int_t  failed;
+
+    failed = (kv_synced(&zone->store, &durable) != KV_OK);
+
+    ngx_http_kv_wake(zone, failed, durable);
+
+    if (!ngx_queue_empty(&zone->waiters)
+        && ngx_http_kv_sync_post(zone, force) == NGX_ERROR)
+    {
+        ngx_http_kv_wake(zone, 1, 0);
+    }
+}
+
 #endif
 
 
@@ -253,7 +492,7 @@ ngx_http_kv_write_done(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     cln->handler = ngx_http_kv_waiter_cleanup;
     cln->data = w;
 
-    if (ngx_http_kv_job_post(zone->sync) == NGX_ERROR) {
+    if (ngx_http_kv_sync_post(zone, 0) == NGX_ERROR) {
         ngx_queue_remove(&w->queue);
         ngx_queue_init(&w->queue);
         return ngx_http_kv_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
@@ -273,10 +512,45 @@ ngx_http_kv_write_done(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 }
 
 
+/*
+ * Starts this worker's flush, unless it runs already or (force: 0) the
+ * flush another worker claimed will cover these writes: its end is
+ * reported through the pipe, or the retry timer starts ours.
+ */
+
+static ngx_int_t
+ngx_http_kv_sync_post(ngx_http_kv_zone_t *zone, ngx_uint_t force)
+{
+    if (zone->sync->busy) {
+        return NGX_BUSY;
+    }
+
+#if (NGX_THREADS)
+
+    if (zone->flushed_conn != NULL && !kv_sync_claim(&zone->store)
+        && !force)
+    {
+        if (!zone->flush_retry.timer_set) {
+            ngx_add_timer(&zone->flush_retry, NGX_HTTP_KV_FLUSH_RETRY);
+        }
+
+        return NGX_BUSY;
+    }
+
+#endif
+
+    return ngx_http_kv_job_post(zone->sync);
+}
+
+
 static void
 ngx_http_kv_sync_run(ngx_http_kv_job_t *job)
 {
     job->rc = kv_sync(&job->store, &job->durable);
+
+#if (NGX_THREADS)
+    ngx_http_kv_flushed_say(job->zone);
+#endif
 }
 
 
@@ -288,7 +562,7 @@ ngx_http_kv_sync_done(ngx_http_kv_job_t *job)
     /* writes that arrived during this flush share the next one */
 
     if (!ngx_queue_empty(&job->zone->waiters)) {
-        if (ngx_http_kv_job_post(job) == NGX_ERROR) {
+        if (ngx_http_kv_sync_post(job->zone, 0) == NGX_ERROR) {
             ngx_http_kv_wake(job->zone, 1, 0);
         }
     }
@@ -438,7 +712,7 @@ ngx_http_kv_flush_timer(ngx_event_t *ev)
     ngx_http_kv_zone_t  *zone = ev->data;
 
     if (kv_durable(&zone->store, zone->store.written) == 0) {
-        (void) ngx_http_kv_job_post(zone->sync);
+        (void) ngx_http_kv_sync_post(zone, 1);
     }
 
     ngx_add_timer(ev, zone->fsync_interval);

@@ -710,6 +710,26 @@ kv_flush_lock(kv_store_t *s)
 }
 
 
+/* ends the caller's flush: the claim, then the flush mutex */
+static void
+kv_flush_unlock(kv_shared_t *sh)
+{
+    __atomic_store_n(&sh->flusher, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&sh->flush_mutex);
+}
+
+
+int
+kv_sync_claim(kv_store_t *s)
+{
+    int32_t  none = 0;
+
+    return __atomic_compare_exchange_n(&s->sh->flusher, &none,
+                                       (int32_t) getpid(), 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+
 int
 kv_sync(kv_store_t *s, uint64_t *durable)
 {
@@ -747,7 +767,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     host->unlock(host->ctx);
 
     if (failed) {
-        pthread_mutex_unlock(&sh->flush_mutex);
+        kv_flush_unlock(sh);
         kv_log(host, KV_LOG_ERR, 0, "a flush of \"%s\" to stable storage "
                "failed earlier: no later write is durable until a restart",
                s->conf.dir);
@@ -755,7 +775,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     }
 
     if (from >= target) {
-        pthread_mutex_unlock(&sh->flush_mutex);
+        kv_flush_unlock(sh);
         return KV_OK;
     }
 
@@ -812,7 +832,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     host->unlock(host->ctx);
 
-    pthread_mutex_unlock(&sh->flush_mutex);
+    kv_flush_unlock(sh);
 
     return rc;
 }
@@ -821,13 +841,28 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 int
 kv_durable(kv_store_t *s, uint64_t pos)
 {
+    uint64_t  synced;
+
+    if (kv_synced(s, &synced) != KV_OK) {
+        return KV_EIO;
+    }
+
+    return pos <= synced;
+}
+
+
+int
+kv_synced(kv_store_t *s, uint64_t *pos)
+{
     /* lock-free: called for every write; both only ever move forward */
+
+    *pos = __atomic_load_n(&s->sh->synced, __ATOMIC_ACQUIRE);
 
     if (__atomic_load_n(&s->sh->sync_failed, __ATOMIC_ACQUIRE)) {
         return KV_EIO;
     }
 
-    return pos <= __atomic_load_n(&s->sh->synced, __ATOMIC_ACQUIRE);
+    return KV_OK;
 }
 
 

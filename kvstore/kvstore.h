@@ -191,6 +191,7 @@ typedef struct {
                                /* both stored atomically under the lock,
                                   read lock-free by kv_durable() */
     int32_t     compactor;     /* pid running a compaction, or 0 */
+    int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
     kv_ref_t    free_slots[KV_ENTRY_SLOT_MAX / 8];  /* per slot size */
@@ -298,9 +299,22 @@ int kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf);
  */
 int kv_sync(kv_store_t *s, uint64_t *durable);
 
+/*
+ * Advisory, for hosts whose processes each run kv_sync(): claims the next
+ * flush for the caller (1), or 0 while another process's claimed flush has
+ * not ended; that one will cover the caller's writes made so far.  Every
+ * kv_sync() ends the claim when it is done, so one left by a dead process
+ * ends with the next flush anyone makes.
+ */
+int kv_sync_claim(kv_store_t *s);
+
 /* 1 if everything before pos (a KV_LOC) is durable, 0 if not yet,
  * KV_EIO after a failed flush. */
 int kv_durable(kv_store_t *s, uint64_t pos);
+
+/* Sets *pos to the end of the durable part of the log (a KV_LOC); KV_OK,
+ * or KV_EIO after a failed flush.  Lock-free. */
+int kv_synced(kv_store_t *s, uint64_t *pos);
 
 /* 1 if the dead-data thresholds call for a compaction. */
 int kv_compact_due(kv_store_t *s);

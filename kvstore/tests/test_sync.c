@@ -273,6 +273,55 @@ test_kv_sync(void **state)
 }
 
 
+/*
+ * kv_sync_claim(): one claim at a time, whoever holds it; any kv_sync()
+ * ends it, a flush or not (a claim a dead process left ends with it);
+ * kv_synced() says where the durable part ends.
+ */
+static void
+test_sync_claim(void **state)
+{
+    char              dir[PATH_MAX];
+    uint64_t          durable, synced;
+    kv_store_t        h2;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+    kv_store_init(&h2, t.sh, &t.host, &t.s.conf);
+
+    assert_int_equal(kv_sync_claim(&t.s), 1);
+    assert_int_equal(kv_sync_claim(&h2), 0);
+    assert_int_equal(kv_sync_claim(&t.s), 0);
+
+    put_n(&t.s, 0);
+    assert_int_equal(kv_synced(&h2, &synced), KV_OK);
+    assert_true(synced < t.s.written);
+
+    assert_int_equal(kv_sync(&h2, &durable), KV_OK);
+    assert_int_equal(kv_synced(&t.s, &synced), KV_OK);
+    assert_true(synced == durable && synced == t.s.written);
+    assert_int_equal(kv_sync_claim(&h2), 1);
+
+    /* nothing to flush: the claim ends all the same */
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    assert_int_equal(kv_sync_claim(&t.s), 1);
+
+    /* a claim by a process that is gone */
+    t.sh->flusher = 999999;
+    assert_int_equal(kv_sync_claim(&h2), 0);
+    assert_int_equal(kv_sync(&h2, &durable), KV_OK);
+    assert_int_equal(kv_sync_claim(&h2), 1);
+
+    kv_store_close(&h2);
+    kv_test_close(&t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+}
+
+
 static void
 expect_failed(kv_test_store_t *t)
 {
@@ -516,6 +565,7 @@ main(void)
         cmocka_unit_test(test_roll_order),
         cmocka_unit_test(test_hint_order),
         cmocka_unit_test(test_kv_sync),
+        cmocka_unit_test(test_sync_claim),
         cmocka_unit_test(test_flush_serialized),
         cmocka_unit_test(test_sync_failure),
     };
