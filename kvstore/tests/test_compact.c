@@ -274,6 +274,15 @@ kv_ct_check_bytes(kv_test_store_t *t, const char *dir)
 }
 
 
+/* every key and the byte counters, the checks a compaction must pass */
+static void
+kv_ct_check_all(kv_test_store_t *t, const kv_ct_ref_t *ref, const char *dir)
+{
+    kv_ct_check(t, ref);
+    kv_ct_check_bytes(t, dir);
+}
+
+
 static int
 kv_ct_exists(const char *dir, const char *name)
 {
@@ -374,8 +383,7 @@ test_reclaim(void **state)
     assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
 
     kv_ct_reopen(&t, &conf);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
     kv_stats(&t.s, &st);
     assert_true(st.recovery_hints > 0);
 
@@ -510,14 +518,12 @@ test_writes_during(void **state)
     assert_int_equal(kv_ct_phase, 2);
 
     /* the copies of 7 and 12 are dead: their swaps found newer records */
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
     kv_stats(&t.s, &st);
     assert_true(st.dead_bytes > 0);
 
     kv_ct_reopen(&t, &conf);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     /* the next compaction drops what the first one could not */
     kv_ct_compact(&t);
@@ -613,12 +619,10 @@ test_concurrent(void **state)
 
     kv_stats(&t.s, &st);
     assert_true(st.compactions == 5);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_ct_reopen(&t, &conf);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_test_close(&t);
     kv_test_rmdir(dir);
@@ -689,8 +693,7 @@ test_claim(void **state)
 
     kv_stats(&t.s, &st);
     assert_true(st.compactions == 2);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_ct_reopen(&t, &conf);
     kv_ct_check(&t, &ref);
@@ -823,8 +826,7 @@ test_merge_left(void **state)
     assert_false(access(path, F_OK) == 0);
     assert_true(t.sh->segment == a + 4);
 
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_test_close(&t);
     kv_test_rmdir(dir);
@@ -900,8 +902,7 @@ test_kill_anywhere(void **state)
         done = (WEXITSTATUS(status) == 0);
 
         kv_ct_reopen(&t, &conf);
-        kv_ct_check(&t, &ref);
-        kv_ct_check_bytes(&t, dir);
+        kv_ct_check_all(&t, &ref, dir);
         assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
 
         /* the store goes on: writes and a compaction of what is left */
@@ -1013,12 +1014,10 @@ test_cancel_before_copy(void **state)
     kv_stats(&t.s, &st);
     assert_true(st.compactions == 1 && st.dead_bytes == 0);
     assert_true(st.reclaimed_bytes == before - after && after < before);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_ct_reopen(&t, &conf);
-    kv_ct_check(&t, &ref);
-    kv_ct_check_bytes(&t, dir);
+    kv_ct_check_all(&t, &ref, dir);
 
     kv_test_close(&t);
     kv_test_rmdir(dir);
@@ -1187,8 +1186,7 @@ test_cancel_during(void **state)
             kv_stats(&t.s, &st);
             assert_true(st.compactions == 1 && st.reclaimed_bytes > 0);
             assert_true(t.sh->first_segment == a + 1);
-            kv_ct_check(&t, &ref);
-            kv_ct_check_bytes(&t, dir);
+            kv_ct_check_all(&t, &ref, dir);
 
         } else {
             assert_int_equal(stop->rc, KV_ECANCELED);
@@ -1199,8 +1197,7 @@ test_cancel_during(void **state)
         free(b.ids);
 
         kv_ct_reopen(&t, &conf);
-        kv_ct_check(&t, &ref);
-        kv_ct_check_bytes(&t, dir);
+        kv_ct_check_all(&t, &ref, dir);
         assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
 
         /* the store goes on: writes and a compaction of what is left */
