@@ -902,7 +902,7 @@ ngx_http_kv_compact_handler(ngx_http_request_t *r)
                                       "the store is not open");
     }
 
-    switch (ngx_http_kv_start_compaction(zone)) {
+    switch (ngx_http_kv_start_compaction(zone, 1)) {
 
     case NGX_OK:
         return ngx_http_kv_send_json(r, NGX_HTTP_ACCEPTED, "status",

@@ -105,7 +105,8 @@ ngx_int_t ngx_http_kv_threads_init(ngx_cycle_t *cycle,
 void ngx_http_kv_threads_exit(ngx_http_kv_zone_t *zone);
 ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_uint_t status);
-ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone);
+ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone,
+    ngx_uint_t requested);
 
 
 extern ngx_module_t  ngx_http_kv_module;

@@ -675,11 +675,13 @@ ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
 
 /*
  * Claims the store's compaction and starts it in a thread: NGX_OK,
- * NGX_BUSY if one is running anywhere, NGX_ERROR.
+ * NGX_BUSY if one is running anywhere, NGX_ERROR.  A requested one (POST
+ * /kv/compact) stays due until it completes: a reload that cancels it
+ * leaves it to the new workers.
  */
 
 ngx_int_t
-ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
+ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone, ngx_uint_t requested)
 {
     int  rc;
 
@@ -697,6 +699,10 @@ ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone)
 
     if (rc != KV_OK) {
         return NGX_ERROR;
+    }
+
+    if (requested) {
+        kv_compact_request(&zone->compact->store);
     }
 
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -769,6 +775,6 @@ ngx_http_kv_maintenance_timer(ngx_event_t *ev)
     }
 
     if (kv_compact_due(&zone->store)) {
-        (void) ngx_http_kv_start_compaction(zone);
+        (void) ngx_http_kv_start_compaction(zone, 0);
     }
 }

@@ -74,7 +74,9 @@
  * A compaction rewrites every live byte and uses K + 1 segment ids, so a
  * smaller store churning a few keys would otherwise recompact on every
  * check and exhaust the ids; below a segment's worth the directory would
- * not even lose a file.
+ * not even lose a file.  A requested compaction (kv_compact_request())
+ * is due until one completes, so that one cancelled by a reload resumes
+ * in the new workers.
  */
 
 #include <dirent.h>
@@ -396,7 +398,8 @@ kv_compact_due(kv_store_t *s)
     live = sh->stats.live_bytes;
 
     due = sh->open && sh->compactor == 0 && sh->stats.segments > 1
-          && (dead >= bytes
+          && (sh->compact_owed
+              || dead >= bytes
               || (dead >= floor && dead * 100 >= pct * (live + dead)));
 
     s->host->unlock(s->host->ctx);
@@ -447,6 +450,15 @@ kv_compact_begin(kv_store_t *s)
     }
 
     return rc;
+}
+
+
+void
+kv_compact_request(kv_store_t *s)
+{
+    s->host->lock(s->host->ctx);
+    s->sh->compact_owed = 1;
+    s->host->unlock(s->host->ctx);
 }
 
 
@@ -1166,6 +1178,12 @@ release:
 
     s->host->lock(s->host->ctx);
     sh->compactor = 0;
+
+    /* a failure is not retried every check: a new request retries it */
+    if (rc != KV_ECANCELED) {
+        sh->compact_owed = 0;
+    }
+
     s->host->unlock(s->host->ctx);
 
     return rc;

@@ -191,6 +191,8 @@ typedef struct {
                                /* both stored atomically under the lock,
                                   read lock-free by kv_durable() */
     int32_t     compactor;     /* pid running a compaction, or 0 */
+    uint32_t    compact_owed;  /* kv_compact_request() with no compaction
+                                  completed since */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
@@ -316,8 +318,19 @@ int kv_durable(kv_store_t *s, uint64_t pos);
  * or KV_EIO after a failed flush.  Lock-free. */
 int kv_synced(kv_store_t *s, uint64_t *pos);
 
-/* 1 if the dead-data thresholds call for a compaction. */
+/*
+ * 1 if the dead-data thresholds call for a compaction, or one was
+ * requested that no compaction has completed since.
+ */
 int kv_compact_due(kv_store_t *s);
+
+/*
+ * Records that a compaction was asked for (POST /kv/compact), between
+ * kv_compact_begin() and kv_compact().  kv_compact_due() says 1 until a
+ * compaction ends other than cancelled: one cancelled because its process
+ * stopped (a reload) is started again by the next process's check.
+ */
+void kv_compact_request(kv_store_t *s);
 
 /*
  * Claims the store's one compaction: KV_OK, or KV_EBUSY while another live

@@ -295,32 +295,42 @@ auto_case('auto-dead', 'compact_ratio=100 compact_dead=128k',
 
 # --- 4: a stop cancels a running compaction instead of waiting for all of
 # it: SIGQUIT (graceful: docker stop, nginx -s quit) and SIGTERM (fast: a
-# Kubernetes pod's end)
+# Kubernetes pod's end); a reload cancels it too, and the new workers run
+# it again
 
-sub stop_during_compaction {
-    my ($sig) = @_;
-    my $q = KvTest->new(name => "compact-$sig", endpoints => 1,
+# A server holding 64 MiB live in 64k segments, a compaction of it just
+# started: it flushes ~1000 outputs, and all but its last moments (index
+# swaps, deletions) can be cancelled.  Returns the server, key => value
+# and the segment ids before the compaction.
+sub long_compaction {
+    my ($tag) = @_;
+    my $q = KvTest->new(name => "compact-$tag", endpoints => 1,
                         zone_size => '4m',
                         zone_extra => 'segment_size=64k compact_ratio=100 '
                                       . 'compact_dead=100000m');
     $q->start_ok or BAIL_OUT('cannot start nginx');
-    my $qdir = $q->data_dir;
     my %qwant;
 
-    # 64 MiB live in 64k segments: the compaction flushes ~1000 outputs,
-    # and all but its last moments (index swaps, deletions) can be
-    # cancelled
     my $fails = 0;
     for my $i (0 .. 319) {
         my $k = "q$i";
         $qwant{$k} = val($k, 1, 200_000);
         $fails++ unless $q->put($k, $qwant{$k})->{status} == 201;
     }
-    is $fails, 0, "$sig: filled 64 MiB";
-    my @qids = segment_ids($qdir);
+    is $fails, 0, "$tag: filled 64 MiB";
+    my @qids = segment_ids($q->data_dir);
 
-    is $q->compact->{status}, 202, "$sig: compaction started";
-    ok $q->status->{compaction}{running}, "$sig: it runs when the signal comes";
+    is $q->compact->{status}, 202, "$tag: compaction started";
+    ok $q->status->{compaction}{running},
+        "$tag: it runs when the signal comes";
+
+    return ($q, \%qwant, \@qids);
+}
+
+sub stop_during_compaction {
+    my ($sig) = @_;
+    my ($q, $qwant, $qids) = long_compaction($sig);
+    my $qdir = $q->data_dir;
 
     my $m = $q->master_pid;
     my @all = ($m, KvTest::children_of($m));
@@ -337,21 +347,56 @@ sub stop_during_compaction {
     my @left = grep { /^MERGE|\.tmp$/ } readdir $dh;
     closedir $dh;
     none_ok(\@left, "$sig: no MERGE or temporary file left");
-    my %old = map { $_ => 1 } @qids;
+    my %old = map { $_ => 1 } @$qids;
     my @outputs = grep { !$old{$_} } segment_ids($qdir);
     cmp_ok scalar(@outputs), '<=', 1,
         "$sig: no compaction output left (only the new active segment)";
 
     $q->start_ok("$sig: restarted");
-    none_ok([check_keys($q, \%qwant)], "$sig: every key intact after it");
+    none_ok([check_keys($q, $qwant)], "$sig: every key intact after it");
     is $q->compact->{status}, 202, "$sig: a new compaction starts";
     my $st = $q->wait_compaction_done(120);
     ok $st && $st->{compaction}{runs} == 1, "$sig: and completes";
-    none_ok([check_keys($q, \%qwant)], "$sig: every key intact after that");
+    none_ok([check_keys($q, $qwant)], "$sig: every key intact after that");
     $q->stop;
 }
 
 stop_during_compaction('QUIT');
 stop_during_compaction('TERM');
+
+# The 202 of POST /kv/compact is kept across a reload: the old workers
+# cancel the compaction to exit promptly, and the new ones start it again
+# by themselves (the zone, and the request recorded in it, outlive them).
+{
+    my ($q, $qwant, $qids) = long_compaction('reload');
+    my $mark = length $q->log_text;
+
+    ok $q->reload(30), 'reload: new workers serve';
+    my $after = $q->log_since($mark);
+    like $after, qr/compaction of .* cancelled/,
+        'reload: the old workers cancelled the compaction';
+
+    my $st;
+    ok wait_until(sub {
+            $st = $q->status;
+            return $st && $st->{compaction}{runs} >= 1
+                   && !$st->{compaction}{running};
+        }, 120, 0.1),
+        'reload: the new workers ran it to the end, unasked';
+    is $st->{compaction}{runs}, 1, 'reload: once';
+    my %old = map { $_ => 1 } @$qids;
+    none_ok([grep { $old{$_} } segment_ids($q->data_dir)],
+        'reload: it merged every segment it was asked to');
+    like $q->log_since($mark),
+        qr/compaction of \S+ cancelled.*compaction started.*compacted/s,
+        'reload: the log shows it cancelled, started again and done';
+    none_ok([check_keys($q, $qwant)], 'reload: every key intact');
+
+    # done: nothing is owed any more
+    sleep 2.5;
+    is $q->status->{compaction}{runs}, 1,
+        'reload: no further compaction without a new request';
+    $q->stop;
+}
 
 done_testing;

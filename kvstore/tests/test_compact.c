@@ -1000,16 +1000,26 @@ test_cancel_before_copy(void **state)
     kv_ct_before(&t, dir, &b);
     before = kv_ct_dir_bytes(dir, ".kvlog", &n);
 
+    /* thresholds that never call for one: only the request does */
+    t.s.conf.compact_dead_pct = 100;
+    t.s.conf.compact_dead_bytes = UINT64_MAX;
+    assert_int_equal(kv_compact_due(&t.s), 0);
+
     kv_test_log_reset();
     assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    kv_compact_request(&t.s);
     kv_compact_cancel(&t.s);
     assert_int_equal(kv_compact(&t.s), KV_ECANCELED);
     kv_ct_check_cancelled(&t, dir, &b, &ref);
     free(b.ids);
 
+    /* still owed, as to the workers after a reload */
+    assert_int_equal(kv_compact_due(&t.s), 1);
+
     /* a cancel before the claim is forgotten: this one runs to the end */
     kv_compact_cancel(&t.s);
     kv_ct_compact(&t);
+    assert_int_equal(kv_compact_due(&t.s), 0);
     after = kv_ct_dir_bytes(dir, ".kvlog", &n);
     kv_stats(&t.s, &st);
     assert_true(st.compactions == 1 && st.dead_bytes == 0);
