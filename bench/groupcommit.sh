@@ -2,10 +2,12 @@
 # groupcommit.sh: durable SET throughput with 64 clients against what one
 # fdatasync per request would give (issue 3: at least 10x).
 #
-#  1. Baseline, on the filesystem that holds the data directory: SYNC_N
-#     sequential appends of a 150-byte record (a SET of a 100-byte value is
-#     about that size framed), each made durable before the next (dd
-#     oflag=dsync: O_DSYNC, the same flush as fdatasync after each write).
+#  1. Baseline, on the filesystem that holds the data directory: for
+#     DURATION seconds, like a round, so that both meet the disk's stalls
+#     alike, sequential appends of a 150-byte record (a SET of a 100-byte
+#     value is about that size framed), each made durable before the next
+#     (dd oflag=dsync: O_DSYNC, the same flush as fdatasync after each
+#     write).
 #  2. nginx (2 workers) on a fresh data directory, wrk -t2 -c64 SETs of
 #     100-byte values to random keys of [0, 1000000) for DURATION seconds;
 #     req/s, latency, the fsyncs counted by /kv/status and the writes each
@@ -17,7 +19,7 @@
 # against the last baseline, to show the ceiling of the HTTP path.
 #
 # PASS when the median ratio of fsync=always is 10x or more, no errors.
-# Environment: DURATION (10), THREADS (2), CONNS (64), SYNC_N (5000),
+# Environment: DURATION (10), THREADS (2), CONNS (64),
 # ROUNDS (3), and those of lib.sh.  Raw wrk output goes to
 # bench/out/groupcommit-*/.
 
@@ -28,7 +30,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION=${DURATION:-10}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
-SYNC_N=${SYNC_N:-5000}
 ROUNDS=${ROUNDS:-3}
 TARGET=10
 
@@ -41,19 +42,29 @@ echo "groupcommit: $(date -u '+%F %T UTC')"
 machine
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# one fdatasync per write: durable appends per second, into $base
+# one fdatasync per write: durable appends per second, into $base; dd
+# reports its progress on SIGUSR1
 baseline() {
-    local f secs
+    local f pid
 
     f=$(mktemp "$KV_TMP/kv-bench-dsync.XXXXXX")
-    secs=$(LC_ALL=C dd if=/dev/zero of="$f" bs=150 count="$SYNC_N" \
-               oflag=dsync 2>&1 | awk -F', ' '/copied/ { print $3 + 0 }')
-    rm -f -- "$f"
-    base=$(awk -v n="$SYNC_N" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+    LC_ALL=C dd if=/dev/zero of="$f" bs=150 count=1000000000 oflag=dsync \
+        2> "$f.log" &
+    pid=$!
+    sleep "$DURATION"
+    kill -USR1 "$pid"
+    sleep 0.5
+    kill "$pid"
+    wait "$pid" || true
+    base=$(awk -F', ' '/copied/ && !done { split($1, b, " ");
+                                           printf "%.0f", b[1] / 150 / $3;
+                                           done = 1 }' "$f.log")
+    rm -f -- "$f" "$f.log"
+    [[ -n $base ]] || die "dd reported no progress"
 }
 
-echo "baseline: $SYNC_N appends of 150 B, fdatasync each (dd oflag=dsync)" \
-     "on $KV_TMP, before each fsync=always round"
+echo "baseline: ${DURATION}s of appends of 150 B, fdatasync each" \
+     "(dd oflag=dsync) on $KV_TMP, before each fsync=always round"
 echo "workload: wrk -t$THREADS -c$CONNS -d${DURATION}s, POST of 100 B to" \
      "random keys of [0, 1000000), nginx worker_processes 2"
 echo
