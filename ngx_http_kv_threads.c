@@ -705,10 +705,15 @@ ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone, ngx_uint_t requested)
         kv_compact_request(&zone->compact->store);
     }
 
+    if (ngx_http_kv_job_post(zone->compact) != NGX_OK) {
+        kv_compact_release(&zone->compact->store);
+        return NGX_ERROR;
+    }
+
     ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                   "kv_zone \"%V\": compaction started", &zone->name);
 
-    return ngx_http_kv_job_post(zone->compact);
+    return NGX_OK;
 }
 
 

@@ -462,6 +462,20 @@ kv_compact_request(kv_store_t *s)
 }
 
 
+void
+kv_compact_release(kv_store_t *s)
+{
+    s->host->lock(s->host->ctx);
+
+    if (s->sh->compactor == getpid()) {
+        s->sh->compactor = 0;
+        s->sh->compact_owed = 0;
+    }
+
+    s->host->unlock(s->host->ctx);
+}
+
+
 /* A flag with no data behind it: relaxed, lock-free, signal-safe. */
 void
 kv_compact_cancel(kv_store_t *s)

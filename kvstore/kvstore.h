@@ -333,6 +333,12 @@ int kv_compact_due(kv_store_t *s);
 void kv_compact_request(kv_store_t *s);
 
 /*
+ * Gives up the claim of kv_compact_begin(), and the request, when the
+ * compaction cannot be started after all (no thread to run it).
+ */
+void kv_compact_release(kv_store_t *s);
+
+/*
  * Claims the store's one compaction: KV_OK, or KV_EBUSY while another live
  * process runs one (a claim left by a dead pid is taken over).  A claim
  * clears the cancel request of s: call it on the handle that kv_compact()

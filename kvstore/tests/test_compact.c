@@ -648,6 +648,12 @@ test_claim(void **state)
                      KV_OK);
     kv_ct_fill(&t, &ref);
 
+    /* a claim given up, with its request, as when no thread can run it */
+    assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    kv_compact_request(&t.s);
+    kv_compact_release(&t.s);
+    assert_true(t.sh->compactor == 0 && t.sh->compact_owed == 0);
+
     assert_int_equal(kv_compact_begin(&t.s), KV_OK);
     assert_int_equal(kv_compact_begin(&t.s), KV_EBUSY);
     assert_int_equal(kv_compact_due(&t.s), 0);
