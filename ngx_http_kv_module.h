@@ -69,6 +69,8 @@ struct ngx_http_kv_zone_s {
 #endif
     ngx_http_kv_job_t       *hints;
     ngx_http_kv_job_t       *compact;
+    ngx_msec_t               compact_after; /* automatic ones wait until
+                                               then after a failure */
     ngx_event_t              flush_timer;
     ngx_event_t              maintenance_timer;
     ngx_event_t              hold;        /* while writes wait for a flush */

@@ -41,6 +41,13 @@
 /* how long writes wait for another worker's flush to say it ended */
 #define NGX_HTTP_KV_FLUSH_RETRY           5
 
+/*
+ * After a failed compaction (a full disk, say), the thresholds wait this
+ * long before trying again: each try logs an error and rolls the log.
+ * POST /kv/compact does not wait.
+ */
+#define NGX_HTTP_KV_COMPACT_RETRY         60000
+
 
 typedef struct {
     ngx_http_request_t      *request;
@@ -670,6 +677,18 @@ ngx_http_kv_job_logged(ngx_http_kv_job_t *job)
                   &job->zone->name,
                   job == job->zone->compact ? "compaction" : "hint files",
                   kv_strerror(job->rc));
+
+    if (job == job->zone->compact && job->rc != KV_OK
+        && job->rc != KV_ECANCELED)
+    {
+        job->zone->compact_after = ngx_current_msec
+                                   + NGX_HTTP_KV_COMPACT_RETRY;
+
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "kv_zone \"%V\": automatic compaction tried again "
+                      "in %M s at the earliest", &job->zone->name,
+                      (ngx_msec_t) NGX_HTTP_KV_COMPACT_RETRY / 1000);
+    }
 }
 
 
@@ -779,7 +798,9 @@ ngx_http_kv_maintenance_timer(ngx_event_t *ev)
         zone->hinted = segment;
     }
 
-    if (kv_compact_due(&zone->store)) {
+    if ((ngx_msec_int_t) (ngx_current_msec - zone->compact_after) >= 0
+        && kv_compact_due(&zone->store))
+    {
         (void) ngx_http_kv_start_compaction(zone, 0);
     }
 }

@@ -61,4 +61,45 @@ SKIP: {
     $srv->stop;
 }
 
+# A compaction that fails for lack of space is not retried at every
+# check (each try logs an error): the thresholds wait a while after a
+# failure.
+my $mnt2 = KvTest::tmp_root() . "/tiny-fs-2";
+mkdir $mnt2 or die "mkdir: $!";
+my $mounted2 = $mounted
+    && system("mount -t tmpfs -o size=512k tmpfs '$mnt2' 2>/dev/null") == 0;
+END { system("umount -l '$mnt2' 2>/dev/null") if $mounted2 }
+
+SKIP: {
+    skip 'cannot mount a tmpfs here (no CAP_SYS_ADMIN?)', 4 unless $mounted2;
+
+    my $srv = KvTest->new(name => 'diskfull-compact',
+                          data_dir => "$mnt2/data",
+                          zone_extra => 'segment_size=64k compact_ratio=10 '
+                                        . 'compact_dead=1m');
+    $srv->start_ok or BAIL_OUT("cannot start nginx");
+
+    # ten live keys, overwritten until the disk is full of dead copies
+    my $full;
+    for my $round (1 .. 100) {
+        for my $i (1 .. 10) {
+            my $r = $srv->put("c$i", "round $round " . ('C' x 20000));
+            $full = 1, last unless $r->{status} == 201;
+        }
+        last if $full;
+    }
+    ok $full, 'the disk filled up with dead copies';
+
+    my $mark = $srv->log_size;
+    sleep 4.5;
+    my @fails = $srv->log_since($mark) =~ /compaction of \S+ failed/g;
+    ok @fails >= 1, 'a compaction was tried and failed for lack of space';
+    cmp_ok scalar(@fails), '<=', 1,
+        'it was not retried at every check (' . scalar(@fails)
+        . ' failures in 4.5 s)';
+    like $srv->log_since($mark), qr/automatic compaction.*again in/,
+        'the log says when it is tried again';
+    $srv->stop;
+}
+
 done_testing;
