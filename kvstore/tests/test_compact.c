@@ -310,6 +310,26 @@ kv_ct_reopen(kv_test_store_t *t, const kv_conf_t *conf)
 }
 
 
+/*
+ * After an interrupted compaction: the store reopens whole, without MERGE,
+ * and goes on, with writes and a compaction of what is left.
+ */
+static void
+kv_ct_goes_on(kv_test_store_t *t, kv_ct_ref_t *ref, const char *dir,
+    const kv_conf_t *conf)
+{
+    kv_ct_reopen(t, conf);
+    kv_ct_check_all(t, ref, dir);
+    assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
+
+    kv_ct_put(&t->s, ref, 2, 7);
+    kv_ct_del(&t->s, ref, 3);
+    kv_ct_compact(t);
+    kv_ct_reopen(t, conf);
+    kv_ct_check(t, ref);
+}
+
+
 static void
 test_reclaim(void **state)
 {
@@ -907,16 +927,7 @@ test_kill_anywhere(void **state)
                     || WEXITSTATUS(status) == 0);
         done = (WEXITSTATUS(status) == 0);
 
-        kv_ct_reopen(&t, &conf);
-        kv_ct_check_all(&t, &ref, dir);
-        assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
-
-        /* the store goes on: writes and a compaction of what is left */
-        kv_ct_put(&t.s, &ref, 2, 7);
-        kv_ct_del(&t.s, &ref, 3);
-        kv_ct_compact(&t);
-        kv_ct_reopen(&t, &conf);
-        kv_ct_check(&t, &ref);
+        kv_ct_goes_on(&t, &ref, dir, &conf);
 
         kv_test_close(&t);
         kv_test_rmdir(dir);
@@ -1212,16 +1223,7 @@ test_cancel_during(void **state)
 
         free(b.ids);
 
-        kv_ct_reopen(&t, &conf);
-        kv_ct_check_all(&t, &ref, dir);
-        assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
-
-        /* the store goes on: writes and a compaction of what is left */
-        kv_ct_put(&t.s, &ref, 2, 7);
-        kv_ct_del(&t.s, &ref, 3);
-        kv_ct_compact(&t);
-        kv_ct_reopen(&t, &conf);
-        kv_ct_check(&t, &ref);
+        kv_ct_goes_on(&t, &ref, dir, &conf);
 
         kv_test_close(&t);
         kv_test_rmdir(dir);
