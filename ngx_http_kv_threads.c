@@ -79,6 +79,8 @@ static ngx_int_t ngx_http_kv_sync_post(ngx_http_kv_zone_t *zone,
 
 static void ngx_http_kv_sync_run(ngx_http_kv_job_t *job);
 static void ngx_http_kv_sync_done(ngx_http_kv_job_t *job);
+static void ngx_http_kv_flush_ended(ngx_http_kv_zone_t *zone,
+    ngx_int_t failed, uint64_t durable, ngx_uint_t force);
 static void ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
     uint64_t durable);
 static void ngx_http_kv_waiter_cleanup(void *data);
@@ -426,10 +428,7 @@ ngx_http_kv_flush_retry(ngx_event_t *ev)
 }
 
 
-/*
- * Another worker's flush ended, or did not say so in time: answers the
- * writes it made durable and starts a flush for the others.
- */
+/* another worker's flush ended, or did not say so in time */
 
 static void
 ngx_http_kv_flushed_elsewhere(ngx_http_kv_zone_t *zone, ngx_uint_t force)
@@ -439,13 +438,7 @@ ngx_http_kv_flushed_elsewhere(ngx_http_kv_zone_t *zone, ngx_uint_t force)
 
     failed = (kv_synced(&zone->store, &durable) != KV_OK);
 
-    ngx_http_kv_wake(zone, failed, durable);
-
-    if (!ngx_queue_empty(&zone->waiters)
-        && ngx_http_kv_sync_post(zone, force) == NGX_ERROR)
-    {
-        ngx_http_kv_wake(zone, 1, 0);
-    }
+    ngx_http_kv_flush_ended(zone, failed, durable, force);
 }
 
 #endif
@@ -564,14 +557,25 @@ ngx_http_kv_sync_run(ngx_http_kv_job_t *job)
 static void
 ngx_http_kv_sync_done(ngx_http_kv_job_t *job)
 {
-    ngx_http_kv_wake(job->zone, job->rc != KV_OK, job->durable);
+    ngx_http_kv_flush_ended(job->zone, job->rc != KV_OK, job->durable, 0);
+}
 
-    /* writes that arrived during this flush share the next one */
 
-    if (!ngx_queue_empty(&job->zone->waiters)) {
-        if (ngx_http_kv_sync_post(job->zone, 0) == NGX_ERROR) {
-            ngx_http_kv_wake(job->zone, 1, 0);
-        }
+/*
+ * A flush ended, this worker's or another's: answers the writes it made
+ * durable; those that arrived during it share the next one.
+ */
+
+static void
+ngx_http_kv_flush_ended(ngx_http_kv_zone_t *zone, ngx_int_t failed,
+    uint64_t durable, ngx_uint_t force)
+{
+    ngx_http_kv_wake(zone, failed, durable);
+
+    if (!ngx_queue_empty(&zone->waiters)
+        && ngx_http_kv_sync_post(zone, force) == NGX_ERROR)
+    {
+        ngx_http_kv_wake(zone, 1, 0);
     }
 }
 
