@@ -90,6 +90,16 @@ open_small(kv_test_store_t *t, const char *dir)
 }
 
 
+/* the counterpart of open_small(): closes, unhooks the flushes, removes */
+static void
+close_small(kv_test_store_t *t, const char *dir)
+{
+    kv_test_close(t);
+    kv_test_sync = NULL;
+    kv_test_rmdir(dir);
+}
+
+
 static void
 put_n(kv_store_t *s, uint32_t n)
 {
@@ -156,9 +166,7 @@ test_roll_order(void **state)
     expect_sync(2, dir, 3);
     expect_sync(3, dir, 0);
 
-    kv_test_close(&t);
-    kv_test_sync = NULL;
-    kv_test_rmdir(dir);
+    close_small(&t, dir);
     kv_test_rmdir(top);
 }
 
@@ -197,9 +205,7 @@ test_hint_order(void **state)
         assert_int_equal(access(hint, F_OK), -1);
     }
 
-    kv_test_close(&t);
-    kv_test_sync = NULL;
-    kv_test_rmdir(dir);
+    close_small(&t, dir);
 }
 
 
@@ -267,9 +273,7 @@ test_kv_sync(void **state)
     assert_int_equal(kv_durable(&h2, h2.written), 1);
 
     kv_store_close(&h2);
-    kv_test_close(&t);
-    kv_test_sync = NULL;
-    kv_test_rmdir(dir);
+    close_small(&t, dir);
 }
 
 
@@ -316,9 +320,7 @@ test_sync_claim(void **state)
     assert_int_equal(kv_sync_claim(&h2), 1);
 
     kv_store_close(&h2);
-    kv_test_close(&t);
-    kv_test_sync = NULL;
-    kv_test_rmdir(dir);
+    close_small(&t, dir);
 }
 
 
@@ -406,10 +408,7 @@ test_sync_failure(void **state)
         assert_int_equal(t.sh->sync_failed, 0);
         assert_true(t.sh->stats.keys == n);
         put_n(&t.s, 1000);
-        kv_test_close(&t);
-
-        kv_test_sync = NULL;
-        kv_test_rmdir(dir);
+        close_small(&t, dir);
     }
 }
 
@@ -552,9 +551,7 @@ test_flush_serialized(void **state)
 
     kv_store_close(&h1);
     kv_store_close(&h2);
-    kv_test_close(&t);
-    kv_test_sync = NULL;
-    kv_test_rmdir(dir);
+    close_small(&t, dir);
 }
 
 
