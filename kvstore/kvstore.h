@@ -189,7 +189,7 @@ typedef struct {
     uint32_t    sync_failed;   /* an fsync failed: nothing later is
                                   durable, appends are refused */
                                /* both stored atomically under the lock,
-                                  read lock-free by kv_durable() */
+                                  read lock-free by kv_synced() */
     int32_t     compactor;     /* pid running a compaction, or 0 */
     uint32_t    compact_owed;  /* kv_compact_request() with no compaction
                                   completed since */
