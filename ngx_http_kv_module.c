@@ -763,7 +763,6 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.owner_uid = (uid_t) -1;
         conf.owner_gid = (gid_t) -1;
         conf.segment_size = ctx->segment_size;
-        conf.fsync = ctx->fsync;
         conf.compact_dead_pct = ctx->compact_ratio;
         conf.compact_dead_bytes = ctx->compact_dead;
         conf.read_only = 0;

@@ -314,7 +314,6 @@ kv_bench_open(kv_store_t *s, kv_host_t *host, const char *dir, uint64_t n)
     conf.owner_uid = (uid_t) -1;
     conf.owner_gid = (gid_t) -1;
     conf.segment_size = KV_SEGMENT_SIZE_DEFAULT;
-    conf.fsync = KV_FSYNC_OFF;
     conf.compact_dead_pct = KV_COMPACT_DEAD_PCT_DEFAULT;
     conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
 

@@ -22,7 +22,6 @@
 #include "kv_internal.h"
 
 
-
 /* blocks up to 64 KiB are recycled; bigger ones (bucket arrays) are not */
 #define KV_ARENA_CLASSES  8192
 

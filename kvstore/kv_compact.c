@@ -18,7 +18,9 @@
  *     output: same bytes, sequence number and checksum.  The lock is held
  *     for the index check only, never across I/O.  Tombstones are not
  *     copied: every older segment is an input, so no older put of their
- *     key survives the compaction (FIELD-NOTES rule 8).
+ *     key survives the compaction.  (A tombstone may only go once no
+ *     older file can hold its key: Bitcask resurrected deleted keys by
+ *     dropping them earlier.)
  *  4. Each output is flushed and gets a hint file; the directory is
  *     flushed; MERGE is removed and the directory flushed: from then on
  *     the outputs are part of the store.
@@ -378,19 +380,12 @@ int
 kv_compact_due(kv_store_t *s)
 {
     int                due;
-    uint64_t           dead, live, floor, bytes, pct;
+    uint64_t           dead, live;
     kv_shared_t       *sh;
     const kv_conf_t   *conf;
 
     sh = s->sh;
     conf = &s->conf;
-
-    pct = conf->compact_dead_pct ? conf->compact_dead_pct
-                                 : KV_COMPACT_DEAD_PCT_DEFAULT;
-    bytes = conf->compact_dead_bytes ? conf->compact_dead_bytes
-                                     : KV_COMPACT_DEAD_BYTES_DEFAULT;
-    floor = conf->segment_size ? conf->segment_size
-                               : KV_SEGMENT_SIZE_DEFAULT;
 
     s->host->lock(s->host->ctx);
 
@@ -399,8 +394,9 @@ kv_compact_due(kv_store_t *s)
 
     due = sh->open && sh->compactor == 0 && sh->stats.segments > 1
           && (sh->compact_owed
-              || dead >= bytes
-              || (dead >= floor && dead * 100 >= pct * (live + dead)));
+              || dead >= conf->compact_dead_bytes
+              || (dead >= conf->segment_size
+                  && dead * 100 >= conf->compact_dead_pct * (live + dead)));
 
     s->host->unlock(s->host->ctx);
 
@@ -546,8 +542,7 @@ kv_compact_start(kv_compact_t *c)
         }
     }
 
-    seg = s->conf.segment_size ? s->conf.segment_size
-                               : KV_SEGMENT_SIZE_DEFAULT;
+    seg = s->conf.segment_size;
     k = (copy + seg - 1) / seg + 1;
 
     if (a + k + 1 > KV_SEGMENT_MAX) {
@@ -744,12 +739,9 @@ kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
     size_t     cap;
     uint8_t   *p;
     ssize_t    n;
-    uint64_t  *m, seg;
+    uint64_t  *m;
 
-    seg = c->s->conf.segment_size ? c->s->conf.segment_size
-                                  : KV_SEGMENT_SIZE_DEFAULT;
-
-    if (c->out == 0 || c->out_size >= seg) {
+    if (c->out == 0 || c->out_size >= c->s->conf.segment_size) {
         rc = kv_output_next(c);
         if (rc != KV_OK) {
             return rc;
@@ -1094,6 +1086,7 @@ kv_compact(kv_store_t *s)
     kv_compact_t  *c;
 
     sh = s->sh;
+    dropped = 0;
 
     s->host->lock(s->host->ctx);
     rc = (sh->compactor == getpid()) ? KV_OK : KV_EINVAL;
@@ -1174,9 +1167,15 @@ kv_compact(kv_store_t *s)
         kv_log(s->host, KV_LOG_NOTICE, 0, "compaction of \"%s\" cancelled; "
                "its inputs are kept", s->conf.dir);
 
-    } else {
+    } else if (dropped == 0) {
         kv_log(s->host, KV_LOG_ERR, 0, "compaction of \"%s\" failed (%s); "
                "its inputs are kept", s->conf.dir, kv_strerror(rc));
+
+    } else {
+        kv_log(s->host, KV_LOG_ERR, 0, "compaction of \"%s\" failed (%s) "
+               "after deleting %" PRIu64 " of its %zu inputs; their live "
+               "records are in its outputs", s->conf.dir, kv_strerror(rc),
+               dropped, c->nids);
     }
 
     free(c->ids);

@@ -4,13 +4,26 @@
  * The index: a chained hash table in host memory, sized once and never
  * resized, since a resize could not be made crash-atomic.  Entries are
  * published with a single store of their reference, after being filled.
+ * Recovery and hint loading apply each record they find through
+ * kv_replay_apply().
  */
 
+#include <inttypes.h>
 #include <string.h>
 
 #include <xxhash.h>
 
 #include "kv_internal.h"
+
+
+/* the hard caps bound the limits of a configuration: called locked */
+static void
+kv_limits(kv_shared_t *sh, uint32_t max_key, uint32_t max_value)
+{
+    sh->max_key = max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT;
+    sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
+                                                   : KV_MAX_VALUE_LIMIT;
+}
 
 
 kv_shared_t *
@@ -54,9 +67,7 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
     sh->magic = KV_SHARED_MAGIC;
     sh->nbuckets = n;
     sh->buckets = kv_ref(host, buckets);
-    sh->max_key = max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT;
-    sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
-                                                   : KV_MAX_VALUE_LIMIT;
+    kv_limits(sh, max_key, max_value);
     sh->lock_fd = -1;
 
     /* robust: a process killed while flushing hands the mutex on */
@@ -88,6 +99,15 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
     host->unlock(host->ctx);
 
     return sh;
+}
+
+
+void
+kv_set_limits(kv_store_t *s)
+{
+    s->host->lock(s->host->ctx);
+    kv_limits(s->sh, s->conf.max_key, s->conf.max_value);
+    s->host->unlock(s->host->ctx);
 }
 
 
@@ -130,10 +150,6 @@ kv_index_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 }
 
 
-/*
- * Returns the key's entry, or a new unlinked one (*fresh = 1) that the
- * caller passes to kv_index_set() or frees; NULL if memory is exhausted.
- */
 /*
  * Entries live in slots of their own size, 8-byte steps, carved from
  * pages: nginx's slab allocator would round a 40-byte entry (a 16-byte
@@ -212,6 +228,10 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 }
 
 
+/*
+ * Returns the key's entry, or a new unlinked one (*fresh = 1) that the
+ * caller passes to kv_index_set() or frees; NULL if memory is exhausted.
+ */
 kv_entry_t *
 kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     size_t klen, int *fresh)
@@ -337,4 +357,51 @@ kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     } else if (*ref != 0) {
         __builtin_prefetch(kv_ptr(host, *ref));
     }
+}
+
+
+int
+kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
+    uint64_t off, uint32_t flen)
+{
+    int               fresh;
+    char              kbuf[KV_KEY_STR_LEN], path[PATH_MAX];
+    kv_ref_t         *link;
+    kv_entry_t       *e;
+    kv_shared_t      *sh;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+
+    if (rec->tombstone) {
+        e = kv_index_find(host, sh, rec->key, rec->klen, &link);
+        if (e != NULL) {
+            kv_index_remove(host, sh, link, e);
+        }
+
+        sh->stats.dead_bytes += flen;
+
+    } else {
+        e = kv_index_reserve(host, sh, rec->key, rec->klen, &fresh);
+        if (e == NULL) {
+            kv_segment_path(s, id, path);
+            kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys "
+                   "in \"%s\" (full at key \"%s\" in \"%s\" at offset %"
+                   PRIu64 ")", s->conf.dir,
+                   kv_key_str(rec->key, rec->klen, kbuf), path, off);
+            return KV_ENOMEM;
+        }
+
+        kv_index_set(host, sh, e, fresh, KV_LOC(id, off), flen,
+                     (uint32_t) rec->vlen, rec->type);
+    }
+
+    if (rec->seq > sh->seq) {
+        sh->seq = rec->seq;
+    }
+
+    sh->stats.recovered_records++;
+
+    return KV_OK;
 }

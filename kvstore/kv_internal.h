@@ -1,6 +1,18 @@
 /*
- * kvstore internals shared by the engine's source files and its tests:
- * the frame codec, the index primitives and logging helpers.
+ * kvstore internals shared by the engine's source files and its tests: the
+ * frame codec, the index primitives, segment files and logging.  kvtool
+ * includes it too, as a friend: check, repair and dump read segments frame
+ * by frame, replay them into an index of their own and walk it, which no
+ * host of a running store should ever do.
+ *
+ * The files, each calling only the ones listed before it:
+ *   kv_codec.c    record frames: encode, verify, decode
+ *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
+ *   kv_index.c    the hash index in host memory, replaying a record into it
+ *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
+ *   kv_hint.c     hint files: write and load
+ *   kv_compact.c  compaction and the cleanup of an interrupted one
+ *   kv_recover.c  opening a store: lock, cleanup, replay
  */
 
 #ifndef KV_INTERNAL_H
@@ -80,20 +92,40 @@ int kv_record_decode(kv_record_t *rec, const uint8_t *payload, size_t plen);
 void kv_record_free(kv_record_t *rec);
 
 
-/* kv_index.c, all called with the host lock held */
-kv_entry_t *kv_index_find(const kv_host_t *host, kv_shared_t *sh,
-    const uint8_t *key, size_t klen, kv_ref_t **link);
-kv_entry_t *kv_index_reserve(const kv_host_t *host, kv_shared_t *sh,
-    const uint8_t *key, size_t klen, int *fresh);
-void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
-    int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type);
-void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
-    kv_entry_t *e);
-void kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
-
+/* kv_segment.c: logging and the segment files */
+void kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+const char *kv_key_str(const uint8_t *key, size_t klen,
+    char buf[KV_KEY_STR_LEN]);
+void kv_segment_path(const kv_store_t *s, uint32_t segment,
+    char path[PATH_MAX]);
+ssize_t kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
 
 /*
- * Segment scanning, shared by recovery, hint writing, compaction and kvtool.
+ * Flushes a file or directory through host->sync (or fdatasync/fsync) and
+ * logs a failure; with fd -1 it opens path (read-only) for the purpose.
+ */
+int kv_flush(kv_store_t *s, int fd, const char *path);
+
+/* chowns fd (or path if fd is -1) to conf.owner_uid/gid, if they are set */
+int kv_chown(kv_store_t *s, int fd, const char *path);
+
+/*
+ * Creates path with O_EXCL, mode 0640, owned by conf.owner_uid/gid, opened
+ * with flags (O_RDWR, O_WRONLY).  -1 with errno set; logged unless EEXIST.
+ */
+int kv_create_file(kv_store_t *s, const char *path, int flags);
+
+/* the id of a file named ten digits then suffix, or 0 if it is not one */
+uint32_t kv_file_id(const char *name, const char *suffix);
+
+/* qsort() and bsearch() order of segment ids */
+int kv_cmp_id(const void *a, const void *b);
+
+/* Segment ids present in the directory, ascending; *ids is malloc()ed. */
+int kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n);
+
+/*
  * kv_scan_segment() reads the frames of segment id in order, starting at
  * offset from (0, or where a frame starts: kvtool resumes after damage),
  * and calls fn for each good one (rec is valid during the call only); it
@@ -118,8 +150,38 @@ int kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
 int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t *next);
 
-/* Segment ids present in the directory, ascending; *ids is malloc()ed. */
-int kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n);
+
+/* kv_index.c, all called with the host lock held */
+kv_entry_t *kv_index_find(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, kv_ref_t **link);
+kv_entry_t *kv_index_reserve(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, int *fresh);
+void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
+    int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type);
+void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e);
+void kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
+
+/*
+ * Applies the record at off of segment id to the index.  Replaying a
+ * segment and loading its hint both go through it (rec->value is not
+ * used).
+ */
+int kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
+    uint64_t off, uint32_t flen);
+
+/* Calls fn for every entry; fn must not change the index. */
+typedef int (*kv_walk_pt)(void *ctx, const kv_entry_t *e);
+
+int kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
+    void *ctx);
+
+/*
+ * A hint that the key is looked up soon; stage 0 a while before, stage 1
+ * shortly before.
+ */
+void kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, int stage);
 
 
 /*
@@ -127,21 +189,6 @@ int kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n);
  * directory flushed) and makes it the active one.
  */
 int kv_roll(kv_store_t *s, uint32_t next);
-
-/*
- * Flushes a file or directory through host->sync (or fdatasync/fsync) and
- * logs a failure; with fd -1 it opens path (read-only) for the purpose.
- */
-int kv_flush(kv_store_t *s, int fd, const char *path);
-
-/* chowns fd (or path if fd is -1) to conf.owner_uid/gid, if they are set */
-int kv_chown(kv_store_t *s, int fd, const char *path);
-
-/*
- * Creates path with O_EXCL, mode 0640, owned by conf.owner_uid/gid, opened
- * with flags (O_RDWR, O_WRONLY).  -1 with errno set; logged unless EEXIST.
- */
-int kv_create_file(kv_store_t *s, const char *path, int flags);
 
 
 /* kv_hint.c: the hint file of segment id; suffix "" or KV_TMP_SUFFIX */
@@ -152,27 +199,11 @@ void kv_hint_path(const kv_store_t *s, uint32_t id, const char *suffix,
 int kv_write_hint(kv_store_t *s, uint32_t id);
 
 /*
- * kv_recover.c, with the host lock held: applies the record at off of
- * segment id to the index.  Replaying a segment and loading its hint both
- * go through it (rec->value is not used).
- */
-int kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
-    uint64_t off, uint32_t flen);
-
-/*
  * Loads segment id's hint into the index, as replaying the segment would.
  * KV_NOTFOUND if there is no usable hint (missing, stale or corrupt: the
  * reason is logged), then the caller scans the segment.
  */
 int kv_load_hint(kv_store_t *s, uint32_t id);
-
-
-/*
- * kv_recover.c: takes the data directory lock (KV_ELOCKED if another process
- * holds it) into sh->lock_fd; kv_recover() calls it, and kvtool repair takes
- * the lock this way before it touches a store that recovery refuses.
- */
-int kv_lock_dir(kv_store_t *s);
 
 
 /*
@@ -190,28 +221,12 @@ int kv_compact_cleanup(kv_store_t *s);
 int kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last);
 
 
-/* kv_index.c: calls fn for every entry, with the host lock held */
-typedef int (*kv_walk_pt)(void *ctx, const kv_entry_t *e);
-
-int kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
-    void *ctx);
-
 /*
- * kv_index.c, with the host lock held: a hint that the key is looked up
- * soon; stage 0 a while before, stage 1 shortly before.
+ * kv_recover.c: takes the data directory lock (KV_ELOCKED if another process
+ * holds it) into sh->lock_fd; kv_recover() calls it, and kvtool repair takes
+ * the lock this way before it touches a store that recovery refuses.
  */
-void kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh,
-    const uint8_t *key, size_t klen, int stage);
-
-
-/* kv_store.c */
-void kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-const char *kv_key_str(const uint8_t *key, size_t klen,
-    char buf[KV_KEY_STR_LEN]);
-void kv_segment_path(const kv_store_t *s, uint32_t segment,
-    char path[PATH_MAX]);
-ssize_t kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+int kv_lock_dir(kv_store_t *s);
 
 
 static inline void *

@@ -10,95 +10,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/stat.h>
 
 #include "kv_internal.h"
-
-
-#define KV_LOG_LEN  1024
-
-
-void
-kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
-{
-    char     msg[KV_LOG_LEN];
-    va_list  args;
-
-    va_start(args, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, args);
-    va_end(args);
-
-    host->log(host->ctx, level, err, msg);
-}
-
-
-/* Keys are binary: show at most KV_KEY_SHOWN bytes, non-printables as \xNN */
-const char *
-kv_key_str(const uint8_t *key, size_t klen, char buf[KV_KEY_STR_LEN])
-{
-    char    *p;
-    size_t   i, n;
-
-    p = buf;
-    n = klen < KV_KEY_SHOWN ? klen : KV_KEY_SHOWN;
-
-    for (i = 0; i < n; i++) {
-        if (key[i] < 0x20 || key[i] >= 0x7f || key[i] == '"'
-            || key[i] == '\\')
-        {
-            p += sprintf(p, "\\x%02x", key[i]);
-
-        } else {
-            *p++ = (char) key[i];
-        }
-    }
-
-    strcpy(p, klen > n ? "..." : "");
-
-    return buf;
-}
-
-
-void
-kv_segment_path(const kv_store_t *s, uint32_t segment, char path[PATH_MAX])
-{
-    snprintf(path, PATH_MAX, "%s/" KV_SEGMENT_FMT, s->conf.dir, segment);
-}
-
-
-/* Reads len bytes unless the file ends first; returns the count or -1. */
-ssize_t
-kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
-{
-    size_t   done;
-    ssize_t  n;
-
-    done = 0;
-
-    while (done < len) {
-        n = pread(fd, buf + done, len - done, (off_t) (off + done));
-
-        if (n == -1) {
-            if (errno == EINTR) {
-                continue;
-            }
-
-            return -1;
-        }
-
-        if (n == 0) {
-            break;
-        }
-
-        done += (size_t) n;
-    }
-
-    return (ssize_t) done;
-}
 
 
 /* The return code for a failed write's errno. */
@@ -107,95 +22,6 @@ kv_write_rc(int err)
 {
     return (err == ENOSPC || err == EDQUOT || err == EFBIG) ? KV_ENOSPC
                                                             : KV_EIO;
-}
-
-
-int
-kv_chown(kv_store_t *s, int fd, const char *path)
-{
-    if (s->conf.owner_uid == (uid_t) -1 && s->conf.owner_gid == (gid_t) -1) {
-        return KV_OK;
-    }
-
-    if ((fd >= 0 ? fchown(fd, s->conf.owner_uid, s->conf.owner_gid)
-                 : chown(path, s->conf.owner_uid, s->conf.owner_gid))
-        == -1)
-    {
-        kv_log(s->host, KV_LOG_ERR, errno, "chown(\"%s\", %ld, %ld) failed",
-               path, (long) s->conf.owner_uid, (long) s->conf.owner_gid);
-        return KV_EIO;
-    }
-
-    return KV_OK;
-}
-
-
-int
-kv_create_file(kv_store_t *s, const char *path, int flags)
-{
-    int  fd, err;
-
-    fd = open(path, flags | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-
-    if (fd == -1) {
-        if (errno != EEXIST) {
-            kv_log(s->host, KV_LOG_ERR, errno, "creating \"%s\" failed",
-                   path);
-        }
-
-        return -1;
-    }
-
-    if (kv_chown(s, fd, path) != KV_OK) {
-        err = errno;
-        close(fd);
-        unlink(path);
-        errno = err;
-        return -1;
-    }
-
-    return fd;
-}
-
-
-int
-kv_flush(kv_store_t *s, int fd, const char *path)
-{
-    int          rc, own;
-    struct stat  st;
-
-    own = (fd == -1);
-
-    if (own) {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd == -1) {
-            kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
-                   "failed", path);
-            return KV_EIO;
-        }
-    }
-
-    if (s->host->sync != NULL) {
-        rc = s->host->sync(s->host->ctx, fd, path);
-
-    } else if (fstat(fd, &st) == -1) {
-        rc = -1;
-
-    } else {
-        /* fdatasync() skips the inode times; a directory needs fsync() */
-        rc = S_ISDIR(st.st_mode) ? fsync(fd) : fdatasync(fd);
-    }
-
-    if (rc == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "flushing \"%s\" to stable "
-               "storage failed", path);
-    }
-
-    if (own) {
-        close(fd);
-    }
-
-    return rc == -1 ? KV_EIO : KV_OK;
 }
 
 
@@ -376,7 +202,7 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
 {
     int           fd, rc, err;
     char          path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
-    uint64_t      off, limit;
+    uint64_t      off;
     kv_frame_t    frame;
     kv_shared_t  *sh;
 
@@ -403,10 +229,9 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
         return KV_EINVAL;
     }
 
-    limit = s->conf.segment_size ? s->conf.segment_size
-                                 : KV_SEGMENT_SIZE_DEFAULT;
-
-    if (sh->write_off > 0 && sh->write_off + frame.flen > limit) {
+    if (sh->write_off > 0
+        && sh->write_off + frame.flen > s->conf.segment_size)
+    {
         rc = kv_roll(s, sh->segment + 1);
         if (rc != KV_OK) {
             sh->stats.write_errors++;
@@ -869,8 +694,19 @@ kv_synced(kv_store_t *s, uint64_t *pos)
 void
 kv_stats(kv_store_t *s, kv_stats_t *stats)
 {
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+
     s->host->lock(s->host->ctx);
-    *stats = s->sh->stats;
+
+    *stats = sh->stats;
+    stats->open = sh->open;
+    stats->active_segment = sh->segment;
+    stats->durable_segment = (uint32_t) (sh->synced >> KV_LOC_OFFSET_BITS);
+    stats->compacting = (sh->compactor != 0);
+    stats->sync_failed = sh->sync_failed;
+
     s->host->unlock(s->host->ctx);
 }
 
@@ -918,6 +754,20 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->sh = sh;
     s->host = host;
     s->conf = *conf;
+
+    /* 0 asks for the default: resolved here, once, for every user */
+
+    if (s->conf.segment_size == 0) {
+        s->conf.segment_size = KV_SEGMENT_SIZE_DEFAULT;
+    }
+
+    if (s->conf.compact_dead_pct == 0) {
+        s->conf.compact_dead_pct = KV_COMPACT_DEAD_PCT_DEFAULT;
+    }
+
+    if (s->conf.compact_dead_bytes == 0) {
+        s->conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
+    }
     s->fd_next = 0;
     s->written = 0;
     s->compact_cancel = 0;

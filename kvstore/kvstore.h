@@ -11,8 +11,11 @@
  *
  * Two kinds of state:
  *   kv_shared_t  lives in host memory (shared between processes): counters,
- *                the write position, the index.  Every field is read and
- *                written with the host lock held.
+ *                the write position, the index.  Fields change with the
+ *                host lock held; the few that hot paths read without it
+ *                (synced, sync_failed, first_segment, flusher) only move
+ *                one way and are read and written atomically.  Hosts never
+ *                read it: kv_stats() says what they may want to know.
  *   kv_store_t   one per process: the directory, open file descriptors.
  */
 
@@ -74,7 +77,10 @@
 #define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
 #define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
 
-/* fsync policies */
+/*
+ * fsync policies: the host's to carry out, with kv_sync() and kv_durable();
+ * the engine itself only writes.
+ */
 #define KV_FSYNC_OFF       0   /* write(2): survives a process crash */
 #define KV_FSYNC_INTERVAL  1   /* the host calls kv_sync() periodically */
 #define KV_FSYNC_ALWAYS    2   /* acknowledge once kv_durable() says so */
@@ -169,6 +175,16 @@ typedef struct {
     uint64_t  recovery_ms;     /* duration of the last recovery */
     uint32_t  recovery_hints;  /* segments it loaded from hint files */
     uint32_t  recovery_scans;  /* segments it scanned */
+
+    /*
+     * The store's state at the moment of kv_stats(), for status and
+     * readiness; kv_shared_t.stats leaves them zero.
+     */
+    uint32_t  open;            /* recovered, appends allowed */
+    uint32_t  active_segment;  /* the segment appends go to */
+    uint32_t  durable_segment; /* the segment the durable part ends in */
+    uint32_t  compacting;      /* a compaction runs, in any process */
+    uint32_t  sync_failed;     /* a flush failed: appends are refused */
 } kv_stats_t;
 
 
@@ -208,9 +224,9 @@ typedef struct {
     uid_t               owner_uid; /* chown created files and the directory */
     gid_t               owner_gid; /* to these ids; (uid_t) -1: leave as is */
     uint64_t            segment_size;       /* roll over past this size */
-    unsigned            fsync;              /* KV_FSYNC_* */
     uint32_t            compact_dead_pct;   /* compaction thresholds */
     uint64_t            compact_dead_bytes;
+                        /* 0 in any of these three: the KV_*_DEFAULT */
     unsigned            read_only;          /* recovery changes nothing
                                                and takes no lock (tools) */
 } kv_conf_t;
@@ -249,9 +265,16 @@ typedef struct {
 kv_shared_t *kv_shared_create(const kv_host_t *host, uint32_t nbuckets,
     uint32_t max_key, uint32_t max_value);
 
-/* Binds a per-process handle; opens nothing. */
+/* Binds a per-process handle and resolves conf's defaults; opens nothing. */
 void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     const kv_conf_t *conf);
+
+/*
+ * Makes s->conf's max_key and max_value the limits of every process's
+ * writes: for a host that keeps the shared state across a change of
+ * configuration (an nginx reload).  Takes the host lock.
+ */
+void kv_set_limits(kv_store_t *s);
 
 /* Closes the per-process descriptors (not the directory lock). */
 void kv_store_close(kv_store_t *s);
@@ -325,7 +348,7 @@ int kv_synced(kv_store_t *s, uint64_t *pos);
 int kv_compact_due(kv_store_t *s);
 
 /*
- * Records that a compaction was asked for (POST /kv/compact), between
+ * Records that a compaction was asked for (by an operator), between
  * kv_compact_begin() and kv_compact().  kv_compact_due() says 1 until a
  * compaction ends other than cancelled: one cancelled because its process
  * stopped (a reload) is started again by the next process's check.
@@ -381,7 +404,7 @@ void kv_compact_cancel(kv_store_t *s);
  */
 int kv_write_hints(kv_store_t *s);
 
-/* Copies the counters under the lock. */
+/* Copies the counters and the state under the lock. */
 void kv_stats(kv_store_t *s, kv_stats_t *stats);
 
 /* A short English description of a return code. */

@@ -140,7 +140,6 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
     conf.max_key = KV_MAX_KEY_LIMIT;
     conf.max_value = KV_MAX_VALUE_LIMIT;
     conf.segment_size = segment_size;
-    conf.fsync = KV_FSYNC_OFF;
     conf.compact_dead_pct = KV_COMPACT_DEAD_PCT_DEFAULT;
     conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
     conf.read_only = mode == KVTOOL_SCAN || mode == KVTOOL_READ;

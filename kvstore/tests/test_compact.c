@@ -348,7 +348,6 @@ test_reclaim(void **state)
 
     kv_test_mkdtemp(dir);
     kv_ct_conf(&conf, dir, 8192);
-    conf.fsync = KV_FSYNC_ALWAYS;
     assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA, 1024),
                      KV_OK);
 

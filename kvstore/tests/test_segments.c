@@ -469,9 +469,10 @@ test_offset_limit(void **state)
     t.host.lock(t.host.ctx);
     t.sh->segment = 1;
     t.host.unlock(t.host.ctx);
-    t.s.conf.segment_size = 0;
+    kv_test_close(&t);
 
     /* 0 means the default size: no roll-over here */
+    open_small(&t, dir, 0);
     put_key(&t.s, 3, 10);
     assert_int_equal(where(&t.s, 3).segment, 1);
     kv_test_close(&t);

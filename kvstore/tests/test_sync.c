@@ -81,7 +81,6 @@ open_small(kv_test_store_t *t, const char *dir)
 
     kv_test_conf(&conf, dir);
     conf.segment_size = SEG;
-    conf.fsync = KV_FSYNC_ALWAYS;
 
     kv_test_sync = record_sync;
     sync_reset();

@@ -1,0 +1,526 @@
+#define _GNU_SOURCE
+
+/*
+ * Segment files and the file helpers below every other part of the engine:
+ * paths, creating, flushing and reading files, listing the segments of the
+ * directory and scanning one frame by frame (recovery, hint writing,
+ * compaction and kvtool all read segments this way), and the engine's log
+ * line.  Nothing here touches the index.
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "kv_internal.h"
+
+
+#define KV_LOG_LEN   1024
+#define KV_READ_BUF  (1024 * 1024)
+
+
+typedef struct {
+    kv_store_t     *s;
+    int             fd;
+    const char     *path;
+    uint8_t        *buf;
+    size_t          cap;
+    uint64_t        size;          /* of the file when the scan began */
+} kv_scan_t;
+
+
+void
+kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
+{
+    char     msg[KV_LOG_LEN];
+    va_list  args;
+
+    va_start(args, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, args);
+    va_end(args);
+
+    host->log(host->ctx, level, err, msg);
+}
+
+
+/* Keys are binary: show at most KV_KEY_SHOWN bytes, non-printables as \xNN */
+const char *
+kv_key_str(const uint8_t *key, size_t klen, char buf[KV_KEY_STR_LEN])
+{
+    char    *p;
+    size_t   i, n;
+
+    p = buf;
+    n = klen < KV_KEY_SHOWN ? klen : KV_KEY_SHOWN;
+
+    for (i = 0; i < n; i++) {
+        if (key[i] < 0x20 || key[i] >= 0x7f || key[i] == '"'
+            || key[i] == '\\')
+        {
+            p += sprintf(p, "\\x%02x", key[i]);
+
+        } else {
+            *p++ = (char) key[i];
+        }
+    }
+
+    strcpy(p, klen > n ? "..." : "");
+
+    return buf;
+}
+
+
+void
+kv_segment_path(const kv_store_t *s, uint32_t segment, char path[PATH_MAX])
+{
+    snprintf(path, PATH_MAX, "%s/" KV_SEGMENT_FMT, s->conf.dir, segment);
+}
+
+
+/* Reads len bytes unless the file ends first; returns the count or -1. */
+ssize_t
+kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+    size_t   done;
+    ssize_t  n;
+
+    done = 0;
+
+    while (done < len) {
+        n = pread(fd, buf + done, len - done, (off_t) (off + done));
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+
+            return -1;
+        }
+
+        if (n == 0) {
+            break;
+        }
+
+        done += (size_t) n;
+    }
+
+    return (ssize_t) done;
+}
+
+
+int
+kv_chown(kv_store_t *s, int fd, const char *path)
+{
+    if (s->conf.owner_uid == (uid_t) -1 && s->conf.owner_gid == (gid_t) -1) {
+        return KV_OK;
+    }
+
+    if ((fd >= 0 ? fchown(fd, s->conf.owner_uid, s->conf.owner_gid)
+                 : chown(path, s->conf.owner_uid, s->conf.owner_gid))
+        == -1)
+    {
+        kv_log(s->host, KV_LOG_ERR, errno, "chown(\"%s\", %ld, %ld) failed",
+               path, (long) s->conf.owner_uid, (long) s->conf.owner_gid);
+        return KV_EIO;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_create_file(kv_store_t *s, const char *path, int flags)
+{
+    int  fd, err;
+
+    fd = open(path, flags | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+
+    if (fd == -1) {
+        if (errno != EEXIST) {
+            kv_log(s->host, KV_LOG_ERR, errno, "creating \"%s\" failed",
+                   path);
+        }
+
+        return -1;
+    }
+
+    if (kv_chown(s, fd, path) != KV_OK) {
+        err = errno;
+        close(fd);
+        unlink(path);
+        errno = err;
+        return -1;
+    }
+
+    return fd;
+}
+
+
+int
+kv_flush(kv_store_t *s, int fd, const char *path)
+{
+    int          rc, own;
+    struct stat  st;
+
+    own = (fd == -1);
+
+    if (own) {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
+                   "failed", path);
+            return KV_EIO;
+        }
+    }
+
+    if (s->host->sync != NULL) {
+        rc = s->host->sync(s->host->ctx, fd, path);
+
+    } else if (fstat(fd, &st) == -1) {
+        rc = -1;
+
+    } else {
+        /* fdatasync() skips the inode times; a directory needs fsync() */
+        rc = S_ISDIR(st.st_mode) ? fsync(fd) : fdatasync(fd);
+    }
+
+    if (rc == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "flushing \"%s\" to stable "
+               "storage failed", path);
+    }
+
+    if (own) {
+        close(fd);
+    }
+
+    return rc == -1 ? KV_EIO : KV_OK;
+}
+
+
+/* Accepts exactly ten digits followed by suffix; returns the id or 0. */
+uint32_t
+kv_file_id(const char *name, const char *suffix)
+{
+    int            i;
+    unsigned long  id;
+
+    for (i = 0; i < 10; i++) {
+        if (name[i] < '0' || name[i] > '9') {
+            return 0;
+        }
+    }
+
+    if (strcmp(name + 10, suffix) != 0) {
+        return 0;
+    }
+
+    id = strtoul(name, NULL, 10);
+
+    return id <= KV_SEGMENT_MAX ? (uint32_t) id : 0;
+}
+
+
+int
+kv_cmp_id(const void *a, const void *b)
+{
+    uint32_t  x, y;
+
+    x = *(const uint32_t *) a;
+    y = *(const uint32_t *) b;
+
+    return (x > y) - (x < y);
+}
+
+
+int
+kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
+{
+    DIR            *d;
+    size_t          cap;
+    uint32_t        id, *p;
+    struct dirent  *de;
+
+    d = opendir(s->conf.dir);
+    if (d == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "opendir(\"%s\") failed",
+               s->conf.dir);
+        return KV_EIO;
+    }
+
+    *ids = NULL;
+    *n = 0;
+    cap = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        id = kv_file_id(de->d_name, ".kvlog");
+        if (id == 0) {
+            continue;
+        }
+
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+
+            p = realloc(*ids, cap * sizeof(uint32_t));
+            if (p == NULL) {
+                kv_log(s->host, KV_LOG_ERR, errno, "listing \"%s\": out of "
+                       "memory", s->conf.dir);
+                closedir(d);
+                free(*ids);
+                *ids = NULL;
+                *n = 0;
+                return KV_EIO;
+            }
+
+            *ids = p;
+        }
+
+        (*ids)[(*n)++] = id;
+    }
+
+    closedir(d);
+
+    if (*n > 1) {
+        qsort(*ids, *n, sizeof(uint32_t), kv_cmp_id);
+    }
+
+    return KV_OK;
+}
+
+
+/*
+ * Makes buf[*pos ...] hold at least need bytes unless the file (as long as
+ * it was when the scan began) ends first: moves the unread bytes to the
+ * front, grows the buffer, reads.  *got is the number of bytes read.
+ */
+static int
+kv_scan_fill(kv_scan_t *sc, uint64_t *base, size_t *pos, size_t *have,
+    size_t need, size_t *got)
+{
+    size_t    want;
+    uint8_t  *p;
+    ssize_t   n;
+
+    memmove(sc->buf, sc->buf + *pos, *have - *pos);
+    *base += *pos;
+    *have -= *pos;
+    *pos = 0;
+
+    if (need > sc->cap) {
+        p = realloc(sc->buf, need);
+        if (p == NULL) {
+            kv_log(sc->s->host, KV_LOG_ERR, errno, "no memory for a frame of "
+                   "%zu bytes in \"%s\"", need, sc->path);
+            return KV_EIO;
+        }
+
+        sc->buf = p;
+        sc->cap = need;
+    }
+
+    want = sc->cap - *have;
+
+    if (want > sc->size - (*base + *have)) {
+        want = (size_t) (sc->size - (*base + *have));
+    }
+
+    n = kv_pread_full(sc->fd, sc->buf + *have, want, *base + *have);
+    if (n == -1) {
+        kv_log(sc->s->host, KV_LOG_ERR, errno, "reading \"%s\" at offset %"
+               PRIu64 " failed", sc->path, *base + *have);
+        return KV_EIO;
+    }
+
+    *have += (size_t) n;
+    *got = (size_t) n;
+
+    return KV_OK;
+}
+
+
+static int
+kv_scan_frames(kv_scan_t *sc, uint64_t from, kv_scan_pt fn, void *ctx,
+    uint64_t *end)
+{
+    int          rc;
+    size_t       pos, have, need, got;
+    uint64_t     base, plen;
+    kv_record_t  rec;
+
+    base = from;
+    pos = 0;
+    have = 0;
+
+    for ( ;; ) {
+        need = KV_FRAME_HEADER;
+
+        if (have - pos >= KV_FRAME_HEADER) {
+            plen = kv_get_le32(sc->buf + pos);
+
+            if (plen == 0 || plen > KV_FRAME_MAX - KV_FRAME_HEADER) {
+                return KV_OK;
+            }
+
+            need += (size_t) plen;
+        }
+
+        if (have - pos < need) {
+            rc = kv_scan_fill(sc, &base, &pos, &have, need, &got);
+            if (rc != KV_OK) {
+                return rc;
+            }
+
+            /* the end of the file, or a frame cut short */
+            if (got == 0) {
+                return KV_OK;
+            }
+
+            continue;
+        }
+
+        if (kv_frame_verify(sc->buf + pos, need) != KV_OK
+            || kv_record_decode(&rec, sc->buf + pos + KV_FRAME_HEADER,
+                                need - KV_FRAME_HEADER)
+               != KV_OK)
+        {
+            return KV_OK;
+        }
+
+        rc = fn(ctx, &rec, base + pos, (uint32_t) need);
+        kv_record_free(&rec);
+
+        if (rc != KV_OK) {
+            return rc;
+        }
+
+        pos += need;
+        *end = base + pos;
+    }
+}
+
+
+int
+kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
+    void *ctx, uint64_t *end, uint64_t *size)
+{
+    int          rc;
+    char         path[PATH_MAX];
+    kv_scan_t    sc;
+    struct stat  st;
+
+    *end = from;
+    *size = 0;
+
+    kv_segment_path(s, id, path);
+
+    sc.s = s;
+    sc.path = path;
+
+    sc.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sc.fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (fstat(sc.fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
+        close(sc.fd);
+        return KV_EIO;
+    }
+
+    sc.size = (uint64_t) st.st_size;
+    *size = sc.size;
+
+    (void) posix_fadvise(sc.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+
+    sc.cap = KV_READ_BUF;
+    sc.buf = malloc(sc.cap);
+
+    if (sc.buf == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to scan \"%s\"", path);
+        rc = KV_EIO;
+
+    } else {
+        rc = from < sc.size ? kv_scan_frames(&sc, from, fn, ctx, end)
+                            : KV_OK;
+    }
+
+    free(sc.buf);
+    close(sc.fd);
+
+    return rc;
+}
+
+
+int
+kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t *next)
+{
+    int          fd;
+    char         path[PATH_MAX];
+    size_t       len, skip, o, flen;
+    uint8_t     *map;
+    uint64_t     start;
+    struct stat  st;
+
+    *next = 0;
+
+    kv_segment_path(s, id, path);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (fstat(fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
+        close(fd);
+        return KV_EIO;
+    }
+
+    if (from + 1 + KV_FRAME_HEADER >= (uint64_t) st.st_size) {
+        close(fd);
+        return KV_OK;
+    }
+
+    start = from & ~((uint64_t) sysconf(_SC_PAGESIZE) - 1);
+    skip = (size_t) (from - start);
+    len = (size_t) ((uint64_t) st.st_size - start);
+
+    map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, (off_t) start);
+    close(fd);
+
+    if (map == MAP_FAILED) {
+        kv_log(s->host, KV_LOG_ERR, errno, "mmap(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    for (o = skip + 1; o + KV_FRAME_HEADER < len; o++) {
+        flen = KV_FRAME_HEADER + (size_t) kv_get_le32(map + o);
+
+        if (flen <= len - o && kv_frame_verify(map + o, flen) == KV_OK) {
+            *next = start + o;
+            break;
+        }
+    }
+
+    munmap(map, len);
+
+    return KV_OK;
+}
