@@ -1,6 +1,10 @@
 
 /*
- * ngx_http_kv_module: the HTTP API on /db/{key}, health and readiness.
+ * ngx_http_kv_module: the content handlers.  In a kv location, the key is
+ * the rest of the path after the location's prefix: GET and HEAD read it,
+ * POST and PUT write it, DELETE removes it.  Also the kv_health, kv_ready,
+ * kv_status and kv_compact locations, and the body filter that bounds
+ * chunked bodies.
  */
 
 
@@ -40,19 +44,8 @@ static ngx_int_t ngx_http_kv_parse_type(ngx_http_request_t *r,
 static ngx_int_t ngx_http_kv_want_json(ngx_http_request_t *r,
     ngx_uint_t *json);
 static ngx_uint_t ngx_http_kv_is_json(u_char *data, size_t len);
-static ngx_int_t ngx_http_kv_store_error(ngx_http_request_t *r, int rc);
-static ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, const char *name, const char *text);
-static ngx_int_t ngx_http_kv_send_object(ngx_http_request_t *r,
-    ngx_uint_t status, cJSON *obj);
 static ngx_http_kv_zone_t *ngx_http_kv_endpoint_zone(ngx_http_request_t *r,
     size_t offset);
-
-
-static ngx_str_t  ngx_http_kv_types[] = {
-    ngx_string("application/octet-stream"),     /* KV_TYPE_OCTET */
-    ngx_string("application/json")              /* KV_TYPE_JSON */
-};
 
 
 static ngx_http_request_body_filter_pt  ngx_http_next_request_body_filter;
@@ -565,160 +558,6 @@ ngx_http_kv_is_json(u_char *data, size_t len)
 }
 
 
-/* kvstore has logged the details of its own failures */
-
-static ngx_int_t
-ngx_http_kv_store_error(ngx_http_request_t *r, int rc)
-{
-    ngx_uint_t  status;
-
-    switch (rc) {
-
-    case KV_NOTFOUND:
-        status = NGX_HTTP_NOT_FOUND;
-        break;
-
-    case KV_ENOMEM:
-    case KV_ENOSPC:
-        status = NGX_HTTP_INSUFFICIENT_STORAGE;
-        break;
-
-    case KV_EINVAL:
-        status = NGX_HTTP_BAD_REQUEST;
-        break;
-
-    case KV_EUNAVAIL:
-        status = NGX_HTTP_SERVICE_UNAVAILABLE;
-        break;
-
-    default:
-        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_kv_send_error(r, status, kv_strerror(rc));
-}
-
-
-ngx_int_t
-ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *msg)
-{
-    return ngx_http_kv_send_json(r, status, "error", msg);
-}
-
-
-/* a JSON object of one string member, {"name": "text"} */
-
-static ngx_int_t
-ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
-    const char *name, const char *text)
-{
-    cJSON  *obj;
-
-    obj = cJSON_CreateObject();
-
-    if (obj != NULL && cJSON_AddStringToObject(obj, name, text) == NULL) {
-        cJSON_Delete(obj);
-        obj = NULL;
-    }
-
-    return ngx_http_kv_send_object(r, status, obj);
-}
-
-
-/* sends obj (NULL: an allocation failed) and frees it */
-
-static ngx_int_t
-ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
-    cJSON *obj)
-{
-    char    *json;
-    size_t   len;
-    u_char  *body;
-
-    if (obj == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    json = cJSON_PrintUnformatted(obj);
-    cJSON_Delete(obj);
-
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(json);
-
-    body = ngx_pnalloc(r->pool, len);
-    if (body != NULL) {
-        ngx_memcpy(body, json, len);
-    }
-
-    cJSON_free(json);
-
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_kv_send(r, status, &ngx_http_kv_types[KV_TYPE_JSON],
-                            body, len);
-}
-
-
-/*
- * Sends a complete response.  data may be NULL with a non-zero len for a
- * HEAD response; type may be NULL for an empty body.
- */
-
-ngx_int_t
-ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
-    u_char *data, size_t len)
-{
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = len;
-
-    if (type != NULL) {
-        r->headers_out.content_type = *type;
-        r->headers_out.content_type_len = type->len;
-        r->headers_out.content_type_lowcase = NULL;
-    }
-
-    if (data == NULL) {
-        r->header_only = 1;
-    }
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    if (len == 0) {
-        return ngx_http_send_special(r, NGX_HTTP_LAST);
-    }
-
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->pos = data;
-    b->last = data + len;
-    b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
-}
-
-
 ngx_int_t
 ngx_http_kv_health_handler(ngx_http_request_t *r)
 {
@@ -739,6 +578,7 @@ ngx_int_t
 ngx_http_kv_ready_handler(ngx_http_request_t *r)
 {
     ngx_int_t            rc;
+    kv_stats_t           st;
     ngx_http_kv_zone_t  *zone;
 
     rc = ngx_http_discard_request_body(r);
@@ -750,12 +590,14 @@ ngx_http_kv_ready_handler(ngx_http_request_t *r)
                                      offsetof(ngx_http_kv_loc_conf_t,
                                               ready_zone));
 
-    if (zone->store.sh == NULL || !zone->store.sh->open) {
+    kv_stats(&zone->store, &st);
+
+    if (!st.open) {
         return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "the store is not open");
     }
 
-    if (zone->store.sh->sync_failed) {
+    if (st.sync_failed) {
         return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "a flush to disk failed, writes are "
                                       "refused until a restart");
@@ -774,7 +616,7 @@ ngx_http_kv_ready_handler(ngx_http_request_t *r)
 }
 
 
-/* GET /kv/status: the store's counters as JSON */
+/* kv_status: the store's counters and state as JSON, to GET */
 
 ngx_int_t
 ngx_http_kv_status_handler(ngx_http_request_t *r)
@@ -782,10 +624,8 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     cJSON               *obj, *sub;
     u_char              *name;
     size_t               free_bytes;
-    uint64_t             synced;
     ngx_int_t            rc;
     kv_stats_t           st;
-    kv_shared_t         *sh;
     ngx_http_kv_zone_t  *zone;
 
     static const char   *modes[] = { "off", "interval", "always" };
@@ -803,12 +643,6 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     zone = ngx_http_kv_endpoint_zone(r,
                                      offsetof(ngx_http_kv_loc_conf_t,
                                               status_zone));
-    sh = zone->store.sh;
-
-    if (sh == NULL) {
-        return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "the store is not open");
-    }
 
     name = ngx_pnalloc(r->pool, zone->name.len + 1);
     if (name == NULL) {
@@ -821,7 +655,6 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
 
     ngx_shmtx_lock(&zone->shpool->mutex);
     free_bytes = zone->shpool->pfree * ngx_pagesize;
-    synced = sh->synced;
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     obj = cJSON_CreateObject();
@@ -830,12 +663,12 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     }
 
     cJSON_AddStringToObject(obj, "zone", (char *) name);
-    cJSON_AddBoolToObject(obj, "open", sh->open);
+    cJSON_AddBoolToObject(obj, "open", st.open);
     cJSON_AddNumberToObject(obj, "keys", st.keys);
     cJSON_AddNumberToObject(obj, "live_bytes", st.live_bytes);
     cJSON_AddNumberToObject(obj, "dead_bytes", st.dead_bytes);
     cJSON_AddNumberToObject(obj, "segments", st.segments);
-    cJSON_AddNumberToObject(obj, "active_segment", sh->segment);
+    cJSON_AddNumberToObject(obj, "active_segment", st.active_segment);
     cJSON_AddNumberToObject(obj, "puts", st.puts);
     cJSON_AddNumberToObject(obj, "deletes", st.deletes);
     cJSON_AddNumberToObject(obj, "write_errors", st.write_errors);
@@ -847,7 +680,7 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     cJSON_AddNumberToObject(sub, "free_bytes", free_bytes);
 
     sub = cJSON_AddObjectToObject(obj, "compaction");
-    cJSON_AddBoolToObject(sub, "running", sh->compactor != 0);
+    cJSON_AddBoolToObject(sub, "running", st.compacting);
     cJSON_AddNumberToObject(sub, "runs", st.compactions);
     cJSON_AddNumberToObject(sub, "reclaimed_bytes", st.reclaimed_bytes);
 
@@ -867,20 +700,20 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
                             zone->fsync == KV_FSYNC_INTERVAL
                             ? zone->fsync_interval : 0);
     cJSON_AddNumberToObject(sub, "count", st.fsyncs);
-    cJSON_AddNumberToObject(sub, "durable_segment",
-                            (double) (synced >> 40));
-    cJSON_AddBoolToObject(sub, "failed", sh->sync_failed);
+    cJSON_AddNumberToObject(sub, "durable_segment", st.durable_segment);
+    cJSON_AddBoolToObject(sub, "failed", st.sync_failed);
 
     return ngx_http_kv_send_object(r, NGX_HTTP_OK, obj);
 }
 
 
-/* POST /kv/compact: 202 when a compaction starts, 409 if one runs */
+/* kv_compact: a POST starts a compaction, 202, or 409 if one runs */
 
 ngx_int_t
 ngx_http_kv_compact_handler(ngx_http_request_t *r)
 {
     ngx_int_t            rc;
+    kv_stats_t           st;
     ngx_http_kv_zone_t  *zone;
 
     rc = ngx_http_discard_request_body(r);
@@ -897,7 +730,9 @@ ngx_http_kv_compact_handler(ngx_http_request_t *r)
                                      offsetof(ngx_http_kv_loc_conf_t,
                                               compact_zone));
 
-    if (zone->store.sh == NULL || !zone->store.sh->open) {
+    kv_stats(&zone->store, &st);
+
+    if (!st.open) {
         return ngx_http_kv_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                       "the store is not open");
     }

@@ -612,12 +612,7 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             return NGX_ERROR;
         }
 
-        sh = ctx->shpool->data;
-
-        ngx_shmtx_lock(&ctx->shpool->mutex);
-        sh->max_key = ctx->max_key;
-        sh->max_value = ctx->max_value;
-        ngx_shmtx_unlock(&ctx->shpool->mutex);
+        /* the new max_key and max_value: ngx_http_kv_init_module() */
 
         ctx->reused = 1;
 
@@ -779,6 +774,7 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         ngx_http_kv_flushed_pipes(cycle, ctx);
 
         if (ctx->reused) {
+            kv_set_limits(&ctx->store);
             continue;
         }
 
@@ -820,7 +816,9 @@ ngx_http_kv_init_process(ngx_cycle_t *cycle)
     zonep = kmcf->zones.elts;
 
     for (i = 0; i < kmcf->zones.nelts; i++) {
-        if (ngx_http_kv_threads_init(cycle, zonep[i]) != NGX_OK) {
+        if (ngx_http_kv_sync_init(cycle, zonep[i]) != NGX_OK
+            || ngx_http_kv_jobs_init(cycle, zonep[i]) != NGX_OK)
+        {
             return NGX_ERROR;
         }
     }
@@ -844,7 +842,7 @@ ngx_http_kv_exit_process(ngx_cycle_t *cycle)
     zonep = kmcf->zones.elts;
 
     for (i = 0; i < kmcf->zones.nelts; i++) {
-        ngx_http_kv_threads_exit(zonep[i]);
+        ngx_http_kv_sync_exit(zonep[i]);
         kv_store_close(&zonep[i]->store);
     }
 }

@@ -2,9 +2,20 @@
 /*
  * ngx_http_kv_module: nginx as a persistent key-value store.
  *
- * ngx_http_kv_module.c  directives, the shared zone, start-up recovery
- * ngx_http_kv_handler.c the HTTP API, health and readiness handlers
- * kvstore/              the storage engine (no nginx code)
+ * ngx_http_kv_module.c    directives, the shared zone, start-up recovery,
+ *                         the host interface the engine runs on
+ * ngx_http_kv_handler.c   the content handlers: keys, health, readiness,
+ *                         status, compaction; the chunked-body limit
+ * ngx_http_kv_sync.c      when a write is answered: group commit under
+ *                         fsync=always, the fsync=interval timer
+ * ngx_http_kv_jobs.c      thread-pool jobs (flush, hints, compaction) and
+ *                         the maintenance timer that starts them
+ * ngx_http_kv_response.c  sending responses and JSON errors
+ * kvstore/                the storage engine (no nginx code), used only
+ *                         through kvstore.h
+ *
+ * Calls go one way, down this list: a file calls only files listed after
+ * it (the handlers are named in the module's directive table).
  */
 
 
@@ -21,6 +32,8 @@
 
 typedef struct ngx_http_kv_zone_s  ngx_http_kv_zone_t;
 typedef struct ngx_http_kv_job_s   ngx_http_kv_job_t;
+
+struct cJSON;
 
 
 /* blocking work run in a thread pool, with a store handle of its own */
@@ -93,22 +106,41 @@ ngx_int_t ngx_http_kv_health_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_ready_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_status_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_compact_handler(ngx_http_request_t *r);
+void ngx_http_kv_install_body_filter(void);
+
+/* ngx_http_kv_sync.c */
+void ngx_http_kv_flushed_pipes(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
+ngx_int_t ngx_http_kv_sync_init(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
+void ngx_http_kv_sync_exit(ngx_http_kv_zone_t *zone);
+ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_uint_t status);
+
+/* ngx_http_kv_jobs.c */
+ngx_int_t ngx_http_kv_jobs_init(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone);
+ngx_http_kv_job_t *ngx_http_kv_job_create(ngx_cycle_t *cycle,
+    ngx_http_kv_zone_t *zone, void (*run)(ngx_http_kv_job_t *job),
+    void (*done)(ngx_http_kv_job_t *job));
+ngx_int_t ngx_http_kv_job_post(ngx_http_kv_job_t *job);
+void ngx_http_kv_timer_init(ngx_event_t *ev, ngx_http_kv_zone_t *zone,
+    ngx_event_handler_pt handler, ngx_msec_t period, ngx_log_t *log);
+ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone,
+    ngx_uint_t requested);
+
+/* ngx_http_kv_response.c */
+extern ngx_str_t  ngx_http_kv_types[KV_TYPE_JSON + 1];
+
 ngx_int_t ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *data, size_t len);
 ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *msg);
-void ngx_http_kv_install_body_filter(void);
-
-/* ngx_http_kv_threads.c */
-void ngx_http_kv_flushed_pipes(ngx_cycle_t *cycle,
-    ngx_http_kv_zone_t *zone);
-ngx_int_t ngx_http_kv_threads_init(ngx_cycle_t *cycle,
-    ngx_http_kv_zone_t *zone);
-void ngx_http_kv_threads_exit(ngx_http_kv_zone_t *zone);
-ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
-    ngx_http_kv_zone_t *zone, ngx_uint_t status);
-ngx_int_t ngx_http_kv_start_compaction(ngx_http_kv_zone_t *zone,
-    ngx_uint_t requested);
+ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *name, const char *text);
+ngx_int_t ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
+    struct cJSON *obj);
+ngx_int_t ngx_http_kv_store_error(ngx_http_request_t *r, int rc);
 
 
 extern ngx_module_t  ngx_http_kv_module;

@@ -1,0 +1,171 @@
+
+/*
+ * ngx_http_kv_module: sending responses.  Every answer of the module goes
+ * out through ngx_http_kv_send(); errors are JSON, {"error": "..."}.
+ */
+
+
+#include "ngx_http_kv_module.h"
+
+#include <cjson/cJSON.h>
+
+
+/* indexed by KV_TYPE_* */
+ngx_str_t  ngx_http_kv_types[KV_TYPE_JSON + 1] = {
+    ngx_string("application/octet-stream"),     /* KV_TYPE_OCTET */
+    ngx_string("application/json")              /* KV_TYPE_JSON */
+};
+
+
+/* kvstore has logged the details of its own failures */
+
+ngx_int_t
+ngx_http_kv_store_error(ngx_http_request_t *r, int rc)
+{
+    ngx_uint_t  status;
+
+    switch (rc) {
+
+    case KV_NOTFOUND:
+        status = NGX_HTTP_NOT_FOUND;
+        break;
+
+    case KV_ENOMEM:
+    case KV_ENOSPC:
+        status = NGX_HTTP_INSUFFICIENT_STORAGE;
+        break;
+
+    case KV_EINVAL:
+        status = NGX_HTTP_BAD_REQUEST;
+        break;
+
+    case KV_EUNAVAIL:
+        status = NGX_HTTP_SERVICE_UNAVAILABLE;
+        break;
+
+    default:
+        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_kv_send_error(r, status, kv_strerror(rc));
+}
+
+
+ngx_int_t
+ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *msg)
+{
+    return ngx_http_kv_send_json(r, status, "error", msg);
+}
+
+
+/* a JSON object of one string member, {"name": "text"} */
+
+ngx_int_t
+ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    const char *name, const char *text)
+{
+    cJSON  *obj;
+
+    obj = cJSON_CreateObject();
+
+    if (obj != NULL && cJSON_AddStringToObject(obj, name, text) == NULL) {
+        cJSON_Delete(obj);
+        obj = NULL;
+    }
+
+    return ngx_http_kv_send_object(r, status, obj);
+}
+
+
+/* sends obj (NULL: an allocation failed) and frees it */
+
+ngx_int_t
+ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
+    cJSON *obj)
+{
+    char    *json;
+    size_t   len;
+    u_char  *body;
+
+    if (obj == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(json);
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body != NULL) {
+        ngx_memcpy(body, json, len);
+    }
+
+    cJSON_free(json);
+
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_kv_send(r, status, &ngx_http_kv_types[KV_TYPE_JSON],
+                            body, len);
+}
+
+
+/*
+ * Sends a complete response.  data may be NULL with a non-zero len for a
+ * HEAD response; type may be NULL for an empty body.
+ */
+
+ngx_int_t
+ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
+    u_char *data, size_t len)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len;
+
+    if (type != NULL) {
+        r->headers_out.content_type = *type;
+        r->headers_out.content_type_len = type->len;
+        r->headers_out.content_type_lowcase = NULL;
+    }
+
+    if (data == NULL) {
+        r->header_only = 1;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    if (len == 0) {
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
