@@ -36,7 +36,7 @@
 #define KV_BENCH_VALUE_LEN  100
 #define KV_BENCH_TARGET_MS  5000
 
-/* Bitcask's keydir: about 44.5 bytes per key plus the key (FIELD-NOTES) */
+/* Bitcask's keydir: about 44.5 bytes per key plus the key */
 #define KV_BENCH_BITCASK    44.5
 
 #define KV_BENCH_ASIDE      "hints-aside"

@@ -10,7 +10,7 @@
 #include <stdio.h>
 
 #include "kv_arena.h"
-#include "kv_internal.h"
+#include "kv_internal.h"      /* a friend of the engine: see there */
 
 
 /* exit codes */
@@ -62,7 +62,7 @@ typedef struct {
 } kvtool_segment_t;
 
 
-/* kvtool.c */
+/* kvtool_util.c */
 void kvtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *kvtool_last_log(void);
 int kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data,
