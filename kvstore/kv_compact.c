@@ -225,20 +225,15 @@ kv_compact_create(kv_store_t *s, const char *path)
 int
 kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last)
 {
-    int       fd;
+    int       fd, rc;
     char      path[PATH_MAX], buf[64];
     ssize_t   n;
 
     kv_compact_path(s, KV_MERGE_FILE, path);
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        if (errno == ENOENT) {
-            return KV_NOTFOUND;
-        }
-
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-        return KV_EIO;
+    rc = kv_open_read(s, path, &fd, NULL);
+    if (rc != KV_OK) {
+        return rc;
     }
 
     n = kv_pread_full(fd, (uint8_t *) buf, sizeof(buf) - 1, 0);

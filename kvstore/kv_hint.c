@@ -307,7 +307,7 @@ kv_write_hint(kv_store_t *s, uint32_t id)
     int               fd, rc;
     char              seg[PATH_MAX], hint[PATH_MAX], tmp[PATH_MAX];
     uint32_t          active;
-    struct stat       st;
+    uint64_t          size;
     kv_hint_writer_t  w;
 
     s->host->lock(s->host->ctx);
@@ -324,20 +324,9 @@ kv_write_hint(kv_store_t *s, uint32_t id)
     }
 
     /* a hint must never describe records that are not durable */
-    fd = open(seg, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        if (errno == ENOENT) {
-            return KV_NOTFOUND;        /* compaction deleted it */
-        }
-
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", seg);
-        return KV_EIO;
-    }
-
-    if (fstat(fd, &st) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", seg);
-        close(fd);
-        return KV_EIO;
+    rc = kv_open_read(s, seg, &fd, &size);
+    if (rc != KV_OK) {
+        return rc;                     /* KV_NOTFOUND: compaction deleted it */
     }
 
     rc = kv_flush(s, fd, seg);
@@ -375,7 +364,7 @@ kv_write_hint(kv_store_t *s, uint32_t id)
         rc = KV_EIO;
 
     } else {
-        rc = kv_hint_fill(s, id, (uint64_t) st.st_size, &w);
+        rc = kv_hint_fill(s, id, size, &w);
     }
 
     free(w.buf);

@@ -116,6 +116,13 @@ int kv_chown(kv_store_t *s, int fd, const char *path);
  */
 int kv_create_file(kv_store_t *s, const char *path, int flags);
 
+/*
+ * Opens path read-only and, if size is not NULL, sets *size to its size:
+ * KV_OK, KV_NOTFOUND (not logged) if there is no such file, or KV_EIO
+ * (logged).
+ */
+int kv_open_read(kv_store_t *s, const char *path, int *fd, uint64_t *size);
+
 /* the id of a file named ten digits then suffix, or 0 if it is not one */
 uint32_t kv_file_id(const char *name, const char *suffix);
 

@@ -165,6 +165,38 @@ kv_create_file(kv_store_t *s, const char *path, int flags)
 
 
 int
+kv_open_read(kv_store_t *s, const char *path, int *fd, uint64_t *size)
+{
+    struct stat  st;
+
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd == -1) {
+        if (errno == ENOENT) {
+            return KV_NOTFOUND;
+        }
+
+        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    if (size == NULL) {
+        return KV_OK;
+    }
+
+    if (fstat(*fd, &st) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
+        close(*fd);
+        *fd = -1;
+        return KV_EIO;
+    }
+
+    *size = (uint64_t) st.st_size;
+
+    return KV_OK;
+}
+
+
+int
 kv_flush(kv_store_t *s, int fd, const char *path)
 {
     int          rc, own;
@@ -413,7 +445,6 @@ kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
     int          rc;
     char         path[PATH_MAX];
     kv_scan_t    sc;
-    struct stat  st;
 
     *end = from;
     *size = 0;
@@ -423,23 +454,11 @@ kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
     sc.s = s;
     sc.path = path;
 
-    sc.fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (sc.fd == -1) {
-        if (errno == ENOENT) {
-            return KV_NOTFOUND;
-        }
-
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-        return KV_EIO;
+    rc = kv_open_read(s, path, &sc.fd, &sc.size);
+    if (rc != KV_OK) {
+        return rc;
     }
 
-    if (fstat(sc.fd, &st) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
-        close(sc.fd);
-        return KV_EIO;
-    }
-
-    sc.size = (uint64_t) st.st_size;
     *size = sc.size;
 
     (void) posix_fadvise(sc.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -467,41 +486,29 @@ int
 kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t *next)
 {
-    int          fd;
+    int          fd, rc;
     char         path[PATH_MAX];
     size_t       len, skip, o, flen;
     uint8_t     *map;
-    uint64_t     start;
-    struct stat  st;
+    uint64_t     start, size;
 
     *next = 0;
 
     kv_segment_path(s, id, path);
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd == -1) {
-        if (errno == ENOENT) {
-            return KV_NOTFOUND;
-        }
-
-        kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-        return KV_EIO;
+    rc = kv_open_read(s, path, &fd, &size);
+    if (rc != KV_OK) {
+        return rc;
     }
 
-    if (fstat(fd, &st) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "fstat(\"%s\") failed", path);
-        close(fd);
-        return KV_EIO;
-    }
-
-    if (from + 1 + KV_FRAME_HEADER >= (uint64_t) st.st_size) {
+    if (from + 1 + KV_FRAME_HEADER >= size) {
         close(fd);
         return KV_OK;
     }
 
     start = from & ~((uint64_t) sysconf(_SC_PAGESIZE) - 1);
     skip = (size_t) (from - start);
-    len = (size_t) ((uint64_t) st.st_size - start);
+    len = (size_t) (size - start);
 
     map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, (off_t) start);
     close(fd);

@@ -1,7 +1,8 @@
 # nginx -s reload (HUP): the index is kept, no write made during the reload
 # is lost, and the new workers serve everything.  A reload that changes a
 # zone's size or path is refused with a message in error.log, and the old
-# configuration keeps serving with the data intact.
+# configuration keeps serving with the data intact.  One that changes
+# max_key or max_value applies them to the kept store.
 
 use strict;
 use warnings;
@@ -99,6 +100,28 @@ unlike $log, qr/\[(?:alert|emerg|crit)\]/, 'no alert/emerg/crit during reloads';
     is $srv->put('during-refusal-2', 'y')->{status}, 201, 'path change: writes still work';
     ok !-e "$new_dir/0000000001.kvlog", 'path change: nothing written in the new path';
     $srv->set(data_dir => $old_dir);
+}
+
+# --- a reload may change max_key and max_value: the kept store takes them
+{
+    my $lim = KvTest->new(name => 'reload-limits', max_value => 100,
+                          max_key => 8);
+    $lim->start_ok('started with max_value=100 max_key=8');
+    is $lim->put('small', 'v' x 100)->{status}, 201, 'max_value=100: 100 bytes stored';
+    is $lim->put('small', 'v' x 101)->{status}, 413, 'max_value=100: 101 bytes refused';
+    is $lim->put('k' x 9, 'v')->{status}, 414, 'max_key=8: a 9-byte key refused';
+    $lim->set(max_value => 4096, max_key => 16);
+    ok $lim->reload, 'reload with max_value=4096 max_key=16';
+    is $lim->put('large', 'w' x 4096)->{status}, 201,
+        'max_value raised on reload: 4096 bytes stored by the kept store';
+    is $lim->get('large')->{body}, 'w' x 4096, 'and read back';
+    is $lim->put('k' x 16, 'v')->{status}, 201,
+        'max_key raised on reload: a 16-byte key stored';
+    $lim->set(max_value => 50);
+    ok $lim->reload, 'reload with max_value=50';
+    is $lim->put('small', 'v' x 51)->{status}, 413, 'max_value=50: 51 bytes refused';
+    is $lim->get('small')->{body}, 'v' x 100, 'the 100-byte value stays readable';
+    ok $lim->stop, 'limits server stopped';
 }
 
 # --- back to the original configuration: a normal reload works again

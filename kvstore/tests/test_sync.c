@@ -554,6 +554,83 @@ test_flush_serialized(void **state)
 }
 
 
+/*
+ * kv_stats() carries the state a host shows (open, active and durable
+ * segment, compacting, a failed flush), and kv_set_limits() changes the
+ * limits of a running store, as an nginx reload does.
+ */
+static void
+test_stats_state(void **state)
+{
+    char              dir[PATH_MAX];
+    uint8_t           v[VLEN + 1];
+    uint32_t          n;
+    uint64_t          durable;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.open, 1);
+    assert_int_equal(st.active_segment, 1);
+    assert_int_equal(st.durable_segment, 1);
+    assert_int_equal(st.compacting, 0);
+    assert_int_equal(st.sync_failed, 0);
+
+    for (n = 0; t.sh->segment < 2; n++) {
+        put_n(&t.s, n);
+    }
+
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.active_segment, 2);
+    assert_int_equal(st.durable_segment, 1);
+    assert_true(st.keys == n);
+
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.durable_segment, 2);
+
+    assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.compacting, 1);
+    kv_compact_release(&t.s);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.compacting, 0);
+
+    /* lower limits apply to the next write; the hard caps bound them */
+    memset(v, 'v', sizeof(v));
+    t.s.conf.max_key = 5;
+    t.s.conf.max_value = VLEN;
+    kv_set_limits(&t.s);
+    assert_int_equal(kv_put(&t.s, S("key-00"), v, 1, KV_TYPE_OCTET),
+                     KV_EINVAL);
+    assert_int_equal(kv_put(&t.s, S("key-0"), v, VLEN + 1, KV_TYPE_OCTET),
+                     KV_EINVAL);
+    assert_int_equal(kv_put(&t.s, S("key-0"), v, VLEN, KV_TYPE_OCTET),
+                     KV_OK);
+
+    t.s.conf.max_key = KV_MAX_KEY_LIMIT + 1;
+    t.s.conf.max_value = UINT32_MAX;
+    kv_set_limits(&t.s);
+    assert_int_equal(t.sh->max_key, KV_MAX_KEY_LIMIT);
+    assert_int_equal(t.sh->max_value, KV_MAX_VALUE_LIMIT);
+
+    /* a failed flush shows */
+    put_n(&t.s, n);
+    kv_test_segment(dir, 2, fail_path);
+    assert_int_equal(kv_sync(&t.s, &durable), KV_EIO);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.sync_failed, 1);
+    assert_int_equal(st.open, 1);
+
+    close_small(&t, dir);
+}
+
+
 int
 main(void)
 {
@@ -564,6 +641,7 @@ main(void)
         cmocka_unit_test(test_sync_claim),
         cmocka_unit_test(test_flush_serialized),
         cmocka_unit_test(test_sync_failure),
+        cmocka_unit_test(test_stats_state),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
