@@ -4,7 +4,7 @@
  * pool, and the maintenance that starts them.
  *
  * Each job has a kv_store_t of its own: descriptors are never shared
- * between a thread and the event loop.  A job runs once at a time; without
+ * between a thread and the event loop.  A job has one run at a time; without
  * thread support in nginx it runs in place, blocking.  The flush job of
  * group commit is ngx_http_kv_sync.c's; hint writing and compaction are
  * here.
