@@ -72,17 +72,6 @@ kv_pack_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *data)
 }
 
 
-static void
-kv_set_le(uint8_t *p, uint64_t v, int n)
-{
-    int  i;
-
-    for (i = 0; i < n; i++) {
-        p[i] = (uint8_t) (v >> (8 * i));
-    }
-}
-
-
 int
 kv_frame_encode(kv_frame_t *f, const kv_record_t *rec)
 {
@@ -133,8 +122,8 @@ kv_frame_encode(kv_frame_t *f, const kv_record_t *rec)
         XXH3_64bits_update(&st, rec->value, rec->vlen);
     }
 
-    kv_set_le(f->buf, plen, 4);
-    kv_set_le(f->buf + 4, XXH3_64bits_digest(&st), 8);
+    kv_put_le(f->buf, plen, 4);
+    kv_put_le(f->buf + 4, XXH3_64bits_digest(&st), 8);
 
     f->iov[0].iov_base = f->buf;
     f->iov[0].iov_len = f->used;
@@ -217,4 +206,34 @@ kv_record_free(kv_record_t *rec)
 {
     kv__record__free_unpacked(rec->msg, NULL);
     rec->msg = NULL;
+}
+
+
+int
+kv_frame_seq(const uint8_t *frame, size_t len, uint64_t *seq)
+{
+    int       shift;
+    size_t    i;
+    uint64_t  v;
+
+    /* field 1 (seq), wire type 0 (varint): the tag byte 0x08 */
+
+    if (len <= KV_FRAME_HEADER + 1 || frame[KV_FRAME_HEADER] != 0x08) {
+        return KV_ECORRUPT;
+    }
+
+    v = 0;
+
+    for (i = KV_FRAME_HEADER + 1, shift = 0; i < len && shift < 64;
+         i++, shift += 7)
+    {
+        v |= (uint64_t) (frame[i] & 0x7f) << shift;
+
+        if ((frame[i] & 0x80) == 0) {
+            *seq = v;
+            return KV_OK;
+        }
+    }
+
+    return KV_ECORRUPT;
 }

@@ -15,7 +15,8 @@
  *     flushed, renamed and the directory flushed, before any output exists.
  *  3. Each put record of each input (in id order) whose index entry still
  *     points exactly at it is re-read raw and appended to the current
- *     output: same bytes, sequence number and checksum.  The lock is held
+ *     output: same bytes, sequence number and checksum.  One whose expiry
+ *     time had passed when the compaction began is dropped with its entry.  The lock is held
  *     for the index check only, never across I/O.  Tombstones are not
  *     copied: every older segment is an input, so no older put of their
  *     key survives the compaction.  (A tombstone may only go once no
@@ -26,7 +27,9 @@
  *     the outputs are part of the store.
  *  5. The outputs are scanned again and each index entry that still points
  *     at the old copy is pointed at the new one (batches per lock hold).
- *  6. first_segment moves past the inputs (readers drop their descriptors
+ *  6. The SEQ file keeps the newest sequence number of the inputs (a
+ *     dropped tombstone or expired record may have held it).
+ *     first_segment moves past the inputs (readers drop their descriptors
  *     of them; a reader with an old location gets KV_ESTALE and looks up
  *     again, one with an open descriptor reads the unlinked file: no byte a
  *     response may send ever changes), then the inputs are unlinked in
@@ -117,6 +120,10 @@ typedef struct {
                                             left by a dead compactor and
                                             only deleted */
     uint64_t          in_bytes;          /* of all the inputs */
+    uint64_t          seq;               /* the newest record's, at the
+                                            roll: the SEQ file's floor */
+    uint64_t          now;               /* Unix ms: what has expired */
+    uint64_t          expired;           /* keys that expired meanwhile */
 
     uint32_t          first_out;         /* the reserved output ids */
     uint32_t          last_out;
@@ -509,6 +516,8 @@ kv_compact_start(kv_compact_t *c)
 
     a = sh->segment;
     c->first = sh->first_segment;
+    c->seq = sh->seq;
+    c->now = kv_now_ms(s->host);
 
     rc = kv_list_segments(s, &c->ids, &c->nids);
     if (rc != KV_OK) {
@@ -558,8 +567,8 @@ kv_compact_start(kv_compact_t *c)
 static int
 kv_merge_write(kv_compact_t *c)
 {
-    int          fd, rc;
-    char         tmp[PATH_MAX], path[PATH_MAX], *text;
+    int          rc;
+    char        *text;
     size_t       i, len, cap;
     kv_store_t  *s;
 
@@ -582,48 +591,9 @@ kv_merge_write(kv_compact_t *c)
 
     text[len++] = '\n';
 
-    kv_compact_path(s, KV_MERGE_FILE KV_TMP_SUFFIX, tmp);
-    kv_compact_path(s, KV_MERGE_FILE, path);
-
-    /* a compactor that died may have left one */
-    rc = kv_compact_unlink(s, tmp);
-
-    fd = -1;
-
-    if (rc != KV_EIO) {
-        fd = kv_compact_create(s, tmp);
-        rc = fd == -1 ? KV_EIO : KV_OK;
-    }
-
-    if (rc == KV_OK && write(fd, text, len) != (ssize_t) len) {
-        kv_log(s->host, KV_LOG_ERR, errno, "writing %zu bytes to \"%s\" "
-               "failed", len, tmp);
-        rc = KV_EIO;
-    }
+    rc = kv_replace_file(s, KV_MERGE_FILE, text, len);
 
     free(text);
-
-    if (rc == KV_OK) {
-        rc = kv_flush(s, fd, tmp);
-    }
-
-    if (fd != -1) {
-        close(fd);
-    }
-
-    if (rc == KV_OK && rename(tmp, path) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") failed",
-               tmp, path);
-        rc = KV_EIO;
-    }
-
-    if (rc == KV_OK) {
-        return kv_flush(s, -1, s->conf.dir);
-    }
-
-    if (fd != -1) {
-        unlink(tmp);
-    }
 
     return rc;
 }
@@ -801,12 +771,17 @@ nomem:
 }
 
 
-/* Step 3, for each record of an input: copies it if it is live. */
+/*
+ * Step 3, for each record of an input: copies it if it is live.  A record
+ * whose time ran out before the compaction began is not copied, and its
+ * entry goes: the key expired (its older records are dead already).
+ */
 static int
 kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
     uint32_t flen)
 {
     int                live;
+    kv_ref_t          *link;
     kv_entry_t        *e;
     kv_compact_t      *c;
     const kv_host_t   *host;
@@ -823,8 +798,16 @@ kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
     }
 
     host->lock(host->ctx);
-    e = kv_index_find(host, c->s->sh, rec->key, rec->klen, NULL);
+
+    e = kv_index_find(host, c->s->sh, rec->key, rec->klen, &link);
     live = (e != NULL && e->loc == KV_LOC(c->scan, off));
+
+    if (live && kv_entry_expired(e, c->now)) {
+        kv_index_expire(host, c->s->sh, link, e);
+        c->expired++;
+        live = 0;
+    }
+
     host->unlock(host->ctx);
 
     return live ? kv_compact_copy(c, rec, off, flen) : KV_OK;
@@ -1137,6 +1120,11 @@ kv_compact(kv_store_t *s)
         rc = kv_compact_swap(c);
     }
 
+    /* the inputs may hold the newest sequence numbers: keep the floor */
+    if (rc == KV_OK) {
+        rc = kv_seq_save(s, c->seq);
+    }
+
     if (rc == KV_OK) {
         rc = kv_compact_drop_inputs(c, &dropped);
         kv_compact_count(s, 0, dropped);
@@ -1153,10 +1141,11 @@ kv_compact(kv_store_t *s)
 
         kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u of "
                "\"%s\" into %u segments: %zu records kept (%zu overwritten "
-               "meanwhile), %" PRIu64 " of %" PRIu64 " bytes reclaimed",
-               c->first_out - 1, s->conf.dir,
-               c->out ? c->out - c->first_out + 1 : 0, c->nmoved, c->stale,
-               c->in_bytes - c->out_bytes, c->in_bytes);
+               "meanwhile), %" PRIu64 " expired keys dropped, %" PRIu64
+               " of %" PRIu64 " bytes reclaimed", c->first_out - 1,
+               s->conf.dir, c->out ? c->out - c->first_out + 1 : 0,
+               c->nmoved, c->stale, c->expired, c->in_bytes - c->out_bytes,
+               c->in_bytes);
 
     } else if (rc == KV_ECANCELED) {
         kv_log(s->host, KV_LOG_NOTICE, 0, "compaction of \"%s\" cancelled; "

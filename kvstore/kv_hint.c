@@ -5,22 +5,26 @@
  * few bytes per key instead of every value.  DIR/KV_HINT_FMT describes
  * segment KV_SEGMENT_FMT of the same id; all integers little-endian:
  *
- *   header   u32 magic "HINT", u32 version (1), u32 segment id, u32 zero,
+ *   header   u32 magic "HINT", u32 version (2), u32 segment id, u32 zero,
  *            u64 size of the segment in bytes
  *   entries  one per frame of the segment, in file order:
- *              u8      flags: bit 0 tombstone, bits 1-2 content type
+ *              u8      flags: bit 0 tombstone, bits 1-2 content type,
+ *                      bit 3 an expiry time follows the seq
  *              varint  key length
  *              varint  value length
  *              varint  frame length - header - key length - value length
  *                      (the protobuf tags and varints of the record)
  *              varint  zigzag(seq - seq of the previous entry), the first
  *                      entry's relative to 0 (compaction reorders seqs)
+ *              varint  the expiry time, Unix ms (with flag bit 3 only)
  *              bytes   the key
  *   trailer  u64 number of entries, u64 XXH3-64 of all the bytes before it
  *
  * A frame's offset is not stored: frames follow each other from offset 0,
  * so it is the sum of the frame lengths before it, and the sum of them all
- * is the segment size.  A 16-byte key costs 21 bytes.
+ * is the segment size.  A 16-byte key costs 21 bytes, 27 with an expiry.
+ * Version 1 (written before expiry times existed) is version 2 without
+ * bit 3, and is still read.
  *
  * A hint is written only from a flushed segment, to a temporary file that
  * is flushed, renamed and its directory flushed.  Any doubt at load time
@@ -45,12 +49,13 @@
 
 
 #define KV_HINT_MAGIC    0x544e4948u    /* "HINT" */
-#define KV_HINT_VERSION  1
+#define KV_HINT_VERSION  2
+#define KV_HINT_EXPIRES  0x08
 #define KV_HINT_HEADER   24
 #define KV_HINT_TRAILER  16
 
-/* flags, three varints and the key, at most */
-#define KV_HINT_ENTRY_MAX  (1 + 3 * 10 + 10 + KV_MAX_KEY_LIMIT)
+/* flags, five varints and the key, at most */
+#define KV_HINT_ENTRY_MAX  (1 + 5 * 10 + KV_MAX_KEY_LIMIT)
 
 #define KV_HINT_BUF      (1024 * 1024)
 
@@ -79,19 +84,6 @@ kv_hint_path(const kv_store_t *s, uint32_t id, const char *suffix,
     char path[PATH_MAX])
 {
     snprintf(path, PATH_MAX, "%s/" KV_HINT_FMT "%s", s->conf.dir, id, suffix);
-}
-
-
-static uint8_t *
-kv_put_le(uint8_t *p, uint64_t v, int n)
-{
-    int  i;
-
-    for (i = 0; i < n; i++) {
-        *p++ = (uint8_t) (v >> (8 * i));
-    }
-
-    return p;
 }
 
 
@@ -193,11 +185,17 @@ kv_hint_add(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
     d = rec->seq - w->seq;
 
     p = w->buf + w->used;
-    *p++ = (uint8_t) ((rec->tombstone ? 1 : 0) | rec->type << 1);
+    *p++ = (uint8_t) ((rec->tombstone ? 1 : 0) | rec->type << 1
+                      | (rec->expires_at_ms ? KV_HINT_EXPIRES : 0));
     p = kv_put_varint(p, rec->klen);
     p = kv_put_varint(p, rec->vlen);
     p = kv_put_varint(p, flen - KV_FRAME_HEADER - rec->klen - rec->vlen);
     p = kv_put_varint(p, d << 1 ^ (0 - (d >> 63)));
+
+    if (rec->expires_at_ms) {
+        p = kv_put_varint(p, rec->expires_at_ms);
+    }
+
     memcpy(p, rec->key, rec->klen);
 
     w->used = (size_t) (p + rec->klen - w->buf);
@@ -217,20 +215,27 @@ kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
     uint32_t *flen)
 {
     unsigned   flags;
-    uint64_t   klen, vlen, extra, z, len;
+    uint64_t   klen, vlen, extra, z, len, expires;
 
     if (p == end) {
         return NULL;
     }
 
     flags = *p++;
+    expires = 0;
 
     p = kv_get_varint(p, end, &klen);
     p = p ? kv_get_varint(p, end, &vlen) : NULL;
     p = p ? kv_get_varint(p, end, &extra) : NULL;
     p = p ? kv_get_varint(p, end, &z) : NULL;
 
-    if (p == NULL || (flags & ~3u) != 0 || klen == 0
+    if (p != NULL && (flags & KV_HINT_EXPIRES)) {
+        p = kv_get_varint(p, end, &expires);
+    }
+
+    if (p == NULL || (flags & ~(3u | KV_HINT_EXPIRES)) != 0
+        || ((flags & KV_HINT_EXPIRES) && (expires == 0 || (flags & 1)))
+        || klen == 0
         || klen > KV_MAX_KEY_LIMIT || klen > (uint64_t) (end - p)
         || vlen > KV_MAX_VALUE_LIMIT || ((flags & 1) && vlen > 0)
         || extra > KV_FRAME_MAX)
@@ -249,6 +254,7 @@ kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
     rec->vlen = (size_t) vlen;
     rec->type = flags >> 1;
     rec->tombstone = flags & 1;
+    rec->expires_at_ms = expires;
     *flen = (uint32_t) len;
 
     return p + klen;
@@ -463,9 +469,10 @@ kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
     }
 
     if (kv_get_le32(map) != KV_HINT_MAGIC
-        || kv_get_le32(map + 4) != KV_HINT_VERSION)
+        || kv_get_le32(map + 4) < 1
+        || kv_get_le32(map + 4) > KV_HINT_VERSION)
     {
-        snprintf(why, n, "not a version %d hint file", KV_HINT_VERSION);
+        snprintf(why, n, "not a version 1 to %d hint file", KV_HINT_VERSION);
         return -1;
     }
 

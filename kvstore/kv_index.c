@@ -10,6 +10,7 @@
 
 #include <inttypes.h>
 #include <string.h>
+#include <time.h>
 
 #include <xxhash.h>
 
@@ -154,64 +155,115 @@ kv_index_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
  * Entries live in slots of their own size, 8-byte steps, carved from
  * pages: nginx's slab allocator would round a 40-byte entry (a 16-byte
  * key) up to 64 bytes.  A freed slot serves the next entry of its size.
+ * Only an entry with an expiry time has the 8 bytes that hold it.
  */
 static size_t
-kv_entry_size(size_t klen)
+kv_entry_key_end(size_t klen)
 {
     return (sizeof(kv_entry_t) + klen + 7) & ~(size_t) 7;
 }
 
 
+static size_t
+kv_entry_size(size_t klen, unsigned flags)
+{
+    return kv_entry_key_end(klen)
+           + ((flags & KV_ENTRY_EXPIRES) ? sizeof(uint64_t) : 0);
+}
+
+
+uint64_t
+kv_entry_expiry(const kv_entry_t *e)
+{
+    uint64_t  t;
+
+    if (!(e->flags & KV_ENTRY_EXPIRES)) {
+        return 0;
+    }
+
+    memcpy(&t, (const uint8_t *) e + kv_entry_key_end(e->klen), sizeof(t));
+
+    return t;
+}
+
+
+static void
+kv_entry_set_expiry(kv_entry_t *e, uint64_t t)
+{
+    memcpy((uint8_t *) e + kv_entry_key_end(e->klen), &t, sizeof(t));
+}
+
+
+int
+kv_entry_expired(const kv_entry_t *e, uint64_t now)
+{
+    uint64_t  t;
+
+    t = kv_entry_expiry(e);
+
+    return t != 0 && t <= now;
+}
+
+
 static kv_entry_t *
-kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen)
+kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
+    unsigned flags)
 {
     size_t       size, i;
     uint8_t     *page;
     kv_ref_t    *head;
     kv_entry_t  *e;
 
-    size = kv_entry_size(klen);
+    size = kv_entry_size(klen, flags);
 
     if (size > KV_ENTRY_SLOT_MAX) {
-        return host->alloc(host->ctx, size);
-    }
-
-    head = &sh->free_slots[size / 8 - 1];
-
-    if (*head == 0) {
-        page = host->alloc(host->ctx, KV_ENTRY_PAGE);
-        if (page == NULL) {
-            return NULL;
-        }
-
-        /* slot 0 is returned, the others go on the free list */
-
-        for (i = KV_ENTRY_PAGE / size - 1; i > 0; i--) {
-            e = (kv_entry_t *) (page + i * size);
-            e->klen = (uint16_t) klen;
-            kv_entry_free(host, sh, e);
-        }
-
-        e = (kv_entry_t *) page;
+        e = host->alloc(host->ctx, size);
 
     } else {
-        e = kv_ptr(host, *head);
-        kv_unpoison(e, size);
-        *head = e->next;
+        head = &sh->free_slots[size / 8 - 1];
+
+        if (*head == 0) {
+            page = host->alloc(host->ctx, KV_ENTRY_PAGE);
+            if (page == NULL) {
+                return NULL;
+            }
+
+            /* slot 0 is returned, the others go on the free list */
+
+            for (i = KV_ENTRY_PAGE / size - 1; i > 0; i--) {
+                e = (kv_entry_t *) (page + i * size);
+                e->klen = (uint16_t) klen;
+                e->flags = (uint8_t) flags;
+                kv_entry_free(host, sh, e);
+            }
+
+            e = (kv_entry_t *) page;
+
+        } else {
+            e = kv_ptr(host, *head);
+            kv_unpoison(e, size);
+            *head = e->next;
+        }
+    }
+
+    if (e != NULL) {
+        memset(e, 0, sizeof(kv_entry_t));
+        e->klen = (uint16_t) klen;
+        e->flags = (uint8_t) flags;
     }
 
     return e;
 }
 
 
-/* a slot never used is freed too: only its klen must be set */
+/* a slot never used is freed too: only its klen and flags must be set */
 void
 kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 {
     size_t     size;
     kv_ref_t  *head;
 
-    size = kv_entry_size(e->klen);
+    size = kv_entry_size(e->klen, e->flags);
 
     if (size > KV_ENTRY_SLOT_MAX) {
         host->free(host->ctx, e);
@@ -228,50 +280,60 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 }
 
 
-/*
- * Returns the key's entry, or a new unlinked one (*fresh = 1) that the
- * caller passes to kv_index_set() or frees; NULL if memory is exhausted.
- */
-kv_entry_t *
+int
 kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
-    size_t klen, int *fresh)
+    size_t klen, uint64_t expires_at_ms, kv_slot_t *slot)
 {
+    unsigned     flags;
     kv_entry_t  *e;
 
-    e = kv_index_find(host, sh, key, klen, NULL);
-    if (e != NULL) {
-        *fresh = 0;
-        return e;
+    flags = expires_at_ms ? KV_ENTRY_EXPIRES : 0;
+
+    slot->old = kv_index_find(host, sh, key, klen, &slot->link);
+
+    if (slot->old != NULL && (slot->old->flags & KV_ENTRY_EXPIRES) == flags)
+    {
+        slot->e = slot->old;
+        return KV_OK;
     }
 
-    e = kv_entry_alloc(host, sh, klen);
+    e = kv_entry_alloc(host, sh, klen, flags);
     if (e == NULL) {
-        return NULL;
+        return KV_ENOMEM;
     }
 
-    memset(e, 0, sizeof(kv_entry_t));
-    e->klen = (uint16_t) klen;
     memcpy(e->key, key, klen);
 
-    *fresh = 1;
+    if (flags) {
+        kv_entry_set_expiry(e, 0);
+    }
 
-    return e;
+    slot->e = e;
+
+    return KV_OK;
 }
 
 
 /*
- * Points the entry at a new frame.  The frame an existing entry pointed at
- * becomes dead; a fresh entry is filled completely before being linked.
+ * Points the slot's entry at a new frame, linking it in (a new key) or in
+ * place of the old entry.  The frame the old entry pointed at becomes
+ * dead; a new entry is filled completely before being linked.
  */
 void
-kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
-    int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type)
+kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
+    uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type,
+    uint64_t expires_at_ms)
 {
-    kv_ref_t  *head;
+    kv_ref_t    *head;
+    kv_entry_t  *e, *old;
 
-    if (!fresh) {
-        sh->stats.live_bytes -= e->flen;
-        sh->stats.dead_bytes += e->flen;
+    e = slot->e;
+    old = slot->old;
+
+    if (old != NULL) {
+        sh->stats.live_bytes -= old->flen;
+        sh->stats.dead_bytes += old->flen;
+        sh->stats.expiring -= (kv_entry_expiry(old) != 0);
     }
 
     e->flen = flen;
@@ -279,16 +341,37 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
     e->vlen = vlen;
     e->type = (uint8_t) type;
 
-    if (fresh) {
+    if (e->flags & KV_ENTRY_EXPIRES) {
+        kv_entry_set_expiry(e, expires_at_ms);
+    }
+
+    sh->stats.expiring += (expires_at_ms != 0);
+    sh->stats.live_bytes += flen;
+
+    if (old == NULL) {
         head = kv_bucket(host, sh, e->key, e->klen);
 
         e->next = *head;
         *head = kv_ref(host, e);
 
         sh->stats.keys++;
-    }
 
-    sh->stats.live_bytes += flen;
+    } else if (e != old) {
+        e->next = old->next;
+        *slot->link = kv_ref(host, e);
+
+        kv_entry_free(host, sh, old);
+    }
+}
+
+
+/* Frees the entry a reservation allocated and that was not used. */
+void
+kv_index_release(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot)
+{
+    if (slot->e != slot->old) {
+        kv_entry_free(host, sh, slot->e);
+    }
 }
 
 
@@ -302,8 +385,33 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     sh->stats.keys--;
     sh->stats.live_bytes -= e->flen;
     sh->stats.dead_bytes += e->flen;
+    sh->stats.expiring -= (kv_entry_expiry(e) != 0);
 
     kv_entry_free(host, sh, e);
+}
+
+
+void
+kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e)
+{
+    kv_index_remove(host, sh, link, e);
+    sh->stats.expired++;
+}
+
+
+uint64_t
+kv_now_ms(const kv_host_t *host)
+{
+    struct timespec  ts;
+
+    if (host->now_ms != NULL) {
+        return host->now_ms(host->ctx);
+    }
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
 }
 
 
@@ -360,13 +468,18 @@ kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 }
 
 
+/*
+ * An expired put replays as a delete would: the key's time ran out, and
+ * the older records of the key must not come back in its place.
+ */
 int
 kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     uint64_t off, uint32_t flen)
 {
-    int               fresh;
+    int               rc;
     char              kbuf[KV_KEY_STR_LEN], path[PATH_MAX];
     kv_ref_t         *link;
+    kv_slot_t         slot;
     kv_entry_t       *e;
     kv_shared_t      *sh;
     const kv_host_t  *host;
@@ -374,27 +487,39 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     sh = s->sh;
     host = s->host;
 
-    if (rec->tombstone) {
+    if (rec->tombstone
+        || (rec->expires_at_ms != 0 && rec->expires_at_ms <= kv_now_ms(host)))
+    {
         e = kv_index_find(host, sh, rec->key, rec->klen, &link);
-        if (e != NULL) {
-            kv_index_remove(host, sh, link, e);
+
+        if (rec->tombstone) {
+            if (e != NULL) {
+                kv_index_remove(host, sh, link, e);
+            }
+
+        } else if (e != NULL) {
+            kv_index_expire(host, sh, link, e);
+
+        } else {
+            sh->stats.expired++;
         }
 
         sh->stats.dead_bytes += flen;
 
     } else {
-        e = kv_index_reserve(host, sh, rec->key, rec->klen, &fresh);
-        if (e == NULL) {
+        rc = kv_index_reserve(host, sh, rec->key, rec->klen,
+                              rec->expires_at_ms, &slot);
+        if (rc != KV_OK) {
             kv_segment_path(s, id, path);
             kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys "
                    "in \"%s\" (full at key \"%s\" in \"%s\" at offset %"
                    PRIu64 ")", s->conf.dir,
                    kv_key_str(rec->key, rec->klen, kbuf), path, off);
-            return KV_ENOMEM;
+            return rc;
         }
 
-        kv_index_set(host, sh, e, fresh, KV_LOC(id, off), flen,
-                     (uint32_t) rec->vlen, rec->type);
+        kv_index_set(host, sh, &slot, KV_LOC(id, off), flen,
+                     (uint32_t) rec->vlen, rec->type, rec->expires_at_ms);
     }
 
     if (rec->seq > sh->seq) {
@@ -404,4 +529,64 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     sh->stats.recovered_records++;
 
     return KV_OK;
+}
+
+
+/*
+ * Sweeps 1/16 of the buckets from where the last call stopped, holding the
+ * lock for KV_EXPIRE_CHUNK buckets at a time so that requests interleave.
+ */
+#define KV_EXPIRE_CHUNK  4096
+
+uint64_t
+kv_expire(kv_store_t *s)
+{
+    uint32_t          i, end, todo, chunk;
+    uint64_t          now, dropped;
+    kv_ref_t         *ref, *buckets;
+    kv_entry_t       *e;
+    kv_shared_t      *sh;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+    dropped = 0;
+
+    host->lock(host->ctx);
+
+    todo = sh->nbuckets / 16 ? sh->nbuckets / 16 : sh->nbuckets;
+
+    while (sh->open && sh->stats.expiring != 0 && todo != 0) {
+        now = kv_now_ms(host);
+        buckets = kv_ptr(host, sh->buckets);
+        chunk = todo < KV_EXPIRE_CHUNK ? todo : KV_EXPIRE_CHUNK;
+        i = sh->expire_next;
+        end = i + chunk < sh->nbuckets ? i + chunk : sh->nbuckets;
+        todo -= end - i;
+
+        for ( /* void */ ; i < end; i++) {
+            ref = &buckets[i];
+
+            while (*ref != 0) {
+                e = kv_ptr(host, *ref);
+
+                if (kv_entry_expired(e, now)) {
+                    kv_index_expire(host, sh, ref, e);
+                    dropped++;
+                    continue;
+                }
+
+                ref = &e->next;
+            }
+        }
+
+        sh->expire_next = end & (sh->nbuckets - 1);
+
+        host->unlock(host->ctx);
+        host->lock(host->ctx);
+    }
+
+    host->unlock(host->ctx);
+
+    return dropped;
 }

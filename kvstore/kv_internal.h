@@ -8,6 +8,7 @@
  * The files, each calling only the ones listed before it:
  *   kv_codec.c    record frames: encode, verify, decode
  *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
+ *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
  *   kv_index.c    the hash index in host memory, replaying a record into it
  *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
  *   kv_hint.c     hint files: write and load
@@ -35,7 +36,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  2
+#define KV_SHARED_VERSION  3
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -53,6 +54,9 @@
 #define KV_SEGMENT_MAX      0xffffffu
 #define KV_LOC(segment, offset)                                              \
     ((uint64_t) (segment) << KV_LOC_OFFSET_BITS | (uint64_t) (offset))
+
+/* kv_entry_t.flags: the entry carries an expiry time (kv_entry_expiry()) */
+#define KV_ENTRY_EXPIRES  0x01
 
 /* an escaped key in a log message: at most 64 key bytes as \xNN and "..." */
 #define KV_KEY_SHOWN    64
@@ -91,6 +95,15 @@ int kv_frame_verify(const uint8_t *frame, size_t flen);
 int kv_record_decode(kv_record_t *rec, const uint8_t *payload, size_t plen);
 void kv_record_free(kv_record_t *rec);
 
+/*
+ * The sequence number of a frame from its first len bytes (the header and
+ * the record's first field: protobuf-c writes fields in number order).
+ */
+int kv_frame_seq(const uint8_t *frame, size_t len, uint64_t *seq);
+
+/* the bytes of a frame that kv_frame_seq() needs at most */
+#define KV_FRAME_SEQ_LEN  (KV_FRAME_HEADER + 1 + 10)
+
 
 /* kv_segment.c: logging and the segment files */
 void kv_log(const kv_host_t *host, int level, int err, const char *fmt, ...)
@@ -106,6 +119,13 @@ ssize_t kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
  * logs a failure; with fd -1 it opens path (read-only) for the purpose.
  */
 int kv_flush(kv_store_t *s, int fd, const char *path);
+
+/*
+ * Makes DIR/name hold exactly data, atomically and durably: written to
+ * name.tmp, flushed, renamed, the directory flushed.
+ */
+int kv_replace_file(kv_store_t *s, const char *name, const void *data,
+    size_t len);
 
 /* chowns fd (or path if fd is -1) to conf.owner_uid/gid, if they are set */
 int kv_chown(kv_store_t *s, int fd, const char *path);
@@ -159,15 +179,50 @@ int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
 
 
 /* kv_index.c, all called with the host lock held */
+
+/*
+ * Where a put's record goes in the index: e is the entry to fill; old is
+ * the key's current entry, if any, which e replaces when the expiry time
+ * changes the entry's size (else e == old); link points at old.
+ */
+typedef struct {
+    kv_entry_t     *e;
+    kv_entry_t     *old;
+    kv_ref_t       *link;
+} kv_slot_t;
+
 kv_entry_t *kv_index_find(const kv_host_t *host, kv_shared_t *sh,
     const uint8_t *key, size_t klen, kv_ref_t **link);
-kv_entry_t *kv_index_reserve(const kv_host_t *host, kv_shared_t *sh,
-    const uint8_t *key, size_t klen, int *fresh);
-void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e,
-    int fresh, uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type);
+
+/*
+ * Finds the key's entry, for a record with or without an expiry time, and
+ * allocates a new one if needed: KV_OK, or KV_ENOMEM with nothing changed.
+ * The caller passes the slot to kv_index_set() or kv_index_release().
+ */
+int kv_index_reserve(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, uint64_t expires_at_ms,
+    kv_slot_t *slot);
+void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
+    uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type,
+    uint64_t expires_at_ms);
+void kv_index_release(const kv_host_t *host, kv_shared_t *sh,
+    kv_slot_t *slot);
 void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);
 void kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
+
+/* the entry's expiry time (Unix ms), 0 if it has none */
+uint64_t kv_entry_expiry(const kv_entry_t *e);
+
+/* 1 if the entry's time ran out at now (Unix ms) */
+int kv_entry_expired(const kv_entry_t *e, uint64_t now);
+
+/* Drops an expired entry found through link, counting it as expired. */
+void kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e);
+
+/* host->now_ms(), or the system's wall clock */
+uint64_t kv_now_ms(const kv_host_t *host);
 
 /*
  * Applies the record at off of segment id to the index.  Replaying a
@@ -229,6 +284,19 @@ int kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last);
 
 
 /*
+ * kv_seq.c: the SEQ file holds a sequence number that no record written
+ * later may reuse.  Compaction writes it (tmp, flush, rename, flush) before
+ * it deletes records that may hold the store's newest sequence numbers
+ * (tombstones and expired records), so that a restart never hands out an
+ * ETag again.  kv_seq_load() raises sh->seq to it: KV_OK, also when there
+ * is no such file; a damaged one is logged and ignored (the segments then
+ * decide, as before the file existed).
+ */
+int kv_seq_save(kv_store_t *s, uint64_t seq);
+int kv_seq_load(kv_store_t *s);
+
+
+/*
  * kv_recover.c: takes the data directory lock (KV_ELOCKED if another process
  * holds it) into sh->lock_fd; kv_recover() calls it, and kvtool repair takes
  * the lock this way before it touches a store that recovery refuses.
@@ -247,6 +315,20 @@ static inline kv_ref_t
 kv_ref(const kv_host_t *host, const void *p)
 {
     return (kv_ref_t) (((const uint8_t *) p - host->base) / 8);
+}
+
+
+/* stores the n low bytes of v at p, little-endian; returns p + n */
+static inline uint8_t *
+kv_put_le(uint8_t *p, uint64_t v, int n)
+{
+    int  i;
+
+    for (i = 0; i < n; i++) {
+        *p++ = (uint8_t) (v >> (8 * i));
+    }
+
+    return p;
 }
 
 

@@ -434,6 +434,10 @@ kv_recover(kv_store_t *s)
         }
     }
 
+    if (rc == KV_OK) {
+        rc = kv_seq_load(s);
+    }
+
     clock_gettime(CLOCK_MONOTONIC, &t1);
     ms = (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000
                      + (t1.tv_nsec - t0.tv_nsec) / 1000000);

@@ -237,6 +237,62 @@ kv_flush(kv_store_t *s, int fd, const char *path)
 }
 
 
+int
+kv_replace_file(kv_store_t *s, const char *name, const void *data,
+    size_t len)
+{
+    int   fd, rc;
+    char  tmp[PATH_MAX + sizeof(KV_TMP_SUFFIX)], path[PATH_MAX];
+
+    snprintf(path, sizeof(path), "%s/%s", s->conf.dir, name);
+    snprintf(tmp, sizeof(tmp), "%s" KV_TMP_SUFFIX, path);
+
+    /* a process that died while writing may have left one */
+    if (unlink(tmp) == -1 && errno != ENOENT) {
+        kv_log(s->host, KV_LOG_ERR, errno, "unlink(\"%s\") failed", tmp);
+        return KV_EIO;
+    }
+
+    fd = kv_create_file(s, tmp, O_WRONLY);
+    if (fd == -1) {
+        if (errno == EEXIST) {
+            kv_log(s->host, KV_LOG_ERR, EEXIST, "creating \"%s\" failed",
+                   tmp);
+        }
+
+        return KV_EIO;
+    }
+
+    rc = KV_OK;
+
+    if (write(fd, data, len) != (ssize_t) len) {
+        kv_log(s->host, KV_LOG_ERR, errno, "writing %zu bytes to \"%s\" "
+               "failed", len, tmp);
+        rc = KV_EIO;
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_flush(s, fd, tmp);
+    }
+
+    close(fd);
+
+    if (rc == KV_OK && rename(tmp, path) == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") failed",
+               tmp, path);
+        rc = KV_EIO;
+    }
+
+    if (rc == KV_OK) {
+        return kv_flush(s, -1, s->conf.dir);
+    }
+
+    unlink(tmp);
+
+    return rc;
+}
+
+
 /* Accepts exactly ten digits followed by suffix; returns the id or 0. */
 uint32_t
 kv_file_id(const char *name, const char *suffix)

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv_internal.h"
@@ -302,81 +303,117 @@ int
 kv_put(kv_store_t *s, const uint8_t *key, size_t klen, const uint8_t *value,
     size_t vlen, unsigned type)
 {
-    int               rc, fresh;
-    char              kbuf[KV_KEY_STR_LEN];
-    uint32_t          flen;
-    uint64_t          loc;
-    kv_entry_t       *e;
-    kv_record_t       rec;
-    kv_shared_t      *sh;
-    const kv_host_t  *host;
+    kv_write_t  w;
 
-    sh = s->sh;
-    host = s->host;
+    memset(&w, 0, sizeof(w));
+    w.value = value;
+    w.vlen = vlen;
+    w.type = type;
 
-    host->lock(host->ctx);
-
-    rc = kv_check_open(s);
-    if (rc != KV_OK) {
-        goto done;
-    }
-
-    if (klen == 0 || klen > sh->max_key || vlen > sh->max_value
-        || (type != KV_TYPE_OCTET && type != KV_TYPE_JSON))
-    {
-        kv_log(host, KV_LOG_INFO, 0, "rejected a put of key \"%s\" (%zu "
-               "bytes, max %u) with a value of %zu bytes (max %u), type %u",
-               kv_key_str(key, klen, kbuf), klen, sh->max_key, vlen,
-               sh->max_value, type);
-        rc = KV_EINVAL;
-        goto done;
-    }
-
-    /* allocate first: on a full index nothing must reach the log */
-    e = kv_index_reserve(host, sh, key, klen, &fresh);
-    if (e == NULL) {
-        kv_log(host, KV_LOG_WARN, 0, "the index is full: cannot add key "
-               "\"%s\" to the store in \"%s\"", kv_key_str(key, klen, kbuf),
-               s->conf.dir);
-        rc = KV_ENOMEM;
-        goto done;
-    }
-
-    memset(&rec, 0, sizeof(rec));
-    rec.seq = sh->seq + 1;
-    rec.key = key;
-    rec.klen = klen;
-    rec.value = value;
-    rec.vlen = vlen;
-    rec.type = type;
-
-    rc = kv_append(s, &rec, &loc, &flen);
-    if (rc != KV_OK) {
-        if (fresh) {
-            kv_entry_free(host, sh, e);
-        }
-
-        goto done;
-    }
-
-    kv_index_set(host, sh, e, fresh, loc, flen, (uint32_t) vlen, type);
-    sh->stats.puts++;
-
-done:
-
-    host->unlock(host->ctx);
-
-    return rc;
+    return kv_write(s, key, klen, &w);
 }
 
 
 int
 kv_delete(kv_store_t *s, const uint8_t *key, size_t klen)
 {
+    kv_write_t  w;
+
+    memset(&w, 0, sizeof(w));
+    w.tombstone = 1;
+
+    return kv_write(s, key, klen, &w);
+}
+
+
+/*
+ * The sequence number of the record e points at, read from the frame's
+ * first bytes; called locked, for a condition that names ETags only.
+ */
+static int
+kv_entry_seq(kv_store_t *s, const kv_entry_t *e, uint64_t *seq)
+{
+    int       rc;
+    kv_loc_t  loc;
+
+    loc.segment = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+    loc.offset = e->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
+    loc.flen = e->flen;
+
+    rc = kv_read_seq(s, &loc);
+    *seq = loc.seq;
+
+    return rc;
+}
+
+
+static int
+kv_cond_lists(const kv_cond_t *c, uint64_t seq)
+{
+    uint32_t  i;
+
+    for (i = 0; i < c->n; i++) {
+        if (c->seqs[i] == seq) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Evaluates If-Match, then If-None-Match, against the key's entry e (NULL:
+ * absent), as RFC 9110 orders them: KV_OK or KV_EPRECOND.
+ */
+static int
+kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_write_t *w)
+{
+    int       rc;
+    uint64_t  seq;
+
+    seq = 0;
+
+    if (e != NULL
+        && ((w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
+            || (w->if_none_match.n != 0
+                && w->if_none_match.n != KV_COND_ANY)))
+    {
+        rc = kv_entry_seq(s, e, &seq);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
+    if (w->if_match.n != 0
+        && (e == NULL
+            || (w->if_match.n != KV_COND_ANY
+                && !kv_cond_lists(&w->if_match, seq))))
+    {
+        return KV_EPRECOND;
+    }
+
+    if (w->if_none_match.n != 0
+        && e != NULL
+        && (w->if_none_match.n == KV_COND_ANY
+            || kv_cond_lists(&w->if_none_match, seq)))
+    {
+        return KV_EPRECOND;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
+{
     int               rc;
+    char              kbuf[KV_KEY_STR_LEN];
     uint32_t          flen;
     uint64_t          loc;
     kv_ref_t         *link;
+    kv_slot_t         slot;
     kv_entry_t       *e;
     kv_record_t       rec;
     kv_shared_t      *sh;
@@ -384,6 +421,7 @@ kv_delete(kv_store_t *s, const uint8_t *key, size_t klen)
 
     sh = s->sh;
     host = s->host;
+    slot.e = NULL;
 
     host->lock(host->ctx);
 
@@ -392,26 +430,82 @@ kv_delete(kv_store_t *s, const uint8_t *key, size_t klen)
         goto done;
     }
 
+    if (!w->tombstone
+        && (klen == 0 || klen > sh->max_key || w->vlen > sh->max_value
+            || (w->type != KV_TYPE_OCTET && w->type != KV_TYPE_JSON)))
+    {
+        kv_log(host, KV_LOG_INFO, 0, "rejected a put of key \"%s\" (%zu "
+               "bytes, max %u) with a value of %zu bytes (max %u), type %u",
+               kv_key_str(key, klen, kbuf), klen, sh->max_key, w->vlen,
+               sh->max_value, w->type);
+        rc = KV_EINVAL;
+        goto done;
+    }
+
     e = kv_index_find(host, sh, key, klen, &link);
-    if (e == NULL) {
+
+    if (e != NULL && kv_entry_expired(e, kv_now_ms(host))) {
+        kv_index_expire(host, sh, link, e);
+        e = NULL;
+    }
+
+    if (e == NULL && w->tombstone) {
         rc = KV_NOTFOUND;
         goto done;
+    }
+
+    rc = kv_cond_check(s, e, w);
+    if (rc != KV_OK) {
+        sh->stats.precond_failed += (rc == KV_EPRECOND);
+        goto done;
+    }
+
+    /* allocate first: on a full index nothing must reach the log */
+    if (!w->tombstone) {
+        rc = kv_index_reserve(host, sh, key, klen, w->expires_at_ms, &slot);
+        if (rc != KV_OK) {
+            kv_log(host, KV_LOG_WARN, 0, "the index is full: cannot add key "
+                   "\"%s\" to the store in \"%s\"",
+                   kv_key_str(key, klen, kbuf), s->conf.dir);
+            goto done;
+        }
     }
 
     memset(&rec, 0, sizeof(rec));
     rec.seq = sh->seq + 1;
     rec.key = key;
     rec.klen = klen;
-    rec.tombstone = 1;
+    rec.tombstone = w->tombstone;
+
+    if (!w->tombstone) {
+        rec.value = w->value;
+        rec.vlen = w->vlen;
+        rec.type = w->type;
+        rec.expires_at_ms = w->expires_at_ms;
+    }
 
     rc = kv_append(s, &rec, &loc, &flen);
+
     if (rc != KV_OK) {
+        if (slot.e != NULL) {
+            kv_index_release(host, sh, &slot);
+        }
+
         goto done;
     }
 
-    kv_index_remove(host, sh, link, e);
-    sh->stats.dead_bytes += flen;
-    sh->stats.deletes++;
+    w->seq = rec.seq;
+
+    if (w->tombstone) {
+        kv_index_remove(host, sh, link, e);
+        sh->stats.dead_bytes += flen;
+        sh->stats.deletes++;
+
+    } else {
+        kv_index_set(host, sh, &slot, loc, flen, (uint32_t) w->vlen, w->type,
+                     w->expires_at_ms);
+        sh->stats.puts++;
+    }
 
 done:
 
@@ -425,6 +519,7 @@ int
 kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
 {
     int               rc;
+    kv_ref_t         *link;
     kv_entry_t       *e;
     const kv_host_t  *host;
 
@@ -437,7 +532,13 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
         goto done;
     }
 
-    e = kv_index_find(host, s->sh, key, klen, NULL);
+    e = kv_index_find(host, s->sh, key, klen, &link);
+
+    if (e != NULL && kv_entry_expired(e, kv_now_ms(host))) {
+        kv_index_expire(host, s->sh, link, e);
+        e = NULL;
+    }
+
     if (e == NULL) {
         rc = KV_NOTFOUND;
         goto done;
@@ -448,6 +549,8 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
     loc->flen = e->flen;
     loc->vlen = e->vlen;
     loc->type = e->type;
+    loc->expires_at_ms = kv_entry_expiry(e);
+    loc->seq = 0;
 
 done:
 
@@ -457,24 +560,18 @@ done:
 }
 
 
-int
-kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
+/*
+ * Reads len bytes of the frame at loc into buf: KV_OK, KV_ESTALE if
+ * compaction deleted the segment, KV_EIO.
+ */
+static int
+kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len,
+    ssize_t *n)
 {
-    int      fd, err;
-    char     path[PATH_MAX];
-    ssize_t  n;
+    int   fd, err;
+    char  path[PATH_MAX];
 
     /* the path is formatted for error messages only: this is every GET */
-
-    if (loc->flen <= KV_FRAME_HEADER || loc->flen > KV_FRAME_MAX
-        || loc->vlen > loc->flen - KV_FRAME_HEADER)
-    {
-        kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, 0, "bad location in \"%s\": offset "
-               "%" PRIu64 ", frame of %u bytes, value of %u bytes", path,
-               loc->offset, loc->flen, loc->vlen);
-        return KV_EINVAL;
-    }
 
     fd = kv_segment_fd(s, loc->segment);
 
@@ -486,21 +583,76 @@ kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf)
         return KV_ESTALE;
     }
 
-    n = fd != -1 ? kv_pread_full(fd, buf, loc->flen, loc->offset) : -1;
+    *n = fd != -1 ? kv_pread_full(fd, buf, len, loc->offset) : -1;
 
-    if (n == -1) {
+    if (*n == -1) {
         err = errno;
         kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, err, "reading %u bytes from \"%s\" at "
-               "offset %" PRIu64 " failed", loc->flen, path, loc->offset);
+        kv_log(s->host, KV_LOG_ERR, err, "reading %zu bytes from \"%s\" at "
+               "offset %" PRIu64 " failed", len, path, loc->offset);
         return KV_EIO;
     }
 
-    if ((size_t) n != loc->flen || kv_frame_verify(buf, loc->flen) != KV_OK) {
+    return KV_OK;
+}
+
+
+int
+kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf)
+{
+    int      rc;
+    char     path[PATH_MAX];
+    ssize_t  n;
+
+    if (loc->flen <= KV_FRAME_HEADER || loc->flen > KV_FRAME_MAX
+        || loc->vlen > loc->flen - KV_FRAME_HEADER)
+    {
+        kv_segment_path(s, loc->segment, path);
+        kv_log(s->host, KV_LOG_ERR, 0, "bad location in \"%s\": offset "
+               "%" PRIu64 ", frame of %u bytes, value of %u bytes", path,
+               loc->offset, loc->flen, loc->vlen);
+        return KV_EINVAL;
+    }
+
+    rc = kv_pread_frame(s, loc, buf, loc->flen, &n);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if ((size_t) n != loc->flen || kv_frame_verify(buf, loc->flen) != KV_OK
+        || kv_frame_seq(buf, loc->flen, &loc->seq) != KV_OK)
+    {
         kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
                "%" PRIu64 ": %zd of %u bytes read, checksum or length "
                "mismatch", path, loc->offset, n, loc->flen);
+        return KV_ECORRUPT;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_read_seq(kv_store_t *s, kv_loc_t *loc)
+{
+    int      rc;
+    char     path[PATH_MAX];
+    size_t   len;
+    ssize_t  n;
+    uint8_t  buf[KV_FRAME_SEQ_LEN];
+
+    len = loc->flen < sizeof(buf) ? loc->flen : sizeof(buf);
+
+    rc = kv_pread_frame(s, loc, buf, len, &n);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (kv_frame_seq(buf, (size_t) n, &loc->seq) != KV_OK) {
+        kv_segment_path(s, loc->segment, path);
+        kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
+               "%" PRIu64 ": no sequence number", path, loc->offset);
         return KV_ECORRUPT;
     }
 
@@ -563,6 +715,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     uint32_t          id, last;
     uint64_t          from, target;
     kv_shared_t      *sh;
+    struct timespec   t0, t1;
     const kv_host_t  *host;
 
     sh = s->sh;
@@ -606,6 +759,8 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     last = (uint32_t) (target >> KV_LOC_OFFSET_BITS);
     failed = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
 
     for (id = (uint32_t) (from >> KV_LOC_OFFSET_BITS); id <= last; id++) {
         fd = kv_segment_fd(s, id);
@@ -651,6 +806,11 @@ kv_sync(kv_store_t *s, uint64_t *durable)
         }
 
         sh->stats.fsyncs++;
+
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        kv_hist_add(&sh->stats.fsync_latency,
+                    (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000000
+                                + (t1.tv_nsec - t0.tv_nsec) / 1000));
     }
 
     *durable = sh->synced;
@@ -711,6 +871,21 @@ kv_stats(kv_store_t *s, kv_stats_t *stats)
 }
 
 
+void
+kv_hist_add(kv_hist_t *h, uint64_t us)
+{
+    int                    i;
+    static const uint64_t  bounds[KV_HIST_N] = KV_HIST_BOUNDS_US;
+
+    for (i = 0; i < KV_HIST_N && us > bounds[i]; i++) {
+        /* void */
+    }
+
+    __atomic_fetch_add(&h->count[i], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&h->sum_us, us, __ATOMIC_RELAXED);
+}
+
+
 const char *
 kv_strerror(int rc)
 {
@@ -739,6 +914,8 @@ kv_strerror(int rc)
         return "the record moved";
     case KV_ECANCELED:
         return "the compaction was cancelled";
+    case KV_EPRECOND:
+        return "the key's current ETag does not satisfy the condition";
     default:
         return "unknown error";
     }

@@ -42,6 +42,7 @@
 #define KV_ESTALE     -10    /* the record moved (compaction): look it up
                                 again */
 #define KV_ECANCELED  -11    /* kv_compact_cancel() stopped a compaction */
+#define KV_EPRECOND   -12    /* a condition of kv_write() does not hold */
 
 /* log levels, mapped by the host onto its own */
 #define KV_LOG_ERR     1
@@ -75,6 +76,8 @@
 #define KV_SEGMENT_FMT   "%010u.kvlog"     /* ids from 1, in write order */
 #define KV_HINT_FMT      "%010u.kvhint"    /* index of an immutable segment */
 #define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
+#define KV_SEQ_FILE      "SEQ"             /* no sequence number at or below
+                                              it is ever written again */
 #define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
 
 /*
@@ -135,6 +138,12 @@ typedef struct {
      * stopping process does not wait for a whole compaction.
      */
     int      (*stopping)(void *ctx);
+
+    /*
+     * Optional (NULL: CLOCK_REALTIME): the wall-clock time in ms since the
+     * Unix epoch, against which expiry times are compared.
+     */
+    uint64_t (*now_ms)(void *ctx);
 } kv_host_t;
 
 
@@ -145,8 +154,9 @@ typedef struct {
     uint32_t  vlen;      /* value length: the frame's last vlen bytes */
     uint16_t  klen;
     uint8_t   type;      /* KV_TYPE_* */
-    uint8_t   reserved;
-    uint8_t   key[];
+    uint8_t   flags;     /* KV_ENTRY_* of kv_internal.h */
+    uint8_t   key[];     /* then, with KV_ENTRY_EXPIRES, the expiry time
+                            at the next 8-byte boundary */
 } kv_entry_t;
 
 
@@ -156,7 +166,25 @@ typedef struct {
     uint32_t  flen;
     uint32_t  vlen;
     uint8_t   type;
+    uint64_t  expires_at_ms;   /* Unix time in ms; 0: never */
+    uint64_t  seq;             /* the record's sequence number: set by
+                                  kv_read() and kv_read_seq() */
 } kv_loc_t;
+
+
+/*
+ * A latency histogram: count[i] counts the samples of at most
+ * KV_HIST_BOUNDS_US[i] microseconds (not cumulative), count[KV_HIST_N]
+ * the slower ones.  kv_hist_add() updates it atomically.
+ */
+#define KV_HIST_N           14
+#define KV_HIST_BOUNDS_US   { 50, 100, 250, 500, 1000, 2500, 5000, 10000,     \
+                              25000, 50000, 100000, 250000, 500000, 1000000 }
+
+typedef struct {
+    uint64_t  count[KV_HIST_N + 1];
+    uint64_t  sum_us;
+} kv_hist_t;
 
 
 typedef struct {
@@ -173,6 +201,10 @@ typedef struct {
     uint64_t  compactions;     /* completed */
     uint64_t  reclaimed_bytes; /* by compactions */
     uint64_t  recovery_ms;     /* duration of the last recovery */
+    uint64_t  expired;         /* keys dropped because their time ran out */
+    uint64_t  expiring;        /* keys that have an expiry time */
+    uint64_t  precond_failed;  /* writes refused by their conditions */
+    kv_hist_t fsync_latency;   /* of kv_sync()'s flushes */
     uint32_t  recovery_hints;  /* segments it loaded from hint files */
     uint32_t  recovery_scans;  /* segments it scanned */
 
@@ -209,6 +241,7 @@ typedef struct {
     int32_t     compactor;     /* pid running a compaction, or 0 */
     uint32_t    compact_owed;  /* kv_compact_request() with no compaction
                                   completed since */
+    uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
@@ -304,7 +337,46 @@ int kv_put(kv_store_t *s, const uint8_t *key, size_t klen,
 /* Appends a tombstone and drops the key.  KV_NOTFOUND if it was absent. */
 int kv_delete(kv_store_t *s, const uint8_t *key, size_t klen);
 
-/* Looks up where the key's newest value lives. */
+
+/*
+ * The sequence numbers of an HTTP If-Match or If-None-Match: n of them,
+ * or KV_COND_ANY for "*" (the key exists); n 0: no condition.
+ */
+#define KV_COND_ANY  UINT32_MAX
+
+typedef struct {
+    uint32_t          n;
+    const uint64_t   *seqs;
+} kv_cond_t;
+
+
+typedef struct {
+    const uint8_t    *value;
+    size_t            vlen;
+    unsigned          type;          /* KV_TYPE_* */
+    unsigned          tombstone;     /* a delete: value, type, expiry
+                                        unused */
+    uint64_t          expires_at_ms; /* Unix time in ms; 0: never */
+    kv_cond_t         if_match;      /* the key's current record is one of
+                                        these */
+    kv_cond_t         if_none_match; /* ... and none of these */
+    uint64_t          seq;           /* set: the sequence number written */
+} kv_write_t;
+
+/*
+ * kv_put() and kv_delete() with an expiry time and conditions, which are
+ * checked under the same hold of the store lock as the append: of two
+ * writers racing with the same If-Match, one gets KV_EPRECOND.  An expired
+ * key is absent.  A delete of an absent key is KV_NOTFOUND whatever its
+ * conditions (as HTTP ignores preconditions of a request that would fail
+ * without them).
+ */
+int kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w);
+
+/*
+ * Looks up where the key's newest value lives.  An expired key is
+ * KV_NOTFOUND, and its entry is dropped.
+ */
 int kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc);
 
 /*
@@ -312,7 +384,24 @@ int kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc);
  * checksum; the value is then buf + loc->flen - loc->vlen.  Lock-free:
  * a record never changes once written.
  */
-int kv_read(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf);
+int kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf);
+
+/*
+ * Sets loc->seq from the first bytes of the frame at loc, for a caller
+ * that needs the record's sequence number but not its value (HEAD).
+ */
+int kv_read_seq(kv_store_t *s, kv_loc_t *loc);
+
+/*
+ * Drops expired keys from a part of the index (about 1/16 of the buckets
+ * per call, holding the lock for a few thousand buckets at a time), so
+ * that keys nobody reads again still leave memory and count as dead data.
+ * Returns how many it dropped.  Cheap when no key has an expiry.
+ */
+uint64_t kv_expire(kv_store_t *s);
+
+/* Adds a sample of us microseconds to h, atomically. */
+void kv_hist_add(kv_hist_t *h, uint64_t us);
 
 /*
  * Makes every record appended so far durable: flushes each segment from

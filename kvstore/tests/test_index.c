@@ -26,20 +26,20 @@ index_open(index_t *x, size_t zone_size, uint32_t nbuckets)
 static int
 index_set(index_t *x, const void *key, size_t klen, uint32_t n)
 {
-    int          fresh;
-    kv_entry_t  *e;
+    int        rc;
+    kv_slot_t  slot;
 
     x->t.host.lock(x->t.host.ctx);
 
-    e = kv_index_reserve(&x->t.host, x->sh, key, klen, &fresh);
-    if (e != NULL) {
-        kv_index_set(&x->t.host, x->sh, e, fresh, KV_LOC(1, n), 100 + n, n,
-                     KV_TYPE_OCTET);
+    rc = kv_index_reserve(&x->t.host, x->sh, key, klen, 0, &slot);
+    if (rc == KV_OK) {
+        kv_index_set(&x->t.host, x->sh, &slot, KV_LOC(1, n), 100 + n, n,
+                     KV_TYPE_OCTET, 0);
     }
 
     x->t.host.unlock(x->t.host.ctx);
 
-    return e != NULL ? KV_OK : KV_ENOMEM;
+    return rc;
 }
 
 

@@ -16,6 +16,19 @@ int   kv_test_log_count[KV_LOG_INFO + 1];
 
 int  (*kv_test_sync)(void *ctx, int fd, const char *path);
 
+uint64_t  kv_test_now;
+
+
+static uint64_t
+kv_test_clock(void *ctx)
+{
+    static const kv_host_t  wall;     /* no now_ms: the system's clock */
+
+    (void) ctx;
+
+    return kv_test_now != 0 ? kv_test_now : kv_now_ms(&wall);
+}
+
 
 static void
 kv_test_log(void *ctx, int level, int err, const char *msg)
@@ -86,6 +99,7 @@ kv_test_host(kv_test_store_t *t, size_t zone_size)
     kv_arena_host(t->arena, &t->host);
     t->host.log = kv_test_log;
     t->host.sync = kv_test_sync;
+    t->host.now_ms = kv_test_clock;
 }
 
 

@@ -36,6 +36,9 @@ void kv_test_log_reset(void);
 /* host->sync of the hosts kv_test_host() makes from now on (NULL: none) */
 extern int  (*kv_test_sync)(void *ctx, int fd, const char *path);
 
+/* the clock (Unix ms) of the hosts kv_test_host() makes; 0: the real one */
+extern uint64_t  kv_test_now;
+
 /* A fresh directory under $TMPDIR (or /tmp) into dir[PATH_MAX]. */
 void kv_test_mkdtemp(char *dir);
 
