@@ -2,9 +2,11 @@
 /*
  * ngx_http_kv_module: the content handlers.  In a kv location, the key is
  * the rest of the path after the location's prefix: GET and HEAD read it,
- * POST and PUT write it, DELETE removes it.  Also the kv_health, kv_ready,
- * kv_status and kv_compact locations, and the body filter that bounds
- * chunked bodies.
+ * POST and PUT write it, DELETE removes it.  Writes may carry a TTL
+ * (X-KV-TTL or ?ttl=) and, like reads, If-Match / If-None-Match on the
+ * ETag, which is the record's sequence number.  Also the kv_health,
+ * kv_ready, kv_status and kv_compact locations, and the body filter that
+ * bounds chunked bodies.
  */
 
 
@@ -20,10 +22,13 @@
 /* a GET retries when a compaction moved the record under it */
 #define NGX_HTTP_KV_READ_TRIES  3
 
+/* the largest TTL, in seconds: about 68 years */
+#define NGX_HTTP_KV_MAX_TTL     2147483647
+
 
 typedef struct {
     ngx_str_t                key;
-    unsigned                 type;        /* KV_TYPE_* of the body */
+    kv_write_t               write;       /* type, expiry, conditions */
     unsigned                 too_large:1; /* a chunked body over max_value */
 } ngx_http_kv_ctx_t;
 
@@ -41,6 +46,15 @@ static ngx_int_t ngx_http_kv_parse_key(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_str_t *key, const char **err);
 static ngx_int_t ngx_http_kv_parse_type(ngx_http_request_t *r,
     unsigned *type);
+static ngx_int_t ngx_http_kv_parse_ttl(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, uint64_t *expires, const char **err);
+static ngx_int_t ngx_http_kv_parse_conds(ngx_http_request_t *r,
+    kv_write_t *w, const char **err);
+static ngx_int_t ngx_http_kv_parse_etags(ngx_http_request_t *r,
+    ngx_table_elt_t *h, ngx_uint_t weak, kv_cond_t *cond);
+static ngx_int_t ngx_http_kv_written(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key, kv_write_t *w,
+    ngx_uint_t status);
 static ngx_int_t ngx_http_kv_want_json(ngx_http_request_t *r,
     ngx_uint_t *json);
 static ngx_uint_t ngx_http_kv_is_json(u_char *data, size_t len);
@@ -111,15 +125,69 @@ ngx_http_kv_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * Reads the key's value into the pool (only the sequence number if value
+ * is NULL), looking it up again if a compaction moved it meanwhile.
+ * NGX_OK; NGX_DECLINED with the store's *rc; NGX_ABORT if the value is
+ * longer than max (0: no limit), with loc set; NGX_ERROR if out of memory.
+ */
+
+ngx_int_t
+ngx_http_kv_fetch(ngx_http_kv_zone_t *zone, ngx_pool_t *pool, ngx_str_t *key,
+    kv_loc_t *loc, u_char **value, size_t max, int *rc)
+{
+    u_char      *frame;
+    ngx_uint_t   tries;
+
+    tries = NGX_HTTP_KV_READ_TRIES;
+
+    do {
+        *rc = kv_lookup(&zone->store, key->data, key->len, loc);
+        if (*rc != KV_OK) {
+            return NGX_DECLINED;
+        }
+
+        if (value == NULL) {
+            *rc = kv_read_seq(&zone->store, loc);
+            continue;
+        }
+
+        if (max != 0 && loc->vlen > max) {
+            return NGX_ABORT;
+        }
+
+        frame = ngx_pnalloc(pool, loc->flen);
+        if (frame == NULL) {
+            return NGX_ERROR;
+        }
+
+        *rc = kv_read(&zone->store, loc, frame);
+        *value = frame + loc->flen - loc->vlen;
+
+    } while (*rc == KV_ESTALE && --tries);
+
+    return *rc == KV_OK ? NGX_OK : NGX_DECLINED;
+}
+
+
+/*
+ * GET and HEAD.  The ETag is the record's sequence number; If-Match
+ * (strong comparison) and If-None-Match (weak) are decided here, so
+ * nginx's not_modified filter, which knows no better ETag, stays out
+ * (ngx_http_kv_send()).  A missing key is 404 whatever the conditions.
+ */
+
 static ngx_int_t
 ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     ngx_str_t *key)
 {
     int          rc;
-    u_char      *frame, *value;
+    u_char      *value;
     ngx_int_t    status;
-    ngx_uint_t   json, tries;
+    ngx_uint_t   json, head;
     kv_loc_t     loc;
+    kv_write_t   conds;
+    const char  *err;
 
     status = ngx_http_kv_want_json(r, &json);
     if (status != NGX_OK) {
@@ -127,39 +195,29 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
                                       "unsupported format, use format=json");
     }
 
-    tries = NGX_HTTP_KV_READ_TRIES;
+    ngx_memzero(&conds, sizeof(kv_write_t));
 
-    do {
-        rc = kv_lookup(&zone->store, key->data, key->len, &loc);
-        if (rc != KV_OK) {
-            return ngx_http_kv_store_error(r, rc);
-        }
-
-        /* HEAD needs the value only to check it is JSON */
-
-        if (r->method == NGX_HTTP_HEAD
-            && !(json && loc.type != KV_TYPE_JSON))
-        {
-            return ngx_http_kv_send(r, NGX_HTTP_OK,
-                                    &ngx_http_kv_types[json ? KV_TYPE_JSON
-                                                            : loc.type],
-                                    NULL, loc.vlen);
-        }
-
-        frame = ngx_pnalloc(r->pool, loc.flen);
-        if (frame == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        rc = kv_read(&zone->store, &loc, frame);
-
-    } while (rc == KV_ESTALE && --tries);
-
-    if (rc != KV_OK) {
-        return ngx_http_kv_store_error(r, rc);
+    if (ngx_http_kv_parse_conds(r, &conds, &err) != NGX_OK) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_BAD_REQUEST, err);
     }
 
-    value = frame + loc.flen - loc.vlen;
+    /* HEAD needs the value only to check it is JSON */
+
+    head = (r->method == NGX_HTTP_HEAD);
+    value = NULL;
+
+    switch (ngx_http_kv_fetch(zone, r->pool, key, &loc,
+                              (head && !json) ? NULL : &value, 0, &rc))
+    {
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return ngx_http_kv_store_error(r, rc);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (json && loc.type != KV_TYPE_JSON) {
         if (!ngx_http_kv_is_json(value, loc.vlen)) {
@@ -170,8 +228,27 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
         loc.type = KV_TYPE_JSON;
     }
 
+    if (ngx_http_kv_set_etag(r, loc.seq) != NGX_OK
+        || ngx_http_kv_set_expires(r, loc.expires_at_ms) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (conds.if_match.n && !kv_cond_holds(&conds.if_match, loc.seq))
+    {
+        return ngx_http_kv_send_error(r, NGX_HTTP_PRECONDITION_FAILED,
+                                      "the key's ETag does not match "
+                                      "If-Match");
+    }
+
+    if (conds.if_none_match.n
+        && kv_cond_holds(&conds.if_none_match, loc.seq))
+    {
+        return ngx_http_kv_send(r, NGX_HTTP_NOT_MODIFIED, NULL, NULL, 0);
+    }
+
     return ngx_http_kv_send(r, NGX_HTTP_OK, &ngx_http_kv_types[loc.type],
-                            value, loc.vlen);
+                            head ? NULL : value, loc.vlen);
 }
 
 
@@ -179,14 +256,54 @@ static ngx_int_t
 ngx_http_kv_delete(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     ngx_str_t *key)
 {
-    int  rc;
+    kv_write_t   w;
+    const char  *err;
 
-    rc = kv_delete(&zone->store, key->data, key->len);
+    ngx_memzero(&w, sizeof(kv_write_t));
+    w.tombstone = 1;
+
+    if (ngx_http_kv_parse_conds(r, &w, &err) != NGX_OK) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_BAD_REQUEST, err);
+    }
+
+    return ngx_http_kv_written(r, zone, key, &w, NGX_HTTP_OK);
+}
+
+
+/*
+ * Makes the write w of the request's key and answers: at once on
+ * failure, else through ngx_http_kv_write_done(), with the new ETag.
+ */
+
+static ngx_int_t
+ngx_http_kv_written(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key, kv_write_t *w, ngx_uint_t status)
+{
+    int       rc;
+    uint64_t  start;
+
+    start = ngx_http_kv_now_us();
+
+    rc = kv_write(&zone->store, key->data, key->len, w);
+
+    if (rc == KV_EPRECOND) {
+        return ngx_http_kv_send_error(r, NGX_HTTP_PRECONDITION_FAILED,
+                                      "the key's ETag does not satisfy "
+                                      "If-Match or If-None-Match");
+    }
+
     if (rc != KV_OK) {
         return ngx_http_kv_store_error(r, rc);
     }
 
-    return ngx_http_kv_write_done(r, zone, NGX_HTTP_OK);
+    if (ngx_http_kv_set_etag(r, w->seq) != NGX_OK
+        || ngx_http_kv_set_expires(r, w->tombstone ? 0 : w->expires_at_ms)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_kv_write_done(r, zone, status, start);
 }
 
 
@@ -194,7 +311,8 @@ static ngx_int_t
 ngx_http_kv_put(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     ngx_str_t *key)
 {
-    ngx_int_t           rc;
+    ngx_int_t           rc, status;
+    const char         *err;
     ngx_http_kv_ctx_t  *ctx;
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kv_ctx_t));
@@ -203,20 +321,21 @@ ngx_http_kv_put(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     }
 
     ctx->key = *key;
+    status = NGX_OK;
 
-    if (ngx_http_kv_parse_type(r, &ctx->type) != NGX_OK) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
+    if (ngx_http_kv_parse_type(r, &ctx->write.type) != NGX_OK) {
+        status = NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
+        err = "Content-Type must be application/octet-stream or "
+              "application/json";
 
-        return ngx_http_kv_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
-                                      "Content-Type must be "
-                                      "application/octet-stream or "
-                                      "application/json");
-    }
+    } else if (ngx_http_kv_parse_ttl(r, zone, &ctx->write.expires_at_ms,
+                                     &err)
+               != NGX_OK
+               || ngx_http_kv_parse_conds(r, &ctx->write, &err) != NGX_OK)
+    {
+        status = NGX_HTTP_BAD_REQUEST;
 
-    if (r->headers_in.content_length_n > (off_t) zone->max_value) {
+    } else if (r->headers_in.content_length_n > (off_t) zone->max_value) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "kv: client intended to send a %O-byte value, "
                       "max_value of kv_zone \"%V\" is %uz",
@@ -224,14 +343,17 @@ ngx_http_kv_put(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
                       zone->max_value);
 
         r->expect_tested = 1;
+        status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        err = "the value is larger than max_value";
+    }
 
+    if (status != NGX_OK) {
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
         }
 
-        return ngx_http_kv_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                      "the value is larger than max_value");
+        return ngx_http_kv_send_error(r, status, err);
     }
 
     ngx_http_set_ctx(r, ctx, ngx_http_kv_module);
@@ -249,7 +371,6 @@ ngx_http_kv_put(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 static void
 ngx_http_kv_put_body(ngx_http_request_t *r)
 {
-    int                      rc;
     ngx_int_t                status;
     ngx_str_t                value;
     ngx_http_kv_ctx_t       *ctx;
@@ -274,8 +395,8 @@ ngx_http_kv_put_body(ngx_http_request_t *r)
         return;
     }
 
-    if (ctx->type == KV_TYPE_JSON && !ngx_http_kv_is_json(value.data,
-                                                          value.len))
+    if (ctx->write.type == KV_TYPE_JSON
+        && !ngx_http_kv_is_json(value.data, value.len))
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "kv: the body for a JSON key is not valid JSON");
@@ -286,16 +407,12 @@ ngx_http_kv_put_body(ngx_http_request_t *r)
         return;
     }
 
-    rc = kv_put(&zone->store, ctx->key.data, ctx->key.len, value.data,
-                value.len, ctx->type);
+    ctx->write.value = value.data;
+    ctx->write.vlen = value.len;
 
-    if (rc != KV_OK) {
-        ngx_http_finalize_request(r, ngx_http_kv_store_error(r, rc));
-        return;
-    }
-
-    ngx_http_finalize_request(r, ngx_http_kv_write_done(r, zone,
-                                                        NGX_HTTP_CREATED));
+    ngx_http_finalize_request(r, ngx_http_kv_written(r, zone, &ctx->key,
+                                                     &ctx->write,
+                                                     NGX_HTTP_CREATED));
 }
 
 
@@ -508,6 +625,215 @@ ngx_http_kv_parse_type(ngx_http_request_t *r, unsigned *type)
 }
 
 
+/*
+ * The TTL of a write, in seconds, from X-KV-TTL or ?ttl= (not both), else
+ * the zone's default_ttl: *expires is the absolute time (0: never).
+ */
+
+static ngx_int_t
+ngx_http_kv_parse_ttl(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    uint64_t *expires, const char **err)
+{
+    ngx_int_t         ttl;
+    ngx_str_t         arg, *s;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    s = NULL;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-KV-TTL") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-KV-TTL",
+                               sizeof("X-KV-TTL") - 1) == 0)
+        {
+            if (s != NULL) {
+                *err = "the TTL is given twice";
+                return NGX_ERROR;
+            }
+
+            s = &h[i].value;
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "ttl", 3, &arg) == NGX_OK) {
+        if (s != NULL) {
+            *err = "the TTL is given twice";
+            return NGX_ERROR;
+        }
+
+        s = &arg;
+    }
+
+    if (s == NULL) {
+        *expires = zone->default_ttl
+                   ? ngx_http_kv_now_ms() + (uint64_t) zone->default_ttl * 1000
+                   : 0;
+        return NGX_OK;
+    }
+
+    ttl = ngx_atoi(s->data, s->len);
+
+    if (ttl == NGX_ERROR || ttl == 0 || ttl > NGX_HTTP_KV_MAX_TTL) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "kv: bad TTL \"%V\"", s);
+
+        *err = "the TTL must be a whole number of seconds from 1 to "
+               "2147483647";
+        return NGX_ERROR;
+    }
+
+    *expires = ngx_http_kv_now_ms() + (uint64_t) ttl * 1000;
+
+    return NGX_OK;
+}
+
+
+/* If-Match and If-None-Match into w's conditions */
+
+static ngx_int_t
+ngx_http_kv_parse_conds(ngx_http_request_t *r, kv_write_t *w,
+    const char **err)
+{
+    if (r->headers_in.if_match
+        && ngx_http_kv_parse_etags(r, r->headers_in.if_match, 0,
+                                   &w->if_match)
+           != NGX_OK)
+    {
+        *err = "bad If-Match header";
+        return NGX_ERROR;
+    }
+
+    if (r->headers_in.if_none_match
+        && ngx_http_kv_parse_etags(r, r->headers_in.if_none_match, 1,
+                                   &w->if_none_match)
+           != NGX_OK)
+    {
+        *err = "bad If-None-Match header";
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * "*", or a list of entity tags: those of the form "<sequence>" (W/ ones
+ * too for a weak comparison) become the condition's sequence numbers;
+ * others can never match.  A list of none of ours becomes {0}, which no
+ * record has.
+ */
+
+static ngx_int_t
+ngx_http_kv_parse_etags(ngx_http_request_t *r, ngx_table_elt_t *h,
+    ngx_uint_t weak, kv_cond_t *cond)
+{
+    u_char      *p, *end, *tag;
+    uint64_t    *seqs, seq;
+    ngx_uint_t   n, max, w, ours;
+
+    p = h->value.data;
+    end = p + h->value.len;
+
+    while (p < end && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t')) {
+        end--;
+    }
+
+    if (end - p == 1 && *p == '*') {
+        cond->n = KV_COND_ANY;
+        return NGX_OK;
+    }
+
+    max = 1;
+
+    for (tag = p; tag < end; tag++) {
+        max += (*tag == '"');
+    }
+
+    seqs = ngx_palloc(r->pool, (max / 2 + 1) * sizeof(uint64_t));
+    if (seqs == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    for ( ;; ) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == end) {
+            break;
+        }
+
+        w = (end - p > 2 && p[0] == 'W' && p[1] == '/');
+        p += w ? 2 : 0;
+
+        if (*p++ != '"') {
+            return NGX_ERROR;
+        }
+
+        tag = p;
+
+        while (p < end && *p != '"') {
+            p++;
+        }
+
+        if (p == end) {
+            return NGX_ERROR;
+        }
+
+        ours = (p > tag && p - tag <= 19);
+        seq = 0;
+
+        for ( /* void */ ; ours && tag < p; tag++) {
+            ours = (*tag >= '0' && *tag <= '9');
+            seq = seq * 10 + (*tag - '0');
+        }
+
+        if (ours && (weak || !w)) {
+            seqs[n++] = seq;
+        }
+
+        p++;
+
+        while (p < end && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+
+        if (p < end && *p != ',') {
+            return NGX_ERROR;
+        }
+    }
+
+    if (n == 0) {
+        seqs[n++] = 0;
+    }
+
+    cond->n = n;
+    cond->seqs = seqs;
+
+    return NGX_OK;
+}
+
+
 /* "?format=json": NGX_OK with *json set, or the status to answer */
 
 static ngx_int_t
@@ -672,6 +998,12 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     cJSON_AddNumberToObject(obj, "puts", st.puts);
     cJSON_AddNumberToObject(obj, "deletes", st.deletes);
     cJSON_AddNumberToObject(obj, "write_errors", st.write_errors);
+    cJSON_AddNumberToObject(obj, "precondition_failures", st.precond_failed);
+
+    sub = cJSON_AddObjectToObject(obj, "ttl");
+    cJSON_AddNumberToObject(sub, "default_s", zone->default_ttl);
+    cJSON_AddNumberToObject(sub, "expiring_keys", st.expiring);
+    cJSON_AddNumberToObject(sub, "expired_keys", st.expired);
 
     sub = cJSON_AddObjectToObject(obj, "index");
     cJSON_AddNumberToObject(sub, "zone_bytes", zone->shm_zone->shm.size);

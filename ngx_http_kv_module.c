@@ -7,15 +7,12 @@
 #include "ngx_http_kv_module.h"
 
 
-typedef struct {
-    ngx_array_t              zones;       /* ngx_http_kv_zone_t * */
-} ngx_http_kv_main_conf_t;
-
-
 static void *ngx_http_kv_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_kv_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_int_t ngx_http_kv_zone_known(ngx_conf_t *cf,
+    ngx_shm_zone_t *shm_zone);
 static ngx_int_t ngx_http_kv_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kv_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_kv_init_process(ngx_cycle_t *cycle);
@@ -41,6 +38,7 @@ static void ngx_http_kv_host_unlock(void *ctx);
 static void ngx_http_kv_host_log(void *ctx, int level, int err,
     const char *msg);
 static int ngx_http_kv_host_stopping(void *ctx);
+static uint64_t ngx_http_kv_host_now_ms(void *ctx);
 
 
 static ngx_command_t  ngx_http_kv_commands[] = {
@@ -48,6 +46,13 @@ static ngx_command_t  ngx_http_kv_commands[] = {
     { ngx_string("kv_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_kv_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("kv_var"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE3,
+      ngx_http_kv_var,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -86,6 +91,13 @@ static ngx_command_t  ngx_http_kv_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_kv_loc_conf_t, compact_zone),
       ngx_http_kv_compact_handler },
+
+    { ngx_string("kv_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_kv_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
       ngx_null_command
 };
@@ -140,7 +152,10 @@ ngx_http_kv_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&kmcf->zones, cf->pool, 2,
                        sizeof(ngx_http_kv_zone_t *))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&kmcf->var_zones, cf->pool, 2,
+                          sizeof(ngx_shm_zone_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -159,6 +174,7 @@ ngx_http_kv_create_loc_conf(ngx_conf_t *cf)
      *     conf->ready_zone = NULL;
      *     conf->status_zone = NULL;
      *     conf->compact_zone = NULL;
+     *     conf->metrics_zones = NULL;
      */
 
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_loc_conf_t));
@@ -171,7 +187,7 @@ ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_kv_loc_conf_t  *conf = child;
 
     ngx_uint_t                 i;
-    ngx_shm_zone_t            *zones[4];
+    ngx_shm_zone_t            *zones[4], **metrics;
     ngx_http_core_loc_conf_t  *clcf;
 
     /* kv_zone may come after the locations that use it: check here */
@@ -182,10 +198,18 @@ ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     zones[3] = conf->compact_zone;
 
     for (i = 0; i < 4; i++) {
-        if (zones[i] != NULL && zones[i]->data == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "unknown kv_zone \"%V\"", &zones[i]->shm.name);
+        if (ngx_http_kv_zone_known(cf, zones[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
+        }
+    }
+
+    if (conf->metrics_zones != NULL) {
+        metrics = conf->metrics_zones->elts;
+
+        for (i = 0; i < conf->metrics_zones->nelts; i++) {
+            if (ngx_http_kv_zone_known(cf, metrics[i]) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
         }
     }
 
@@ -203,19 +227,47 @@ ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
+/* a zone a directive names (NULL: none) must be declared by kv_zone */
+
+static ngx_int_t
+ngx_http_kv_zone_known(ngx_conf_t *cf, ngx_shm_zone_t *shm_zone)
+{
+    if (shm_zone != NULL && shm_zone->data == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown kv_zone \"%V\"", &shm_zone->shm.name);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_kv_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_uint_t                i;
+    ngx_shm_zone_t          **zonep;
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_kv_module);
+    zonep = kmcf->var_zones.elts;
+
+    for (i = 0; i < kmcf->var_zones.nelts; i++) {
+        if (ngx_http_kv_zone_known(cf, zonep[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     ngx_http_kv_install_body_filter();
 
-    return NGX_OK;
+    return ngx_http_kv_metrics_init(cf);
 }
 
 
 /*
  * kv_zone zone=NAME:SIZE path=DIR [max_key=SIZE] [max_value=SIZE]
  *         [segment_size=SIZE] [fsync=off|interval:TIME|always]
- *         [compact_ratio=PERCENT] [compact_dead=SIZE]
+ *         [compact_ratio=PERCENT] [compact_dead=SIZE] [default_ttl=TIME]
  */
 
 static char *
@@ -328,6 +380,23 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         } else if (ngx_strncmp(value[i].data, "fsync=", 6) == 0) {
             rv = ngx_http_kv_zone_fsync(cf, &value[i], ctx);
 
+        } else if (ngx_strncmp(value[i].data, "default_ttl=", 12) == 0) {
+            s.data = value[i].data + 12;
+            s.len = value[i].len - 12;
+
+            ctx->default_ttl = ngx_parse_time(&s, 1);
+
+            if (ctx->default_ttl == (time_t) NGX_ERROR
+                || ctx->default_ttl == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid \"%V\", it must be a time of at "
+                                   "least 1s", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid parameter \"%V\"", &value[i]);
@@ -388,6 +457,7 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->host.unlock = ngx_http_kv_host_unlock;
     ctx->host.log = ngx_http_kv_host_log;
     ctx->host.stopping = ngx_http_kv_host_stopping;
+    ctx->host.now_ms = ngx_http_kv_host_now_ms;
 
 #if (NGX_THREADS)
     /* fsync and compaction run there, off the event loop */
@@ -614,6 +684,7 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         /* the new max_key and max_value: ngx_http_kv_init_module() */
 
+        ctx->shctx = ctx->shpool->data;
         ctx->reused = 1;
 
         return NGX_OK;
@@ -634,6 +705,11 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_sprintf(ctx->shpool->log_ctx, " in kv_zone \"%V\"%Z", &ctx->name);
 
+    ctx->shctx = ngx_slab_calloc(ctx->shpool, sizeof(ngx_http_kv_shctx_t));
+    if (ctx->shctx == NULL) {
+        return NGX_ERROR;
+    }
+
     sh = kv_shared_create(&ctx->host,
                           shm_zone->shm.size / NGX_HTTP_KV_BYTES_PER_BUCKET,
                           ctx->max_key, ctx->max_value);
@@ -644,7 +720,8 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
-    ctx->shpool->data = sh;
+    ctx->shctx->sh = sh;
+    ctx->shpool->data = ctx->shctx;
 
     /* the store is opened by ngx_http_kv_init_module() */
 
@@ -769,7 +846,7 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
             conf.owner_gid = ccf->group;
         }
 
-        kv_store_init(&ctx->store, ctx->shpool->data, &ctx->host, &conf);
+        kv_store_init(&ctx->store, ctx->shctx->sh, &ctx->host, &conf);
 
         ngx_http_kv_flushed_pipes(cycle, ctx);
 
@@ -924,4 +1001,13 @@ ngx_http_kv_host_stopping(void *ctx)
     return __atomic_load_n(&ngx_terminate, __ATOMIC_RELAXED)
            || __atomic_load_n(&ngx_quit, __ATOMIC_RELAXED)
            || __atomic_load_n(&ngx_exiting, __ATOMIC_RELAXED);
+}
+
+
+/* expiry times are compared with nginx's cached time, as TTLs are set */
+
+static uint64_t
+ngx_http_kv_host_now_ms(void *ctx)
+{
+    return ngx_http_kv_now_ms();
 }

@@ -4,8 +4,12 @@
  *
  * ngx_http_kv_module.c    directives, the shared zone, start-up recovery,
  *                         the host interface the engine runs on
- * ngx_http_kv_handler.c   the content handlers: keys, health, readiness,
- *                         status, compaction; the chunked-body limit
+ * ngx_http_kv_variables.c kv_var: nginx variables whose value is a key's
+ * ngx_http_kv_metrics.c   kv_metrics: Prometheus metrics; the log-phase
+ *                         counters of requests and bytes
+ * ngx_http_kv_handler.c   the content handlers: keys (TTL, ETags and
+ *                         conditions), health, readiness, status,
+ *                         compaction; the chunked-body limit
  * ngx_http_kv_sync.c      when a write is answered: group commit under
  *                         fsync=always, the fsync=interval timer
  * ngx_http_kv_jobs.c      thread-pool jobs (flush, hints, compaction) and
@@ -36,6 +40,24 @@ typedef struct ngx_http_kv_job_s   ngx_http_kv_job_t;
 struct cJSON;
 
 
+#define NGX_HTTP_KV_METHODS  6     /* GET, HEAD, POST, PUT, DELETE, other */
+#define NGX_HTTP_KV_CLASSES  5     /* 1xx to 5xx */
+
+/*
+ * What a zone's shared memory holds besides the index: the engine's state
+ * and the module's own counters, which every worker adds to and which a
+ * reload keeps with the zone.
+ */
+typedef struct {
+    kv_shared_t             *sh;
+    ngx_atomic_t             requests[NGX_HTTP_KV_METHODS]
+                                     [NGX_HTTP_KV_CLASSES];
+    ngx_atomic_t             bytes_in;
+    ngx_atomic_t             bytes_out;
+    kv_hist_t                ack_latency;  /* write to its answer */
+} ngx_http_kv_shctx_t;
+
+
 /* blocking work run in a thread pool, with a store handle of its own */
 struct ngx_http_kv_job_s {
     ngx_http_kv_zone_t      *zone;
@@ -61,8 +83,10 @@ struct ngx_http_kv_zone_s {
     ngx_msec_t               fsync_interval;
     ngx_uint_t               compact_ratio;
     size_t                   compact_dead;
+    time_t                   default_ttl; /* seconds, 0: none */
     ngx_shm_zone_t          *shm_zone;
     ngx_slab_pool_t         *shpool;
+    ngx_http_kv_shctx_t     *shctx;
     kv_host_t                host;
     kv_store_t               store;       /* this process's handle */
     ngx_flag_t               reused;      /* index kept from the last cycle */
@@ -93,15 +117,57 @@ struct ngx_http_kv_zone_s {
 
 
 typedef struct {
+    ngx_array_t              zones;       /* ngx_http_kv_zone_t * */
+    ngx_array_t              var_zones;   /* kv_var's: ngx_shm_zone_t * */
+} ngx_http_kv_main_conf_t;
+
+
+typedef struct {
     ngx_shm_zone_t          *shm_zone;    /* kv NAME */
     ngx_shm_zone_t          *ready_zone;  /* kv_ready NAME */
     ngx_shm_zone_t          *status_zone; /* kv_status NAME */
     ngx_shm_zone_t          *compact_zone; /* kv_compact NAME */
+    ngx_array_t             *metrics_zones; /* kv_metrics NAME...:
+                                              ngx_shm_zone_t * */
 } ngx_http_kv_loc_conf_t;
+
+
+/* wall-clock time in ms, nginx's cached time: what TTLs are measured in */
+static ngx_inline uint64_t
+ngx_http_kv_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/* a monotonic clock in microseconds, for latencies */
+static ngx_inline uint64_t
+ngx_http_kv_now_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+
+/* ngx_http_kv_variables.c */
+char *ngx_http_kv_var(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_http_kv_metrics.c */
+char *ngx_http_kv_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_kv_metrics_init(ngx_conf_t *cf);
 
 
 /* ngx_http_kv_handler.c */
 ngx_int_t ngx_http_kv_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_kv_fetch(ngx_http_kv_zone_t *zone, ngx_pool_t *pool,
+    ngx_str_t *key, kv_loc_t *loc, u_char **value, size_t max, int *rc);
 ngx_int_t ngx_http_kv_health_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_ready_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_status_handler(ngx_http_request_t *r);
@@ -115,7 +181,7 @@ ngx_int_t ngx_http_kv_sync_init(ngx_cycle_t *cycle,
     ngx_http_kv_zone_t *zone);
 void ngx_http_kv_sync_exit(ngx_http_kv_zone_t *zone);
 ngx_int_t ngx_http_kv_write_done(ngx_http_request_t *r,
-    ngx_http_kv_zone_t *zone, ngx_uint_t status);
+    ngx_http_kv_zone_t *zone, ngx_uint_t status, uint64_t start_us);
 
 /* ngx_http_kv_jobs.c */
 ngx_int_t ngx_http_kv_jobs_init(ngx_cycle_t *cycle,
@@ -141,6 +207,9 @@ ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
     struct cJSON *obj);
 ngx_int_t ngx_http_kv_store_error(ngx_http_request_t *r, int rc);
+ngx_int_t ngx_http_kv_set_etag(ngx_http_request_t *r, uint64_t seq);
+ngx_int_t ngx_http_kv_set_expires(ngx_http_request_t *r,
+    uint64_t expires_at_ms);
 
 
 extern ngx_module_t  ngx_http_kv_module;

@@ -39,6 +39,10 @@ ngx_http_kv_store_error(ngx_http_request_t *r, int rc)
         status = NGX_HTTP_BAD_REQUEST;
         break;
 
+    case KV_EPRECOND:
+        status = NGX_HTTP_PRECONDITION_FAILED;
+        break;
+
     case KV_EUNAVAIL:
         status = NGX_HTTP_SERVICE_UNAVAILABLE;
         break;
@@ -117,9 +121,82 @@ ngx_http_kv_send_object(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/* ETag: "<sequence>", the record's sequence number */
+
+ngx_int_t
+ngx_http_kv_set_etag(ngx_http_request_t *r, uint64_t seq)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool, NGX_INT64_LEN + 2);
+    if (h->value.data == NULL) {
+        h->hash = 0;
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "ETag");
+    h->value.len = ngx_sprintf(h->value.data, "\"%uL\"", seq)
+                   - h->value.data;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    r->headers_out.etag = h;
+
+    return NGX_OK;
+}
+
+
+/* X-KV-Expires: the HTTP date a key's TTL ends, if it has one */
+
+ngx_int_t
+ngx_http_kv_set_expires(ngx_http_request_t *r, uint64_t expires_at_ms)
+{
+    ngx_table_elt_t  *h;
+
+    if (expires_at_ms == 0) {
+        return NGX_OK;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool,
+                                sizeof("Mon, 28 Sep 1970 06:00:00 GMT") - 1);
+    if (h->value.data == NULL) {
+        h->hash = 0;
+        return NGX_ERROR;
+    }
+
+    /* the second it ends in, rounded up: never earlier than the key does */
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-KV-Expires");
+    h->value.len = ngx_http_time(h->value.data,
+                                 (time_t) ((expires_at_ms + 999) / 1000))
+                   - h->value.data;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return NGX_OK;
+}
+
+
 /*
  * Sends a complete response.  data may be NULL with a non-zero len for a
- * HEAD response; type may be NULL for an empty body.
+ * HEAD response; type may be NULL for an empty body.  The module decides
+ * conditional requests itself: nginx's not_modified filter would compare
+ * If-Match with a write's new ETag, and answer If-Unmodified-Since with
+ * 412 for lack of a Last-Modified.
  */
 
 ngx_int_t
@@ -131,7 +208,9 @@ ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     ngx_chain_t   out;
 
     r->headers_out.status = status;
-    r->headers_out.content_length_n = len;
+    r->headers_out.content_length_n = (status == NGX_HTTP_NOT_MODIFIED)
+                                      ? -1 : (off_t) len;
+    r->disable_not_modified = 1;
 
     if (type != NULL) {
         r->headers_out.content_type = *type;

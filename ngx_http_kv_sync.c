@@ -37,6 +37,7 @@ typedef struct {
     ngx_http_request_t      *request;
     ngx_http_kv_zone_t      *zone;
     uint64_t                 pos;         /* end of the write to flush */
+    uint64_t                 start_us;    /* when the write was made */
     ngx_uint_t               status;      /* to answer once durable */
     ngx_queue_t              queue;
 } ngx_http_kv_waiter_t;
@@ -60,6 +61,8 @@ static void ngx_http_kv_flush_ended(ngx_http_kv_zone_t *zone,
     ngx_int_t failed, uint64_t durable, ngx_uint_t force);
 static void ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
     uint64_t durable);
+static ngx_int_t ngx_http_kv_acknowledge(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_uint_t status, uint64_t start_us);
 static void ngx_http_kv_waiter_cleanup(void *data);
 static void ngx_http_kv_flush_timer(ngx_event_t *ev);
 static void ngx_http_kv_hold_timer(ngx_event_t *ev);
@@ -312,20 +315,20 @@ ngx_http_kv_flushed_elsewhere(ngx_http_kv_zone_t *zone, ngx_uint_t force)
 
 ngx_int_t
 ngx_http_kv_write_done(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
-    ngx_uint_t status)
+    ngx_uint_t status, uint64_t start_us)
 {
     int                    rc;
     ngx_pool_cleanup_t    *cln;
     ngx_http_kv_waiter_t  *w;
 
     if (zone->fsync != KV_FSYNC_ALWAYS) {
-        return ngx_http_kv_send(r, status, NULL, NULL, 0);
+        return ngx_http_kv_acknowledge(r, zone, status, start_us);
     }
 
     rc = kv_durable(&zone->store, zone->store.written);
 
     if (rc == 1) {
-        return ngx_http_kv_send(r, status, NULL, NULL, 0);
+        return ngx_http_kv_acknowledge(r, zone, status, start_us);
     }
 
     if (rc != 0) {
@@ -347,6 +350,7 @@ ngx_http_kv_write_done(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     w->request = r;
     w->zone = zone;
     w->pos = zone->store.written;
+    w->start_us = start_us;
     w->status = status;
     ngx_queue_insert_tail(&zone->waiters, &w->queue);
 
@@ -480,7 +484,7 @@ ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
                                         "write may not be durable");
 
         } else {
-            rc = ngx_http_kv_send(r, w->status, NULL, NULL, 0);
+            rc = ngx_http_kv_acknowledge(r, zone, w->status, w->start_us);
         }
 
         ngx_http_finalize_request(r, rc);
@@ -490,6 +494,18 @@ ngx_http_kv_wake(ngx_http_kv_zone_t *zone, ngx_int_t failed,
     if (ngx_queue_empty(&zone->waiters) && zone->hold.timer_set) {
         ngx_del_timer(&zone->hold);
     }
+}
+
+
+/* answers a write that is as durable as the zone promises */
+
+static ngx_int_t
+ngx_http_kv_acknowledge(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_uint_t status, uint64_t start_us)
+{
+    kv_hist_add(&zone->shctx->ack_latency, ngx_http_kv_now_us() - start_us);
+
+    return ngx_http_kv_send(r, status, NULL, NULL, 0);
 }
 
 

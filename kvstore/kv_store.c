@@ -347,10 +347,14 @@ kv_entry_seq(kv_store_t *s, const kv_entry_t *e, uint64_t *seq)
 }
 
 
-static int
-kv_cond_lists(const kv_cond_t *c, uint64_t seq)
+int
+kv_cond_holds(const kv_cond_t *c, uint64_t seq)
 {
     uint32_t  i;
+
+    if (c->n == KV_COND_ANY) {
+        return 1;
+    }
 
     for (i = 0; i < c->n; i++) {
         if (c->seqs[i] == seq) {
@@ -386,17 +390,13 @@ kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_write_t *w)
     }
 
     if (w->if_match.n != 0
-        && (e == NULL
-            || (w->if_match.n != KV_COND_ANY
-                && !kv_cond_lists(&w->if_match, seq))))
+        && (e == NULL || !kv_cond_holds(&w->if_match, seq)))
     {
         return KV_EPRECOND;
     }
 
     if (w->if_none_match.n != 0
-        && e != NULL
-        && (w->if_none_match.n == KV_COND_ANY
-            || kv_cond_lists(&w->if_none_match, seq)))
+        && e != NULL && kv_cond_holds(&w->if_none_match, seq))
     {
         return KV_EPRECOND;
     }

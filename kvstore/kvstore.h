@@ -349,6 +349,9 @@ typedef struct {
     const uint64_t   *seqs;
 } kv_cond_t;
 
+/* 1 if a record of sequence number seq satisfies c (n != 0) */
+int kv_cond_holds(const kv_cond_t *c, uint64_t seq);
+
 
 typedef struct {
     const uint8_t    *value;
