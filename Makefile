@@ -112,14 +112,26 @@ unit: $(UNIT_TESTS)
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $$t; \
 	done
 
+# promtool, Prometheus' own parser and linter of the metrics format, for
+# t/metrics.t: taken out of Debian's prometheus package, which is not
+# installed (its service is not wanted on a test machine).
+PROMTOOL := $(BUILD)/prometheus/usr/bin/promtool
+
+$(PROMTOOL):
+	mkdir -p $(BUILD)/prometheus
+	cd $(BUILD) && apt-get download -q prometheus
+	dpkg-deb -x $(BUILD)/prometheus_*.deb $(BUILD)/prometheus
+	rm -f $(BUILD)/prometheus_*.deb
+
 # t/ suites: openresty's Test::Nginx when installed, else the compatible
 # runner in t/compat.  Each suite gets its own server root and free port.
 # make t T=t/compact.t runs one suite
 T ?= t/
 
-t: build $(KVTOOL)
+t: build $(KVTOOL) $(PROMTOOL)
 	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
 	root=$$(mktemp -d /tmp/kv-t.XXXXXX); \
+	KV_PROMTOOL=$(PROMTOOL) \
 	TEST_NGINX_BINARY=$(NGINX) \
 	TEST_NGINX_LOAD_MODULES=$(MODULE) \
 	TEST_NGINX_SERVROOT=$$root/servroot \

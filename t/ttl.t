@@ -16,7 +16,10 @@ use KvTest qw(wait_until);
 my $E = qr/^\{\s*"error"\s*:\s*"(?:[^"\\]|\\.)+"\s*\}\s*$/s;
 
 my $srv = KvTest->new(name => 'ttl', workers => 2, endpoints => 1,
-                      zone_extra => 'segment_size=64k');
+                      zone_extra => 'segment_size=64k',
+                      http_extra => '    kv_var $short_v "short" zone=store;',
+                      server_extra =>
+                          '        location = /var { return 200 "[$short_v]"; }');
 $srv->start_ok;
 
 sub put_ttl {
@@ -53,6 +56,9 @@ my $exp = expires_of($r);
 ok(defined $exp && $exp >= int($t0) + 2 && $exp <= $t0 + 4,
    'X-KV-Expires names the end of the TTL')
     or diag("X-KV-Expires: " . ($r->{headers}{'x-kv-expires'} // 'none'));
+
+is($srv->req('GET', '/var')->{body}, '[brief]',
+   'kv_var sees the key while its TTL runs');
 
 my $long_exp = expires_of($srv->get('long'));
 ok(defined $long_exp && abs($long_exp - ($t0 + 600)) <= 2,
@@ -94,6 +100,8 @@ is_deeply([sort { $a <=> $b } @statuses], [(404) x @statuses],
     or diag(explain \%pids);
 is(scalar(keys %pids), 2, 'both workers answered') or diag(explain \%pids);
 
+is($srv->req('GET', '/var')->{body}, '[]',
+   'kv_var of an expired key is empty');
 is($srv->get('renewed')->{body}, 'v2',
    'a key written again without a TTL does not expire');
 is($srv->req('DELETE', '/db/short')->{status}, 404,
