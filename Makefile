@@ -102,8 +102,8 @@ $(BUILD)/proto/%.pb-c.c: proto/%.proto
 
 $(KVTOOL): $(KVTOOL_SRCS) $(wildcard kvtool/*.h) $(KV_SRCS) $(KV_HDRS) \
            $(KVTOOL_PROTO)
-	$(CC) $(KVTOOL_CFLAGS) -o $@ $(KVTOOL_SRCS) $(KV_SRCS) $(KVTOOL_PROTO) \
-	    -lprotobuf-c -lcjson -lxxhash
+	$(CC) $(KVTOOL_CFLAGS) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ \
+	    $(KVTOOL_SRCS) $(KV_SRCS) $(KVTOOL_PROTO) -lprotobuf-c -lcjson -lxxhash
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do \
