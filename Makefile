@@ -3,6 +3,7 @@
 #   make          build build/ngx_http_kv_module.so
 #   make run      install what is missing, build, run nginx in the foreground
 #   make test     install what is missing, build, run unit tests and t/
+#   make deb      build the Debian packages into build/deb (debian/)
 #   make bench    build, run the benchmarks of bench/ (bench/README.md)
 #
 # Everything built lands in build/.
@@ -22,6 +23,8 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
+# and to build and check the Debian packages (make deb)
+DEB_PKGS   := debhelper dpkg-dev lintian
 
 KV_SRCS    := $(wildcard kvstore/*.c)
 KV_HDRS    := $(wildcard kvstore/*.h)
@@ -82,7 +85,10 @@ deps-run:
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
 
-deps: deps-build deps-run deps-test
+deps-deb:
+	$(call apt_install,$(DEB_PKGS))
+
+deps: deps-build deps-run deps-test deps-deb
 
 # kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
 $(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
@@ -167,3 +173,19 @@ bench: build $(BUILD)/bench/startup
 
 clean:
 	rm -rf $(BUILD)
+
+.PHONY: deb deps-deb
+
+# Debian packages: dpkg-buildpackage on a copy of the tree in build/deb/src,
+# so that its output (which goes to the parent directory) lands in build/deb.
+DEB_DIR := $(BUILD)/deb
+
+deb: deps-build deps-deb
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar -C $(REPO) -cf - --exclude-vcs --exclude=./build --exclude=./data \
+	    --exclude='./t/servroot*' --exclude=./bench/out . | \
+	    tar -C $(DEB_DIR)/src -xf -
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b > $(DEB_DIR)/build.log \
+	    2>&1 || { tail -40 $(DEB_DIR)/build.log; exit 1; }
+	@cd $(DEB_DIR) && ls *.deb && echo "install: apt install" \
+	    $$(ls *.deb | grep -v dbgsym | sed 's|^|$(DEB_DIR)/|')
