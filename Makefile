@@ -4,6 +4,7 @@
 #   make run      install what is missing, build, run nginx in the foreground
 #   make test     install what is missing, build, run unit tests and t/
 #   make deb      build the Debian packages into build/deb (debian/)
+#   make deb-test build, lint, install, serve and purge them (in make test)
 #   make bench    build, run the benchmarks of bench/ (bench/README.md)
 #
 # Everything built lands in build/.
@@ -23,7 +24,7 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
-# and to build and check the Debian packages (make deb)
+# and to build and check the Debian packages (make deb, make deb-test)
 DEB_PKGS   := debhelper dpkg-dev lintian
 
 KV_SRCS    := $(wildcard kvstore/*.c)
@@ -134,7 +135,7 @@ t: build $(KVTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit t
+test: deps build unit t deb-test
 
 # The crash-torture test of t/, long: 500 kill -9 cycles, about 16 minutes.
 soak: build
@@ -174,7 +175,7 @@ bench: build $(BUILD)/bench/startup
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: deb deps-deb
+.PHONY: deb deb-test deps-deb
 
 # Debian packages: dpkg-buildpackage on a copy of the tree in build/deb/src,
 # so that its output (which goes to the parent directory) lands in build/deb.
@@ -189,3 +190,7 @@ deb: deps-build deps-deb
 	    2>&1 || { tail -40 $(DEB_DIR)/build.log; exit 1; }
 	@cd $(DEB_DIR) && ls *.deb && echo "install: apt install" \
 	    $$(ls *.deb | grep -v dbgsym | sed 's|^|$(DEB_DIR)/|')
+
+# Builds, lints, installs, serves and purges the packages on this machine.
+deb-test: deps-run deps-test deb
+	t/deb-package.sh $(DEB_DIR)
