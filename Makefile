@@ -24,8 +24,9 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
-# and to build and check the Debian packages (make deb, make deb-test)
-DEB_PKGS   := debhelper dpkg-dev lintian
+# and to build the Debian packages (make deb), to check them (make deb-test)
+DEB_PKGS      := debhelper dpkg-dev
+DEB_TEST_PKGS := lintian
 
 KV_SRCS    := $(wildcard kvstore/*.c)
 KV_HDRS    := $(wildcard kvstore/*.h)
@@ -89,7 +90,10 @@ deps-test:
 deps-deb:
 	$(call apt_install,$(DEB_PKGS))
 
-deps: deps-build deps-run deps-test deps-deb
+deps-deb-test:
+	$(call apt_install,$(DEB_TEST_PKGS))
+
+deps: deps-build deps-run deps-test deps-deb deps-deb-test
 
 # kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
 $(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
@@ -175,7 +179,7 @@ bench: build $(BUILD)/bench/startup
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: deb deb-test deps-deb
+.PHONY: deb deb-test deps-deb deps-deb-test
 
 # Debian packages: dpkg-buildpackage on a copy of the tree in build/deb/src,
 # so that its output (which goes to the parent directory) lands in build/deb.
@@ -192,5 +196,5 @@ deb: deps-build deps-deb
 	    $$(ls *.deb | grep -v dbgsym | sed 's|^|$(DEB_DIR)/|')
 
 # Builds, lints, installs, serves and purges the packages on this machine.
-deb-test: deps-run deps-test deb
+deb-test: deps-run deps-test deps-deb-test deb
 	t/deb-package.sh $(DEB_DIR)
