@@ -56,12 +56,13 @@ finish() {
         not_ok "the test stopped before its end"
     cleanup
     elapsed=$((SECONDS - start))
-    echo "deb-package: $passed passed, $failed failed in ${elapsed}s"
     if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then
-        echo "deb-package: PASS"
+        echo "deb-package: PASS in ${elapsed}s"
+        echo "deb-package: $passed passed, $failed failed"
         exit 0
     fi
-    echo "deb-package: FAIL"
+    echo "deb-package: FAIL in ${elapsed}s"
+    echo "deb-package: $passed passed, $failed failed"
     exit 1
 }
 
