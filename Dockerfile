@@ -5,22 +5,23 @@
 #   docker run -d --name kv -p 8080:8080 -v kv-data:/var/lib/nginx-kv nginx-kv
 #   docker stop kv        # SIGQUIT: nginx finishes in-flight requests
 
-# Build the module with the same make targets CI runs (.ci/run -> make test).
+# Build the Debian packages with the target that CI tests (make deb).
 FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends make
 WORKDIR /src
 COPY . .
-RUN make deps-build build
+RUN make deb
 
-# Debian's nginx, the module and its runtime libraries.
+# Debian's nginx and the packages, which bring the module's runtime
+# libraries (their dependencies) and kvtool.
 FROM debian:bookworm
+COPY --from=build /src/build/deb/libnginx-mod-http-kv_*.deb \
+                  /src/build/deb/kvtool_*.deb /tmp/deb/
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx libprotobuf-c1 libcjson1 libxxhash0 curl \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/ngx_http_kv_module.so /usr/lib/nginx/modules/
-COPY --from=build /src/build/kvtool /usr/local/bin/
+        nginx curl /tmp/deb/*.deb \
+ && rm -rf /var/lib/apt/lists/* /tmp/deb
 COPY nginx.conf.example /etc/nginx/nginx.conf
 RUN install -d -o www-data -g www-data -m 0750 /var/lib/nginx-kv \
  && nginx -t

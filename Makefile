@@ -3,6 +3,8 @@
 #   make          build build/ngx_http_kv_module.so
 #   make run      install what is missing, build, run nginx in the foreground
 #   make test     install what is missing, build, run unit tests and t/
+#   make deb      build the Debian packages into build/deb (debian/)
+#   make deb-test build, lint, install, serve and purge them (in make test)
 #   make bench    build, run the benchmarks of bench/ (bench/README.md)
 #
 # Everything built lands in build/.
@@ -22,6 +24,9 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
+# and to build the Debian packages (make deb), to check them (make deb-test)
+DEB_PKGS      := debhelper dpkg-dev
+DEB_TEST_PKGS := lintian
 
 KV_SRCS    := $(wildcard kvstore/*.c)
 KV_HDRS    := $(wildcard kvstore/*.h)
@@ -82,7 +87,13 @@ deps-run:
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
 
-deps: deps-build deps-run deps-test
+deps-deb:
+	$(call apt_install,$(DEB_PKGS))
+
+deps-deb-test:
+	$(call apt_install,$(DEB_TEST_PKGS))
+
+deps: deps-build deps-run deps-test deps-deb deps-deb-test
 
 # kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
 $(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
@@ -102,8 +113,8 @@ $(BUILD)/proto/%.pb-c.c: proto/%.proto
 
 $(KVTOOL): $(KVTOOL_SRCS) $(wildcard kvtool/*.h) $(KV_SRCS) $(KV_HDRS) \
            $(KVTOOL_PROTO)
-	$(CC) $(KVTOOL_CFLAGS) -o $@ $(KVTOOL_SRCS) $(KV_SRCS) $(KVTOOL_PROTO) \
-	    -lprotobuf-c -lcjson -lxxhash
+	$(CC) $(KVTOOL_CFLAGS) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ \
+	    $(KVTOOL_SRCS) $(KV_SRCS) $(KVTOOL_PROTO) -lprotobuf-c -lcjson -lxxhash
 
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do \
@@ -140,7 +151,7 @@ t: build $(KVTOOL) $(PROMTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit t
+test: deps build unit t deb-test
 
 # The crash-torture test of t/, long: 500 kill -9 cycles, about 16 minutes.
 soak: build
@@ -179,3 +190,23 @@ bench: build $(BUILD)/bench/startup
 
 clean:
 	rm -rf $(BUILD)
+
+.PHONY: deb deb-test deps-deb deps-deb-test
+
+# Debian packages: dpkg-buildpackage on a copy of the tree in build/deb/src,
+# so that its output (which goes to the parent directory) lands in build/deb.
+DEB_DIR := $(BUILD)/deb
+
+deb: deps-build deps-deb
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar -C $(REPO) -cf - --exclude-vcs --exclude=./build --exclude=./data \
+	    --exclude='./t/servroot*' --exclude=./bench/out . | \
+	    tar -C $(DEB_DIR)/src -xf -
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b > $(DEB_DIR)/build.log \
+	    2>&1 || { tail -40 $(DEB_DIR)/build.log; exit 1; }
+	@cd $(DEB_DIR) && ls *.deb && echo "install: apt install" \
+	    $$(ls *.deb | grep -v dbgsym | sed 's|^|$(DEB_DIR)/|')
+
+# Builds, lints, installs, serves and purges the packages on this machine.
+deb-test: deps-run deps-test deps-deb-test deb
+	t/deb-package.sh $(DEB_DIR)
