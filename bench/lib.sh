@@ -8,6 +8,7 @@
 #   KV_TMP    where run and data directories go    ($TMPDIR or /tmp)
 #   KV_ZONE   the kv_zone's shared memory size     (256m)
 #   KV_DATA   an existing data directory to serve  (a fresh one per start)
+#   KV_HTTP_EXTRA, KV_SERVER_EXTRA  more lines for the http and server blocks
 
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(dirname "$bench_dir")
@@ -78,9 +79,11 @@ http {
     client_max_body_size 2m;
 
     kv_zone zone=store:$KV_ZONE path=$kv_data fsync=$fsync $*;
+    ${KV_HTTP_EXTRA:-}
 
     server {
         listen 127.0.0.1:$KV_PORT;
+        ${KV_SERVER_EXTRA:-}
 
         location /db/           { kv store; }
         location = /kv/status   { kv_status store; }

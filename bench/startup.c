@@ -14,6 +14,10 @@
  * so the rest of the machine keeps its cache.
  *
  * Target (issue 3): recovery from hints under 5000 ms.
+ *
+ * Then it measures the index memory per key of up to 1,000,000 keys
+ * written with and without a TTL (issue 11: an expiry must not cost the
+ * keys that have none).
  */
 
 #include <dirent.h>
@@ -40,6 +44,9 @@
 #define KV_BENCH_BITCASK    44.5
 
 #define KV_BENCH_ASIDE      "hints-aside"
+
+/* keys of the TTL memory comparison, at most */
+#define KV_BENCH_TTL_KEYS   1000000
 
 /* a directory and a file name in it */
 #define KV_BENCH_PATH       (PATH_MAX + NAME_MAX + 2)
@@ -377,6 +384,70 @@ kv_bench_build(const char *dir, uint64_t n)
 }
 
 
+/*
+ * The index bytes per key of n keys put in a fresh store under dir, each
+ * with an expiry a day ahead if ttl is set.
+ */
+static double
+kv_bench_index_bytes(const char *dir, uint64_t n, int ttl)
+{
+    char         key[KV_BENCH_KEY_LEN + 1];
+    uint8_t      value[KV_BENCH_VALUE_LEN];
+    uint64_t     i;
+    kv_host_t    host;
+    kv_write_t   w;
+    kv_store_t   s;
+    kv_arena_t  *arena;
+
+    if (mkdir(dir, 0750) == -1) {
+        kv_bench_die("mkdir", dir, errno);
+    }
+
+    arena = kv_bench_open(&s, &host, dir, n);
+    kv_bench_ok(kv_recover(&s), "kv_recover", dir);
+
+    memset(value, 'v', sizeof(value));
+    memset(&w, 0, sizeof(w));
+    w.value = value;
+    w.vlen = sizeof(value);
+    w.expires_at_ms = ttl ? (uint64_t) time(NULL) * 1000 + 86400000 : 0;
+
+    for (i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "k%015" PRIu64, i);
+        kv_bench_ok(kv_write(&s, (uint8_t *) key, KV_BENCH_KEY_LEN, &w),
+                    "kv_write", key);
+    }
+
+    kv_bench_close(&s, arena);
+
+    kv_bench_files(dir, "", kv_bench_remove);
+
+    if (rmdir(dir) == -1) {
+        kv_bench_die("rmdir", dir, errno);
+    }
+
+    return (double) kv_bench_top / n;
+}
+
+
+static void
+kv_bench_ttl_memory(const char *dir, uint64_t n)
+{
+    char    sub[KV_BENCH_PATH];
+    double  plain, ttl;
+
+    n = n < KV_BENCH_TTL_KEYS ? n : KV_BENCH_TTL_KEYS;
+
+    snprintf(sub, sizeof(sub), "%s/ttl-memory", dir);
+    plain = kv_bench_index_bytes(sub, n, 0);
+    ttl = kv_bench_index_bytes(sub, n, 1);
+
+    printf("index memory, %" PRIu64 " keys of %d bytes: %.1f B/key without "
+           "a TTL, %.1f B/key with one (+%.1f)\n", n, KV_BENCH_KEY_LEN,
+           plain, ttl, ttl - plain);
+}
+
+
 /* One recovery into a fresh index; returns its time in ms. */
 static double
 kv_bench_recover(const char *dir, uint64_t n, const char *method,
@@ -535,6 +606,8 @@ main(int argc, char **argv)
     }
 
     kv_bench_load();
+
+    kv_bench_ttl_memory(dir, n);
 
     ok = kv_bench_verdict("page cache warm", warm);
     ok &= kv_bench_verdict("page cache cold", cold);
