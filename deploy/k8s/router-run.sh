@@ -33,7 +33,7 @@ until complete "$known"; do
     known=$(addresses)
 done
 
-nginx -c "$conf" -g 'daemon off;' &
+nginx -e stderr -c "$conf" -g 'daemon off;' &
 pid=$!
 
 trap 'kill -QUIT "$pid"; wait "$pid"; exit 0' TERM QUIT INT
@@ -44,7 +44,7 @@ while kill -0 "$pid" 2>/dev/null; do
     now=$(addresses)
     if [ "$now" != "$known" ] && complete "$now"; then
         echo "kv-router: a shard's address changed, reloading nginx"
-        nginx -c "$conf" -s reload && known=$now
+        nginx -e stderr -c "$conf" -s reload && known=$now
     fi
 done
 
