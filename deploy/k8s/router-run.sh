@@ -11,19 +11,20 @@ dir=${KV_ROUTER_DIR:-/etc/nginx/kv}
 conf=$dir/router.conf
 interval=${KV_ROUTER_RESOLVE_INTERVAL:-5}
 
-# One line per shard: its addresses, or nothing if it does not resolve.
+# One line per shard: its name and addresses, or its name and "-" if it
+# does not resolve.
 addresses() {
     sed -n 's/^[[:space:]]*server[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p' \
         "$dir/kv-shards.conf" |
     while read -r name; do
-        getent ahostsv4 "${name%:*}" | awk '{ print $1 }' | sort -u |
-            tr '\n' ' '
-        echo
+        addrs=$(getent ahostsv4 "${name%:*}" | awk '{ print $1 }' |
+                sort -u | tr '\n' ' ')
+        echo "$name ${addrs:--}"
     done
 }
 
 complete() {
-    ! printf '%s\n' "$1" | grep -qx ''
+    ! printf '%s\n' "$1" | grep -q ' -$'
 }
 
 known=$(addresses)
