@@ -128,7 +128,7 @@ t: build $(KVTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit t
+test: deps build unit k8s-check t
 
 # deploy/k8s, offline: rendered with kustomize (kubectl kustomize) and
 # checked against the Kubernetes API schemas (npm kubernetes-models, pinned
@@ -155,8 +155,6 @@ k8s-check: deps-k8s $(K8S_VALIDATE)/node_modules/.package-lock.json
 	kubectl kustomize deploy/k8s > $(BUILD)/k8s.yaml
 	node $(K8S_VALIDATE)/validate.mjs --self-test $(BUILD)/k8s.yaml
 	node $(K8S_VALIDATE)/validate.mjs $(BUILD)/k8s.yaml
-
-test: k8s-check
 
 # The crash-torture test of t/, long: 500 kill -9 cycles, about 16 minutes.
 soak: build
