@@ -188,7 +188,8 @@ main(int argc, char **argv)
     }
 
     if (strcmp(cmd, "owner") == 0 || strcmp(cmd, "reshard") == 0) {
-        return kvtool_reshard(argc - 1, argv + 1);
+        rc = kvtool_reshard(argc - 1, argv + 1);
+        return rc == KVTOOL_USAGE ? kvtool_usage(stderr, rc) : rc;
     }
 
     segment_size = KV_SEGMENT_SIZE_DEFAULT;

@@ -149,12 +149,11 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     kv_record_free(&rec);
 
     if (status < 200 || status > 299) {
-        if (status != -1) {
-            kvtool_error("%s %s on %s answered %d: key \"%s\" stays on %s",
-                         copied ? "PUT" : "GET", path, owner, status,
-                         kv_key_str(e->key, e->klen, kbuf), rs->self_name);
-        }
-
+        /* status -1: kvtool_http() said why */
+        kvtool_error("%s %s on %s: %s %d: key \"%s\" stays on %s",
+                     copied ? "PUT" : "GET", path, owner,
+                     status == -1 ? "no answer" : "answered", status,
+                     kv_key_str(e->key, e->klen, kbuf), rs->self_name);
         free(path);
         return -1;
     }
@@ -162,13 +161,11 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     status = kvtool_http(rs->self_name, "DELETE", path, NULL, NULL, 0);
 
     if (status != 200 && status != 204 && status != 404) {
-        if (status != -1) {
-            kvtool_error("DELETE %s on %s answered %d: key \"%s\" is on "
-                         "both %s and %s", path, rs->self_name, status,
-                         kv_key_str(e->key, e->klen, kbuf), owner,
-                         rs->self_name);
-        }
-
+        kvtool_error("DELETE %s on %s: %s %d: key \"%s\" is on both %s "
+                     "and %s", path, rs->self_name,
+                     status == -1 ? "no answer" : "answered", status,
+                     kv_key_str(e->key, e->klen, kbuf), owner,
+                     rs->self_name);
         free(path);
         return -1;
     }
@@ -176,6 +173,40 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     free(path);
 
     return copied;
+}
+
+
+/*
+ * --self must name the server that serves DIR: else the DELETEs would go
+ * to another one, and the keys would stay on both.  The first key to move
+ * must be there.
+ */
+static int
+kvtool_reshard_self(kvtool_reshard_t *rs, const kv_entry_t *e)
+{
+    int    status;
+    char  *path, kbuf[KV_KEY_STR_LEN];
+
+    path = kvtool_http_path(rs->prefix, e->key, e->klen);
+    if (path == NULL) {
+        kvtool_error("no memory for key \"%s\"",
+                     kv_key_str(e->key, e->klen, kbuf));
+        return KVTOOL_FAIL;
+    }
+
+    status = kvtool_http(rs->self_name, "GET", path, NULL, NULL, 0);
+
+    if (status != 200) {
+        kvtool_error("GET %s on %s: %s %d, not 200: is %s the server of "
+                     "this data directory, and %s the location of its "
+                     "store?", path, rs->self_name,
+                     status == -1 ? "no answer" : "answered", status,
+                     rs->self_name, rs->prefix);
+    }
+
+    free(path);
+
+    return status == 200 ? KVTOOL_OK : KVTOOL_FAIL;
 }
 
 
@@ -190,6 +221,13 @@ kvtool_reshard_move(kvtool_store_t *t, kvtool_reshard_t *rs, unsigned dry)
     to = calloc(rs->ring.nservers, sizeof(size_t));
     if (to == NULL) {
         kvtool_error("no memory");
+        return KVTOOL_FAIL;
+    }
+
+    if (!dry && rs->nmoving > 0
+        && kvtool_reshard_self(rs, rs->moving[0]) != KVTOOL_OK)
+    {
+        free(to);
         return KVTOOL_FAIL;
     }
 

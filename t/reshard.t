@@ -107,6 +107,15 @@ none_ok \@bad, 'every key reads back through the router, from one shard';
 is $st, 0, 'a dry run exits 0';
 like $out, qr/, 0 owned by other servers\n\z/, 'and finds nothing to move';
 
+# --self naming another shard than the one of the directory
+my ($before) = placement($three, $first);
+($st, $out) = KvTest::kvtool('reshard', "--servers=$three",
+                             '--self=' . $heavy->name, $first->data_dir);
+is $st, 1, 'reshard refuses a --self that does not serve the directory';
+like $out, qr/is \S+ the server of this data directory/, 'and says why';
+my ($after) = placement($three, $first);
+is scalar(keys %$after), scalar(keys %$before), 'and moved nothing';
+
 # ---------------------------------------------------------- command line
 
 my $dir = $first->data_dir;
