@@ -3,7 +3,7 @@
 /*
  * The owner of a key among the servers of an nginx upstream with
  * "hash $kv_key consistent", computed as ngx_http_upstream_hash_module does
- * it (nginx 1.22 and later):
+ * it in nginx 1.22:
  *
  *   - every server gets 160 * weight points; the base is the CRC32 state
  *     over HOST, a NUL byte and PORT, where PORT is the digits after the

@@ -15,6 +15,7 @@ use File::Copy qw(copy);
 use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use KvTest qw(http_req free_port read_file write_file wait_until);
+use KvShards ();
 
 plan skip_all => 'needs root to run nginx as www-data' if $> != 0;
 
@@ -37,26 +38,22 @@ sub as_user {
     return system(@as_user, @cmd) == 0;
 }
 
-# Replaces, in order, every occurrence of each string (which must occur).
-sub edit {
-    my ($text, @pairs) = @_;
-    while (my ($from, $to) = splice @pairs, 0, 2) {
-        my $n = $text =~ s/\Q$from\E/$to/g;
-        die "\"$from\" is not in the file\n" unless $n;
-    }
-    return $text;
+# A deploy/k8s file with its /tmp/ paths in $dir, then KvShards::subst().
+sub config {
+    my ($file, $dir, @pairs) = @_;
+    (my $text = read_file("$k8s/$file")) =~ s{/tmp/}{$dir/}g;
+    return KvShards::subst($file, $text, @pairs);
 }
 
 # ------------------------------------------------------------- the shard
 
 my ($port, $admin) = (free_port(), free_port());
-write_file("$d/shard/nginx.conf", edit(read_file("$k8s/shard.conf"),
-    '/tmp/' => "$d/shard/",
-    'load_module modules/ngx_http_kv_module.so;' => "load_module $d/module.so;",
-    'error_log stderr notice;' => "error_log $d/shard/error.log notice;",
-    'path=/var/lib/nginx-kv' => "path=$d/data",
-    'listen 8080;' => "listen 127.0.0.1:$port;",
-    'listen 8081;' => "listen 127.0.0.1:$admin;"));
+write_file("$d/shard/nginx.conf", config('shard.conf', "$d/shard",
+    qr{load_module \S+;} => "load_module $d/module.so;",
+    qr{error_log stderr notice;} => "error_log $d/shard/error.log notice;",
+    qr{path=/var/lib/nginx-kv} => "path=$d/data",
+    qr{listen 8080;} => "listen 127.0.0.1:$port;",
+    qr{listen 8081;} => "listen 127.0.0.1:$admin;"));
 
 my @nginx = ($KvTest::Binary, '-e', "$d/shard/error.log",
              '-c', "$d/shard/nginx.conf");
@@ -84,11 +81,9 @@ is http_req($port, 'POST', '/kv/compact', '')->{status}, 404,
 # ------------------------------------------------------------ the router
 
 my $rport = free_port();
-write_file("$d/router/router.conf", edit(read_file("$k8s/router.conf"),
-    '/tmp/' => "$d/router/",
-    'listen 8080;' => "listen 127.0.0.1:$rport;",
-    'access_log /dev/stdout combined buffer=64k flush=1s;'
-        => 'access_log off;'));
+write_file("$d/router/router.conf", config('router.conf', "$d/router",
+    qr{listen 8080;} => "listen 127.0.0.1:$rport;",
+    qr{access_log /dev/stdout[^;]*;} => 'access_log off;'));
 write_file("$d/router/kv-shards.conf",
            "server 127.0.0.1:$port max_fails=0;\n"
            . "server kv-9.invalid:8080 max_fails=0;\n");
