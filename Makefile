@@ -151,7 +151,33 @@ t: build $(KVTOOL) $(PROMTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit t deb-test
+test: deps build unit k8s-check deb-test t
+
+# deploy/k8s, offline: rendered with kustomize (kubectl kustomize) and
+# checked against the Kubernetes API schemas (npm kubernetes-models, pinned
+# in deploy/validate/package-lock.json).  Node.js and kubectl come from
+# Debian when the machine has none.
+K8S_VALIDATE := deploy/validate
+
+.PHONY: deps-k8s k8s-check
+
+deps-k8s:
+ifeq ($(and $(shell command -v node),$(shell command -v npm)),)
+	$(call apt_install,nodejs npm)
+endif
+ifeq ($(shell command -v kubectl),)
+	$(call apt_install,kubernetes-client)
+endif
+
+$(K8S_VALIDATE)/node_modules/.package-lock.json: \
+        $(K8S_VALIDATE)/package.json $(K8S_VALIDATE)/package-lock.json
+	cd $(K8S_VALIDATE) && npm ci --no-audit --no-fund
+
+k8s-check: deps-k8s $(K8S_VALIDATE)/node_modules/.package-lock.json
+	@mkdir -p $(BUILD)
+	kubectl kustomize deploy/k8s > $(BUILD)/k8s.yaml
+	node $(K8S_VALIDATE)/validate.mjs --self-test $(BUILD)/k8s.yaml
+	node $(K8S_VALIDATE)/validate.mjs $(BUILD)/k8s.yaml
 
 # The crash-torture test of t/, long: 500 kill -9 cycles, about 16 minutes.
 soak: build

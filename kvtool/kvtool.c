@@ -26,6 +26,14 @@ static const char  *kvtool_usage_text =
     "                          import the original Go server's data file\n"
     "  repair DIR              move damaged records of a stopped store to\n"
     "                          DIR/lost+found so that it starts again\n"
+    "  owner --servers=LIST DIR\n"
+    "                          print \"SERVER<TAB>KEY\" for every key: the\n"
+    "                          server of LIST that nginx's \"hash $kv_key\n"
+    "                          consistent\" sends it to (KEY %-encoded)\n"
+    "  reshard --servers=LIST --self=NAME [--prefix=/db/] [--dry-run] DIR\n"
+    "                          move the keys of shard NAME (data in DIR)\n"
+    "                          that LIST gives to other servers to them,\n"
+    "                          over HTTP (works on a running store)\n"
     "\n"
     "Options go right after the command name.  --segment-size=SIZE (or\n"
     "--segment-size SIZE): new segments roll over at SIZE, which should be\n"
@@ -36,6 +44,9 @@ static const char  *kvtool_usage_text =
     "\"seq\": N}:\n"
     "a JSON value is embedded as JSON, other values and keys are strings\n"
     "when they are UTF-8 text, else \"value_base64\" and \"key_base64\".\n"
+    "\n"
+    "LIST: the server names of the router's upstream block, as written\n"
+    "there, separated by commas, each optionally followed by \" weight=N\".\n"
     "Exit codes: 0 ok, 1 damage found or the operation failed, 2 usage.\n";
 
 
@@ -174,6 +185,11 @@ main(int argc, char **argv)
         || strcmp(cmd, "--help") == 0)
     {
         return kvtool_usage(stdout, KVTOOL_OK);
+    }
+
+    if (strcmp(cmd, "owner") == 0 || strcmp(cmd, "reshard") == 0) {
+        rc = kvtool_reshard(argc - 1, argv + 1);
+        return rc == KVTOOL_USAGE ? kvtool_usage(stderr, rc) : rc;
     }
 
     segment_size = KV_SEGMENT_SIZE_DEFAULT;

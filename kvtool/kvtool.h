@@ -77,6 +77,32 @@ int kvtool_verify_segment(kvtool_store_t *t, uint32_t id,
     kvtool_store_t *index, kvtool_segment_t *seg);
 void kvtool_segment_free(kvtool_segment_t *seg);
 
+/* kvtool_ring.c: owners as nginx's "hash ... consistent" picks them */
+typedef struct {
+    uint32_t   hash;
+    uint32_t   server;               /* index in kvtool_ring_t.names */
+} kvtool_point_t;
+
+typedef struct {
+    char            *list;           /* the names point into it */
+    char           **names;          /* as written in the upstream block */
+    uint32_t        *weights;
+    size_t           nservers;
+    kvtool_point_t  *points;         /* sorted by hash */
+    size_t           npoints;
+} kvtool_ring_t;
+
+int kvtool_ring_init(kvtool_ring_t *ring, const char *list);
+void kvtool_ring_free(kvtool_ring_t *ring);
+size_t kvtool_ring_owner(const kvtool_ring_t *ring, const uint8_t *key,
+    size_t klen);
+size_t kvtool_ring_find(const kvtool_ring_t *ring, const char *name);
+
+/* kvtool_http.c */
+char *kvtool_http_path(const char *prefix, const uint8_t *key, size_t klen);
+int kvtool_http(const char *server, const char *method, const char *path,
+    const char *ctype, const uint8_t *body, size_t blen);
+
 /* one file per command */
 int kvtool_check(const char *dir);
 int kvtool_dump(const char *dir);
@@ -84,5 +110,6 @@ int kvtool_compact(const char *dir, uint64_t segment_size);
 int kvtool_import_seed(const char *file, const char *dir,
     uint64_t segment_size);
 int kvtool_repair(const char *dir);
+int kvtool_reshard(int argc, char **argv);    /* owner and reshard */
 
 #endif /* KVTOOL_H */
