@@ -10,9 +10,9 @@
  * here.
  *
  * Maintenance: every worker closes its descriptors of segments that a
- * compaction deleted; worker 0 also writes the hint files of segments that
- * became immutable and starts a compaction when the dead-data thresholds
- * say so.  A kv_compact location starts one in whichever worker receives
+ * compaction deleted; worker 0 also sweeps 1/16 of the index for keys
+ * whose TTL ran out, writes the hint files of segments that became
+ * immutable and starts a compaction when the dead-data thresholds say so.  A kv_compact location starts one in whichever worker receives
  * the request.
  */
 
@@ -290,6 +290,10 @@ ngx_http_kv_maintenance_timer(ngx_event_t *ev)
     if (ngx_worker != 0) {
         return;
     }
+
+    /* keys whose TTL ran out leave the index even if nobody reads them */
+
+    (void) kv_expire(&zone->store);
 
     /* a roll-over left a segment without its hint file */
 

@@ -6,6 +6,7 @@
  *
  *   {"key":"k","value":...,"content_type":"application/json","seq":7}
  *
+ * with "expires_at_ms" (Unix time in ms) for a key that has a TTL.
  * A JSON value is embedded as JSON (minified: one line, its numbers
  * untouched).  Other values, and keys, are strings when they are UTF-8
  * text, else "value_base64" and "key_base64" hold them in base64.
@@ -219,7 +220,7 @@ static int
 kvtool_dump_record(const kv_record_t *rec)
 {
     int     rc;
-    char    seq[24], *line;
+    char    seq[24], expires[24], *line;
     cJSON  *obj;
 
     obj = cJSON_CreateObject();
@@ -228,6 +229,7 @@ kvtool_dump_record(const kv_record_t *rec)
     }
 
     snprintf(seq, sizeof(seq), "%" PRIu64, rec->seq);
+    snprintf(expires, sizeof(expires), "%" PRIu64, rec->expires_at_ms);
 
     rc = kvtool_add_bytes(obj, "key", "key_base64", rec->key, rec->klen);
 
@@ -247,7 +249,10 @@ kvtool_dump_record(const kv_record_t *rec)
                                     ? "application/json"
                                     : "application/octet-stream")
             == NULL
-            || cJSON_AddRawToObject(obj, "seq", seq) == NULL))
+            || cJSON_AddRawToObject(obj, "seq", seq) == NULL
+            || (rec->expires_at_ms != 0
+                && cJSON_AddRawToObject(obj, "expires_at_ms", expires)
+                   == NULL)))
     {
         rc = KV_ENOMEM;
     }

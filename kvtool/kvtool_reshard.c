@@ -83,19 +83,23 @@ kvtool_reshard_walk(void *ctx, const kv_entry_t *e)
 
 
 /*
- * Moves one key to its owner: 1 moved, 0 the owner had it already,
- * -1 failed (reported).
+ * Moves one key to its owner, with what is left of its TTL: 1 moved, 0 the
+ * owner had it already (or its TTL ran out meanwhile), -1 failed
+ * (reported).
  */
 static int
 kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     const kv_entry_t *e, uint8_t **buf, size_t *cap)
 {
     int           rc, status, copied;
-    char         *path, kbuf[KV_KEY_STR_LEN];
+    char         *path, *put, kbuf[KV_KEY_STR_LEN];
+    size_t        len;
     uint8_t      *p;
+    uint64_t      now;
     kv_loc_t      loc;
     const char   *owner, *ctype;
     kv_record_t   rec;
+    static const kv_host_t  wall;     /* no now_ms: the system's clock */
 
     owner = rs->ring.names[kvtool_ring_owner(&rs->ring, e->key, e->klen)];
 
@@ -136,17 +140,47 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
         return -1;
     }
 
+    /* a key with a TTL goes with what is left of it, rounded up */
+
+    now = kv_now_ms(&wall);
+
+    if (rec.expires_at_ms != 0 && rec.expires_at_ms <= now) {
+        kv_record_free(&rec);
+        free(path);
+        return 0;
+    }
+
+    len = strlen(path) + sizeof("?ttl=") + 20;
+    put = malloc(len);
+
+    if (put == NULL) {
+        kvtool_error("no memory for key \"%s\"",
+                     kv_key_str(e->key, e->klen, kbuf));
+        kv_record_free(&rec);
+        free(path);
+        return -1;
+    }
+
+    if (rec.expires_at_ms != 0) {
+        snprintf(put, len, "%s?ttl=%" PRIu64, path,
+                 (rec.expires_at_ms - now + 999) / 1000);
+
+    } else {
+        snprintf(put, len, "%s", path);
+    }
+
     copied = 0;
     status = kvtool_http(owner, "GET", path, NULL, NULL, 0);
 
     if (status == 404) {
         ctype = rec.type == KV_TYPE_JSON ? "application/json"
                                          : "application/octet-stream";
-        status = kvtool_http(owner, "PUT", path, ctype, rec.value, rec.vlen);
+        status = kvtool_http(owner, "PUT", put, ctype, rec.value, rec.vlen);
         copied = 1;
     }
 
     kv_record_free(&rec);
+    free(put);
 
     if (status < 200 || status > 299) {
         /* status -1: kvtool_http() said why */

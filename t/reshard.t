@@ -1,7 +1,7 @@
 # kvtool owner and kvtool reshard beyond t/shards.t: weights as nginx
 # weighs them, a move that fails while the new owner is down and finishes
 # when run again, a key written to its new owner before the move is not
-# overwritten, and the command line's errors.
+# overwritten, keys with a TTL keep it, and the command line's errors.
 
 use strict;
 use warnings;
@@ -27,8 +27,10 @@ $router->start_ok or BAIL_OUT('cannot start the router');
 
 my $rc = client($router->port);
 my @failed;
+# every 10th key has a TTL
 for my $i (0 .. $KEYS - 1) {
-    my ($st) = request($rc, 'PUT', "/db/key-$i", "v$i");
+    my $ttl = $i % 10 ? '' : '?ttl=3600';
+    my ($st) = request($rc, 'PUT', "/db/key-$i$ttl", "v$i");
     push @failed, "PUT key-$i: $st" if $st != 201 && $st != 200;
 }
 none_ok \@failed, "$KEYS keys written through the router";
@@ -100,6 +102,15 @@ for my $i (0 .. $KEYS - 1) {
         unless @{ $where->{$key} || [] } == 1;
 }
 none_ok \@bad, 'every key reads back through the router, from one shard';
+
+my @lost;
+for my $i (grep { $_ % 10 == 0 } 0 .. $KEYS - 1) {
+    next if "key-$i" eq $newer;
+    my $r = KvTest::http_req($router->port, 'GET', "/db/key-$i");
+    push @lost, "key-$i: no X-KV-Expires"
+        unless defined $r->{headers}{'x-kv-expires'};
+}
+none_ok \@lost, 'the keys with a TTL kept it through the move';
 
 ($st, $out) = KvTest::kvtool('reshard', "--servers=$three",
                              '--self=' . $first->name, '--dry-run',

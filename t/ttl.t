@@ -172,6 +172,25 @@ is($def->get('own')->{status}, 200, 'the own TTL did not');
 
 $def->stop;
 
+# --- keys nobody reads again leave the index too (worker 0's sweep covers
+# 1/16 of the index a second)
+
+my $sweep = KvTest->new(name => 'ttl-sweep', workers => 2, endpoints => 1);
+$sweep->start_ok;
+
+put_ttl($sweep, "/db/unread$_?ttl=1", 'x') for 1 .. 50;
+is($sweep->status->{ttl}{expiring_keys}, 50, '50 keys with a TTL');
+
+my $swept = wait_until(sub {
+    my $s = $sweep->status;
+    return $s && $s->{keys} == 0 && $s->{ttl}{expired_keys} == 50;
+}, 25, 0.5);
+ok($swept, 'the sweep dropped all 50 without a read')
+    or diag(explain $sweep->status);
+ok($sweep->status->{dead_bytes} > 0, 'their records count as dead data');
+
+$sweep->stop;
+
 # --- a kv_zone with a bad default_ttl does not start
 
 my $bad = KvTest->new(name => 'ttl-bad', zone_extra => 'default_ttl=0s');
@@ -180,5 +199,11 @@ isnt($rc, 0, 'default_ttl=0s fails nginx -t');
 like($out, qr/invalid "default_ttl=0s"/, 'and says why');
 
 $srv->stop;
+
+my ($krc, $dump) = KvTest::kvtool('dump', $srv->data_dir);
+is($krc, 0, 'kvtool dump of the stopped store');
+like($dump, qr/"key":"long",.*"expires_at_ms":\d+/,
+     'kvtool dump shows the expiry time');
+unlike($dump, qr/"key":"short"/, 'and not the expired key');
 
 done_testing();
