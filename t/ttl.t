@@ -1,6 +1,6 @@
 # Expiring keys (TTL): X-KV-TTL or ?ttl=, kv_zone default_ttl=, X-KV-Expires
 # on reads, 404 at once in every worker once the time is up, and the expiry
-# kept through restart, kill -9, hint files and compaction.  Bad TTLs are
+# kept through restart, kill -9, reload, hint files and compaction.  Bad TTLs are
 # 400 and write nothing.
 
 use strict;
@@ -143,6 +143,9 @@ like($srv->status->{recovery}{method}, qr/hints/, 'recovery used hints');
 $srv->kill9_all;
 $srv->start_ok;
 check_after('kill -9');
+
+ok($srv->reload, 'reload');
+check_after('reload');
 
 is($srv->compact->{status}, 202, 'compaction started');
 $st = $srv->wait_compaction_done;

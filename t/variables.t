@@ -1,6 +1,6 @@
 # kv_var: a key's current value as an nginx variable, in each context an
 # operator uses variables in (return, if, map, add_header, set, proxy_pass,
-# limit_req_zone keys), and the README's recipes: a feature flag, a
+# auth_request, limit_req_zone keys), and the README's recipes: a feature flag, a
 # blocklist updated at run time, routing by a stored value.  Access logs
 # and oversized values: t/variables-log.t.
 
@@ -196,9 +196,49 @@ Content-Type: application/octet-stream
 
 
 
-=== TEST 7: kv_var of an unknown zone fails the configuration
+=== TEST 7: an auth_request set-up: API tokens kept in the store
 --- http_config
     kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t7;
+    kv_var $token_owner "token:$http_x_api_token" zone=store;
+--- config
+    location /db/ { kv store; }
+    location = /private {
+        auth_request /auth;
+        add_header X-Owner $token_owner always;
+        try_files /nonexistent =204;
+    }
+    location = /auth {
+        internal;
+        if ($token_owner = "") { return 401; }
+        return 204;
+    }
+--- request eval
+["GET /private",
+"PUT /db/token:s3cr3t
+alice",
+"GET /private",
+"GET /private",
+"DELETE /db/token:s3cr3t",
+"GET /private"]
+--- more_headers eval
+["X-Api-Token: s3cr3t",
+ "Content-Type: application/octet-stream",
+ "X-Api-Token: s3cr3t",
+ "X-Api-Token: wrong",
+ "",
+ "X-Api-Token: s3cr3t"]
+--- error_code eval
+[401, 201, 204, 401, 200, 401]
+--- response_headers eval
+["", "", "X-Owner: alice", "", "", ""]
+--- no_error_log
+[error]
+
+
+
+=== TEST 8: kv_var of an unknown zone fails the configuration
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t8;
     kv_var $v "k" zone=elsewhere;
 --- config
     location /db/ { kv store; }
@@ -210,9 +250,9 @@ qr/\[emerg\].*unknown kv_zone "elsewhere"/
 
 
 
-=== TEST 8: kv_var needs a $name and zone=
+=== TEST 9: kv_var needs a $name and zone=
 --- http_config
-    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t8;
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t9;
     kv_var v "k" zone=store;
 --- config
     location /db/ { kv store; }
