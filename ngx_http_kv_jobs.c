@@ -12,8 +12,9 @@
  * Maintenance: every worker closes its descriptors of segments that a
  * compaction deleted; worker 0 also sweeps 1/16 of the index for keys
  * whose TTL ran out, writes the hint files of segments that became
- * immutable and starts a compaction when the dead-data thresholds say so.  A kv_compact location starts one in whichever worker receives
- * the request.
+ * immutable and starts a compaction when the dead-data thresholds say so.
+ * A kv_compact location starts one in whichever worker receives the
+ * request.
  */
 
 

@@ -20,13 +20,23 @@
 #define NGX_HTTP_KV_METRICS_ZONE_BUF  16384
 
 
-/* a uint64_t of kv_stats_t */
+/* one sample per zone: a field of kv_stats_t, or of the zone's shctx */
 typedef struct {
     const char              *name;
     const char              *type;
     const char              *help;
+    ngx_uint_t               shared;      /* ngx_http_kv_shctx_t's */
     size_t                   offset;
-} ngx_http_kv_stat_metric_t;
+    size_t                   size;        /* 4 or 8 bytes */
+} ngx_http_kv_metric_t;
+
+
+#define ngx_http_kv_stat(field)                                              \
+    0, offsetof(kv_stats_t, field), sizeof(((kv_stats_t *) 0)->field)
+
+#define ngx_http_kv_shared(field)                                            \
+    1, offsetof(ngx_http_kv_shctx_t, field),                                 \
+    sizeof(((ngx_http_kv_shctx_t *) 0)->field)
 
 
 typedef struct {
@@ -51,69 +61,85 @@ static ngx_int_t ngx_http_kv_metrics_label(ngx_pool_t *pool,
     ngx_str_t *zone, ngx_str_t *label);
 
 
-static ngx_http_kv_stat_metric_t  ngx_http_kv_stat_metrics[] = {
+static ngx_http_kv_metric_t  ngx_http_kv_metrics_simple[] = {
+
+    { "nginx_kv_up", "gauge",
+      "1 if the store is open, 0 if it answers 503.",
+      ngx_http_kv_stat(open) },
+
+    { "nginx_kv_request_bytes_total", "counter",
+      "Bytes received in the requests of kv locations, headers included.",
+      ngx_http_kv_shared(bytes_in) },
+
+    { "nginx_kv_response_bytes_total", "counter",
+      "Bytes sent in the responses of kv locations, headers included.",
+      ngx_http_kv_shared(bytes_out) },
 
     { "nginx_kv_keys", "gauge",
       "Keys in the store.",
-      offsetof(kv_stats_t, keys) },
+      ngx_http_kv_stat(keys) },
 
     { "nginx_kv_expiring_keys", "gauge",
       "Keys that have an expiry time (TTL).",
-      offsetof(kv_stats_t, expiring) },
+      ngx_http_kv_stat(expiring) },
 
     { "nginx_kv_expired_keys_total", "counter",
       "Keys dropped because their TTL ran out.",
-      offsetof(kv_stats_t, expired) },
+      ngx_http_kv_stat(expired) },
 
     { "nginx_kv_live_bytes", "gauge",
       "Bytes of the log that hold the current records of keys.",
-      offsetof(kv_stats_t, live_bytes) },
+      ngx_http_kv_stat(live_bytes) },
 
     { "nginx_kv_dead_bytes", "gauge",
       "Bytes of the log that compaction can reclaim.",
-      offsetof(kv_stats_t, dead_bytes) },
+      ngx_http_kv_stat(dead_bytes) },
 
     { "nginx_kv_segments", "gauge",
       "Segment files of the log.",
-      offsetof(kv_stats_t, segments) },
+      ngx_http_kv_stat(segments) },
 
     { "nginx_kv_puts_total", "counter",
       "Values written.",
-      offsetof(kv_stats_t, puts) },
+      ngx_http_kv_stat(puts) },
 
     { "nginx_kv_deletes_total", "counter",
       "Keys deleted.",
-      offsetof(kv_stats_t, deletes) },
+      ngx_http_kv_stat(deletes) },
 
     { "nginx_kv_precondition_failures_total", "counter",
       "Writes refused because If-Match or If-None-Match did not hold.",
-      offsetof(kv_stats_t, precond_failed) },
+      ngx_http_kv_stat(precond_failed) },
 
     { "nginx_kv_write_errors_total", "counter",
       "Appends to the log that failed.",
-      offsetof(kv_stats_t, write_errors) },
+      ngx_http_kv_stat(write_errors) },
 
     { "nginx_kv_fsyncs_total", "counter",
       "Flushes of the log to stable storage.",
-      offsetof(kv_stats_t, fsyncs) },
+      ngx_http_kv_stat(fsyncs) },
 
     { "nginx_kv_compactions_total", "counter",
       "Compactions completed.",
-      offsetof(kv_stats_t, compactions) },
+      ngx_http_kv_stat(compactions) },
 
     { "nginx_kv_compaction_reclaimed_bytes_total", "counter",
       "Bytes of disk that compactions gave back.",
-      offsetof(kv_stats_t, reclaimed_bytes) },
+      ngx_http_kv_stat(reclaimed_bytes) },
 
     { "nginx_kv_recovered_records", "gauge",
       "Records that the last start-up replayed into the index.",
-      offsetof(kv_stats_t, recovered_records) },
+      ngx_http_kv_stat(recovered_records) },
 
     { "nginx_kv_recovery_truncated_bytes", "gauge",
       "Bytes of a torn tail that the last start-up cut off.",
-      offsetof(kv_stats_t, truncated_bytes) },
+      ngx_http_kv_stat(truncated_bytes) },
 
-    { NULL, NULL, NULL, 0 }
+    { "nginx_kv_compaction_running", "gauge",
+      "1 while a compaction runs.",
+      ngx_http_kv_stat(compacting) },
+
+    { NULL, NULL, NULL, 0, 0, 0 }
 };
 
 
@@ -246,12 +272,12 @@ static ngx_int_t
 ngx_http_kv_metrics_handler(ngx_http_request_t *r)
 {
     size_t                      size;
-    u_char                     *start;
+    u_char                     *start, *p;
     ngx_int_t                   rc;
     ngx_uint_t                  i;
     ngx_shm_zone_t            **zonep;
+    ngx_http_kv_metric_t       *m;
     ngx_http_kv_loc_conf_t     *klcf;
-    ngx_http_kv_stat_metric_t  *m;
     ngx_http_kv_metrics_out_t   out;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -296,35 +322,22 @@ ngx_http_kv_metrics_handler(ngx_http_request_t *r)
 
     start = out.pos;
 
-    ngx_http_kv_metrics_family(&out, "nginx_kv_up", "gauge",
-                               "1 if the store is open, 0 if it "
-                               "answers 503.");
-    for (i = 0; i < out.nzones; i++) {
-        out.pos = ngx_slprintf(out.pos, out.last, "nginx_kv_up{%V} %uD\n",
-                               &out.labels[i], out.stats[i].open);
-    }
-
     ngx_http_kv_metrics_requests(&out);
 
-    for (m = ngx_http_kv_stat_metrics; m->name; m++) {
+    for (m = ngx_http_kv_metrics_simple; m->name; m++) {
         ngx_http_kv_metrics_family(&out, m->name, m->type, m->help);
 
         for (i = 0; i < out.nzones; i++) {
+            p = m->shared ? (u_char *) out.zones[i]->shctx
+                          : (u_char *) &out.stats[i];
+            p += m->offset;
+
             out.pos = ngx_slprintf(out.pos, out.last, "%s{%V} %uL\n",
                                    m->name, &out.labels[i],
-                                   *(uint64_t *) ((u_char *)
-                                                  &out.stats[i]
-                                                  + m->offset));
+                                   m->size == sizeof(uint32_t)
+                                   ? (uint64_t) *(uint32_t *) p
+                                   : *(uint64_t *) p);
         }
-    }
-
-    ngx_http_kv_metrics_family(&out, "nginx_kv_compaction_running",
-                               "gauge", "1 while a compaction runs.");
-    for (i = 0; i < out.nzones; i++) {
-        out.pos = ngx_slprintf(out.pos, out.last,
-                               "nginx_kv_compaction_running{%V} %uD\n",
-                               &out.labels[i],
-                               out.stats[i].compacting ? 1 : 0);
     }
 
     ngx_http_kv_metrics_family(&out, "nginx_kv_recovery_duration_seconds",
@@ -411,28 +424,6 @@ ngx_http_kv_metrics_requests(ngx_http_kv_metrics_out_t *out)
             }
         }
     }
-
-    ngx_http_kv_metrics_family(out, "nginx_kv_request_bytes_total",
-                               "counter", "Bytes received in the requests "
-                               "of kv locations, headers included.");
-
-    for (i = 0; i < out->nzones; i++) {
-        out->pos = ngx_slprintf(out->pos, out->last,
-                                "nginx_kv_request_bytes_total{%V} %uA\n",
-                                &out->labels[i],
-                                out->zones[i]->shctx->bytes_in);
-    }
-
-    ngx_http_kv_metrics_family(out, "nginx_kv_response_bytes_total",
-                               "counter", "Bytes sent in the responses "
-                               "of kv locations, headers included.");
-
-    for (i = 0; i < out->nzones; i++) {
-        out->pos = ngx_slprintf(out->pos, out->last,
-                                "nginx_kv_response_bytes_total{%V} %uA\n",
-                                &out->labels[i],
-                                out->zones[i]->shctx->bytes_out);
-    }
 }
 
 
@@ -473,6 +464,7 @@ static void
 ngx_http_kv_metrics_histogram(ngx_http_kv_metrics_out_t *out,
     const char *name, const char *help, size_t which)
 {
+    u_char                  le[NGX_INT64_LEN + 8];
     uint64_t                n;
     ngx_uint_t              i, b;
     kv_hist_t              *h;
@@ -489,17 +481,16 @@ ngx_http_kv_metrics_histogram(ngx_http_kv_metrics_out_t *out,
             n += h->count[b];
 
             if (b < KV_HIST_N) {
-                out->pos = ngx_slprintf(out->pos, out->last,
-                                        "%s_bucket{%V,le=\"%uL.%06uL\"} "
-                                        "%uL\n", name, &out->labels[i],
-                                        bounds[b] / 1000000,
-                                        bounds[b] % 1000000, n);
+                ngx_sprintf(le, "%uL.%06uL%Z", bounds[b] / 1000000,
+                            bounds[b] % 1000000);
 
             } else {
-                out->pos = ngx_slprintf(out->pos, out->last,
-                                        "%s_bucket{%V,le=\"+Inf\"} %uL\n",
-                                        name, &out->labels[i], n);
+                ngx_sprintf(le, "+Inf%Z");
             }
+
+            out->pos = ngx_slprintf(out->pos, out->last,
+                                    "%s_bucket{%V,le=\"%s\"} %uL\n", name,
+                                    &out->labels[i], le, n);
         }
 
         out->pos = ngx_slprintf(out->pos, out->last,

@@ -16,12 +16,12 @@
  *  3. Each put record of each input (in id order) whose index entry still
  *     points exactly at it is re-read raw and appended to the current
  *     output: same bytes, sequence number and checksum.  One whose expiry
- *     time had passed when the compaction began is dropped with its entry.  The lock is held
- *     for the index check only, never across I/O.  Tombstones are not
- *     copied: every older segment is an input, so no older put of their
- *     key survives the compaction.  (A tombstone may only go once no
- *     older file can hold its key: Bitcask resurrected deleted keys by
- *     dropping them earlier.)
+ *     time had passed when the compaction began is dropped with its
+ *     entry.  The lock is held for the index check only, never across
+ *     I/O.  Tombstones are not copied: every older segment is an input,
+ *     so no older put of their key survives the compaction.  (A tombstone
+ *     may only go once no older file can hold its key: Bitcask
+ *     resurrected deleted keys by dropping them earlier.)
  *  4. Each output is flushed and gets a hint file; the directory is
  *     flushed; MERGE is removed and the directory flushed: from then on
  *     the outputs are part of the store.
