@@ -23,22 +23,10 @@
 
 
 static void
-open_small(kv_test_store_t *t, const char *dir)
-{
-    kv_conf_t  conf;
-
-    kv_test_conf(&conf, dir);
-    conf.segment_size = SEG;
-
-    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 256), KV_OK);
-}
-
-
-static void
 reopen(kv_test_store_t *t, const char *dir)
 {
     kv_test_close(t);
-    open_small(t, dir);
+    kv_test_open_small(t, dir, SEG);
 }
 
 
@@ -109,7 +97,7 @@ test_expiry_lookup(void **state)
 
     kv_test_now = T0;
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     assert_int_equal(put_ttl(&t, "a", "one", T0 + 1000, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "b", "two", 0, NULL), KV_OK);
@@ -160,7 +148,7 @@ test_expiry_entry_resize(void **state)
 
     kv_test_now = T0;
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     for (i = 0; i < 50; i++) {
         snprintf(key, sizeof(key), "k%02d", i);
@@ -221,7 +209,7 @@ test_expiry_recovery(void **state)
 
     kv_test_now = T0;
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     assert_int_equal(put_ttl(&t, "old", "forever", 0, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "old", "short", T0 + 1000, NULL), KV_OK);
@@ -281,7 +269,7 @@ test_expiry_hint_v1(void **state)
     big[sizeof(big) - 1] = '\0';
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     assert_int_equal(put_ttl(&t, "a", big, 0, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "b", big, 0, NULL), KV_OK);
@@ -321,7 +309,7 @@ test_expiry_compaction(void **state)
 
     kv_test_now = T0;
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     assert_int_equal(put_ttl(&t, "gone", "v0", 0, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "gone", "v1", T0 + 1000, NULL), KV_OK);
@@ -369,7 +357,7 @@ test_expiry_sweep(void **state)
 
     kv_test_now = T0;
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     /* no expiring key: nothing to do */
     assert_int_equal(put_ttl(&t, "plain", "p", 0, NULL), KV_OK);
@@ -463,7 +451,7 @@ test_conditions(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     /* create only */
     assert_int_equal(write_if(&t, "k", "v1", 0, NULL, KV_COND_ANY, NULL,
@@ -526,7 +514,7 @@ test_seq_floor(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
 
     assert_int_equal(put_ttl(&t, "keep", "k", 0, &s1), KV_OK);
     assert_int_equal(put_ttl(&t, "k", "v1", 0, NULL), KV_OK);

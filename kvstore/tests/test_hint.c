@@ -33,18 +33,6 @@ typedef struct {
 
 
 static void
-open_small(kv_test_store_t *t, const char *dir)
-{
-    kv_conf_t  conf;
-
-    kv_test_conf(&conf, dir);
-    conf.segment_size = SEG;
-
-    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 256), KV_OK);
-}
-
-
-static void
 hint_path(const char *dir, uint32_t id, char *path)
 {
     snprintf(path, PATH_MAX, "%s/" KV_HINT_FMT, dir, id);
@@ -208,7 +196,7 @@ test_same_index(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     n = fill(&t);
 
     /* a running compaction writes the hints of what it creates itself */
@@ -244,7 +232,7 @@ test_same_index(void **state)
     kv_test_close(&t);
 
     kv_test_log_reset();
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     assert_int_equal(t.sh->stats.recovery_hints, n - 1);
     assert_int_equal(t.sh->stats.recovery_scans, 1);
     assert_int_equal(kv_test_log_count[KV_LOG_WARN], 0);
@@ -261,7 +249,7 @@ test_same_index(void **state)
         assert_int_equal(unlink(path), 0);
     }
 
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     assert_int_equal(t.sh->stats.recovery_hints, 0);
     assert_int_equal(t.sh->stats.recovery_scans, n);
     assert_true(t.sh->stats.recovered_records == ref.records);
@@ -368,7 +356,7 @@ test_fallback(void **state)
 
     for (kind = 0; kind < DAMAGE_KINDS; kind++) {
         kv_test_mkdtemp(dir);
-        open_small(&t, dir);
+        kv_test_open_small(&t, dir, SEG);
         n = fill(&t);
         assert_int_equal(kv_write_hints(&t.s), KV_OK);
         snapshot(&t, &ref);
@@ -378,7 +366,7 @@ test_fallback(void **state)
         hint_path(dir, 2, path);
 
         kv_test_log_reset();
-        open_small(&t, dir);
+        kv_test_open_small(&t, dir, SEG);
         assert_int_equal(t.sh->stats.recovery_hints, n - 2);
         assert_int_equal(t.sh->stats.recovery_scans, 2);
         assert_int_equal(kv_test_log_count[KV_LOG_ERR], 0);
@@ -412,7 +400,7 @@ test_fallback(void **state)
         assert_true(exists(path));
         kv_test_close(&t);
 
-        open_small(&t, dir);
+        kv_test_open_small(&t, dir, SEG);
         assert_int_equal(t.sh->stats.recovery_hints, n - 1);
         expect_snapshot(&t, &ref);
         kv_test_close(&t);
@@ -436,7 +424,7 @@ test_bad_segment(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     fill(&t);
 
     assert_int_equal(kv_lookup(&t.s, S("key-12"), &loc), KV_OK);
@@ -483,7 +471,7 @@ test_orphans(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     n = fill(&t);
     assert_int_equal(kv_write_hints(&t.s), KV_OK);
     kv_test_close(&t);
@@ -518,7 +506,7 @@ test_orphans(void **state)
     expect_deleted(&t);
     kv_test_close(&t);
 
-    open_small(&t, dir);
+    kv_test_open_small(&t, dir, SEG);
     assert_false(exists(tmp));
     hint_path(dir, n, path);
     assert_false(exists(path));

@@ -77,15 +77,10 @@ sync_reset(void)
 static void
 open_small(kv_test_store_t *t, const char *dir)
 {
-    kv_conf_t  conf;
-
-    kv_test_conf(&conf, dir);
-    conf.segment_size = SEG;
-
     kv_test_sync = record_sync;
     sync_reset();
 
-    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 256), KV_OK);
+    kv_test_open_small(t, dir, SEG);
 }
 
 

@@ -144,6 +144,18 @@ kv_test_open_conf(kv_test_store_t *t, const kv_conf_t *conf,
 
 
 void
+kv_test_open_small(kv_test_store_t *t, const char *dir, uint64_t segment_size)
+{
+    kv_conf_t  conf;
+
+    kv_test_conf(&conf, dir);
+    conf.segment_size = segment_size;
+
+    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 256), KV_OK);
+}
+
+
+void
 kv_test_close(kv_test_store_t *t)
 {
     kv_store_close(&t->s);

@@ -62,6 +62,13 @@ void kv_test_conf(kv_conf_t *conf, const char *dir);
 int kv_test_open_conf(kv_test_store_t *t, const kv_conf_t *conf,
     size_t zone_size, uint32_t nbuckets);
 
+/*
+ * kv_test_open() with segments of segment_size bytes (small ones roll over
+ * after a few records), asserting that it opens.
+ */
+void kv_test_open_small(kv_test_store_t *t, const char *dir,
+    uint64_t segment_size);
+
 /* Closes the store and its lock, as the owning process exiting would. */
 void kv_test_close(kv_test_store_t *t);
 
