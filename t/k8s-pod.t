@@ -77,6 +77,10 @@ is http_req($port, 'GET', '/kv/status')->{status}, 404,
     'not on the port of the clients and the router';
 is http_req($port, 'POST', '/kv/compact', '')->{status}, 404,
     'nor /kv/compact';
+like http_req($admin, 'GET', '/metrics')->{body} // '',
+    qr/^nginx_kv_keys\{zone="store"\} 1$/m, '/metrics on the admin port';
+is http_req($port, 'GET', '/metrics')->{status}, 404,
+    'not on the port of the clients';
 
 # ------------------------------------------------------------ the router
 
