@@ -682,9 +682,26 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             return NGX_ERROR;
         }
 
-        /* the new max_key and max_value: ngx_http_kv_init_module() */
+        /*
+         * A reload may bring a new build of the module (a package
+         * upgrade replaces the .so): it must not read a zone laid out by
+         * another one.
+         */
 
         ctx->shctx = ctx->shpool->data;
+
+        if (ctx->shctx->magic != NGX_HTTP_KV_SHCTX_MAGIC
+            || !kv_shared_compatible(ctx->shctx->sh))
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "kv_zone \"%V\" was laid out by another build of "
+                          "ngx_http_kv_module, restart nginx to use this "
+                          "one", &ctx->name);
+            return NGX_ERROR;
+        }
+
+        /* the new max_key and max_value: ngx_http_kv_init_module() */
+
         ctx->reused = 1;
 
         return NGX_OK;
@@ -720,6 +737,7 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_ERROR;
     }
 
+    ctx->shctx->magic = NGX_HTTP_KV_SHCTX_MAGIC;
     ctx->shctx->sh = sh;
     ctx->shpool->data = ctx->shctx;
 

@@ -48,7 +48,10 @@ struct cJSON;
  * and the module's own counters, which every worker adds to and which a
  * reload keeps with the zone.
  */
+#define NGX_HTTP_KV_SHCTX_MAGIC  0x4d564b31   /* "1KVM": its layout's */
+
 typedef struct {
+    uint32_t                 magic;       /* first: see init_zone */
     kv_shared_t             *sh;
     ngx_atomic_t             requests[NGX_HTTP_KV_METHODS]
                                      [NGX_HTTP_KV_CLASSES];

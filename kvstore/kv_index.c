@@ -103,6 +103,13 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
 }
 
 
+int
+kv_shared_compatible(const kv_shared_t *sh)
+{
+    return sh->magic == KV_SHARED_MAGIC;
+}
+
+
 void
 kv_set_limits(kv_store_t *s)
 {

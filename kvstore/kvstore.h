@@ -298,6 +298,12 @@ typedef struct {
 kv_shared_t *kv_shared_create(const kv_host_t *host, uint32_t nbuckets,
     uint32_t max_key, uint32_t max_value);
 
+/*
+ * 1 if sh was laid out by this build of the engine: a host that keeps the
+ * shared state across a reload checks it before a new build uses it.
+ */
+int kv_shared_compatible(const kv_shared_t *sh);
+
 /* Binds a per-process handle and resolves conf's defaults; opens nothing. */
 void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     const kv_conf_t *conf);
