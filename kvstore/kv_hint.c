@@ -428,6 +428,16 @@ kv_write_hints(kv_store_t *s)
     first = KV_OK;
 
     for (i = 0; i < n && ids[i] < active; i++) {
+
+        /*
+         * A stopping nginx kills a worker that takes more than about 1.5 s
+         * to exit fast: leave the remaining hints to the next start rather
+         * than a half-written one.
+         */
+        if (s->host->stopping != NULL && s->host->stopping(s->host->ctx)) {
+            break;
+        }
+
         kv_hint_path(s, ids[i], "", path);
 
         if (access(path, F_OK) == 0) {

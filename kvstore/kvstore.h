@@ -135,7 +135,8 @@ typedef struct {
     /*
      * Optional: 1 once the host is shutting down.  A compaction polls it
      * as it polls kv_compact_cancel()'s flag, from its own thread, so a
-     * stopping process does not wait for a whole compaction.
+     * stopping process does not wait for a whole compaction; writing hint
+     * files checks it between files.
      */
     int      (*stopping)(void *ctx);
 
