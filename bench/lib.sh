@@ -38,6 +38,45 @@ machine() {
         "$(df -hT "$KV_TMP" | awk 'NR == 2 { print $2 " on " $1 }') ($KV_TMP)"
 }
 
+# nginx_conf DIR PORT MAIN HTTP SERVER: the nginx.conf of the benchmarks'
+# servers, ours and nginx peers alike: run from DIR (its tmp/ must exist),
+# on 127.0.0.1:PORT, KV_WORKERS (2) workers, access_log off, keep-alive
+# connections that last, bodies up to 2 MiB kept in memory; MAIN, HTTP
+# and SERVER are more lines for those blocks.
+nginx_conf() {
+    cat <<EOF
+$3
+$( ((EUID == 0)) && echo "user root;" )
+worker_processes ${KV_WORKERS:-2};
+error_log $1/error.log notice;
+pid $1/nginx.pid;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path       $1/tmp/proxy;
+    fastcgi_temp_path     $1/tmp/fastcgi;
+    uwsgi_temp_path       $1/tmp/uwsgi;
+    scgi_temp_path        $1/tmp/scgi;
+
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    client_body_buffer_size 2m;
+    client_max_body_size 2m;
+$4
+
+    server {
+        listen 127.0.0.1:$2;
+$5
+    }
+}
+EOF
+}
+
 # kv_start FSYNC [ZONE_PARAMS...]: nginx with 2 workers, the store in a
 # fresh directory (or KV_DATA), /db/, /kv/status, /kv/compact, /readyz;
 # waits until /readyz answers 200.  Sets kv_run, kv_pid, kv_data.
@@ -54,44 +93,15 @@ kv_start() {
     kv_data=${KV_DATA:-$kv_run/data}
     mkdir -p "$kv_run/tmp"
 
-    cat > "$kv_run/nginx.conf" <<EOF
-load_module $MODULE;
-$( ((EUID == 0)) && echo "user root;" )
-worker_processes ${KV_WORKERS:-2};
-error_log $kv_run/error.log notice;
-pid $kv_run/nginx.pid;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    client_body_temp_path $kv_run/tmp/body;
-    proxy_temp_path       $kv_run/tmp/proxy;
-    fastcgi_temp_path     $kv_run/tmp/fastcgi;
-    uwsgi_temp_path       $kv_run/tmp/uwsgi;
-    scgi_temp_path        $kv_run/tmp/scgi;
-
-    access_log off;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    client_body_buffer_size 2m;
-    client_max_body_size 2m;
-
+    nginx_conf "$kv_run" "$KV_PORT" "load_module $MODULE;" "
     kv_zone zone=store:$KV_ZONE path=$kv_data fsync=$fsync $*;
-    ${KV_HTTP_EXTRA:-}
-
-    server {
-        listen 127.0.0.1:$KV_PORT;
+    ${KV_HTTP_EXTRA:-}" "
         ${KV_SERVER_EXTRA:-}
 
         location /db/           { kv store; }
         location = /kv/status   { kv_status store; }
         location = /kv/compact  { kv_compact store; }
-        location = /readyz      { kv_ready store; }
-    }
-}
-EOF
+        location = /readyz      { kv_ready store; }" > "$kv_run/nginx.conf"
 
     "$NGINX" -p "$kv_run" -c "$kv_run/nginx.conf" -g "daemon off;" \
         2>>"$kv_run/error.log" &
