@@ -6,6 +6,7 @@
 #   make deb      build the Debian packages into build/deb (debian/)
 #   make deb-test build, lint, install, serve and purge them (in make test)
 #   make bench    build, run the benchmarks of bench/ (bench/README.md)
+#   make bench-peers  install the peers, build, compare (bench/peers.sh)
 #
 # Everything built lands in build/.
 
@@ -194,12 +195,14 @@ run: deps-build deps-run build
 	    RUN_DIR=$(BUILD)/run ./run-nginx.sh
 
 # Benchmarks: speed and space targets live here, never in unit tests.
-# bench/peers.sh (the comparison with other stores) is run by hand.
+# bench-peers: the comparison with nginx, lua_shared_dict and Redis
+# (bench/peers.sh), about 10 minutes; it installs the build's packages
+# with the peers', with their services kept from starting, then builds.
 BENCH_KEYS   ?= 10000000
 BENCH_CFLAGS := -std=c11 -O2 -g -Wall -Wextra -Werror -Ikvstore \
                 -I$(BUILD)/unit/proto
 
-.PHONY: bench
+.PHONY: bench bench-peers
 
 $(BUILD)/bench/startup: bench/startup.c $(KV_SRCS) $(KV_HDRS) \
                         $(BUILD)/unit/proto/kv.pb-c.c
@@ -213,6 +216,9 @@ bench: build $(BUILD)/bench/startup
 	    bench/groupcommit.sh || rc=1; \
 	    bench/space.sh || rc=1; exit $$rc; \
 	} 2>&1 | tee bench/out/bench-$$(date -u +%Y%m%dT%H%M%SZ).log
+
+bench-peers:
+	BUILD_PKGS="$(BUILD_PKGS)" bench/peers.sh
 
 clean:
 	rm -rf $(BUILD)
