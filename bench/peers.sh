@@ -155,9 +155,10 @@ wait_up() {
     die "$name did not start (logs above)"
 }
 
+# port_free PORT: nothing accepts connections on 127.0.0.1:PORT
 port_free() {
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; then
-        die "something already answers on 127.0.0.1:$1 (set PEERS_PORT)"
+    if (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; then
+        die "something already listens on 127.0.0.1:$1 (set PEERS_PORT)"
     fi
 }
 
@@ -309,9 +310,8 @@ load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;" "
 redis_up() {
     local name=redis-$1 dir=$work/redis-$1
 
+    port_free "$2"
     port_free "$3"
-    redis-cli -p "$2" ping > /dev/null 2>&1 &&
-        die "something already answers on 127.0.0.1:$2 (set PEERS_PORT)"
     mkdir -p "$dir/data"
     cat > "$dir/redis.conf" <<EOF
 bind 127.0.0.1
