@@ -32,8 +32,9 @@
 #              (the Makefile passes its list)
 #   and lib.sh's NGINX, MODULE, KV_TMP, KV_ZONE.
 # Raw output: bench/out/peers-<UTC stamp>/ (wrk logs, results.csv, the
-# table as results.md, the servers' logs).  Exits 1 if a run failed or a
-# request got an error; the targets of issue 15 are printed, not enforced.
+# table as results.md, the servers' logs).  Exits 1 if a run gave no
+# result or our module answered a request with an error (the peers' errors
+# are in the table); the targets of issue 15 are printed, not enforced.
 
 set -euo pipefail
 
@@ -41,8 +42,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-3}
-TARGETS=${TARGETS:-kv-off kv-always nginx-return nginx-static
-nginx-static-nosendfile lua-shdict redis-always redis-everysec}
 WORKLOADS=${WORKLOADS:-get set get1m}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
@@ -57,6 +56,7 @@ POLICY=/usr/sbin/policy-rc.d
 
 all_targets="kv-off kv-always nginx-return nginx-static
 nginx-static-nosendfile lua-shdict redis-always redis-everysec"
+TARGETS=${TARGETS:-$all_targets}
 
 p_kv_off=$PEERS_PORT
 p_kv_always=$((PEERS_PORT + 1))
@@ -80,6 +80,7 @@ say() {
     echo "[$(date -u +%H:%M:%S)] $*" >&2
 }
 
+# has WORD LIST: WORD is one of the words of LIST
 has() {
     [[ " $(echo $2) " == *" $1 "* ]]
 }
@@ -106,7 +107,7 @@ stop() {
 }
 
 cleanup() {
-    local i name f
+    local i name pid f
 
     set +e
     trap - EXIT INT TERM
@@ -484,7 +485,11 @@ measure() {
     echo "$w,$t,$r,$rps,$p50,$p90,$p99,$errors" >> "$out/results.csv"
     say "$w $t round $r: $rps req/s, p50/p90/p99 $p50/$p90/$p99 us," \
         "$errors errors"
-    ((errors == 0)) || failed=1
+    # a peer's errors are its own (webdis drops a few connections under
+    # 1 MiB GETs): they show in the table but fail only our targets
+    if ((errors > 0)) && [[ $t == kv-* ]]; then
+        failed=1
+    fi
 }
 
 # --- the table --------------------------------------------------------------
