@@ -22,9 +22,6 @@
 /* a GET retries when a compaction moved the record under it */
 #define NGX_HTTP_KV_READ_TRIES  3
 
-/* the largest TTL, in seconds: about 68 years */
-#define NGX_HTTP_KV_MAX_TTL     2147483647
-
 
 typedef struct {
     ngx_str_t                key;

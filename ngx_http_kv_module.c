@@ -386,12 +386,16 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             ctx->default_ttl = ngx_parse_time(&s, 1);
 
+            /* the bounds of X-KV-TTL: a longer one would wrap around */
+
             if (ctx->default_ttl == (time_t) NGX_ERROR
-                || ctx->default_ttl == 0)
+                || ctx->default_ttl == 0
+                || ctx->default_ttl > NGX_HTTP_KV_MAX_TTL)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid \"%V\", it must be a time of at "
-                                   "least 1s", &value[i]);
+                                   "invalid \"%V\", it must be a time from "
+                                   "1s to %d seconds", &value[i],
+                                   NGX_HTTP_KV_MAX_TTL);
                 return NGX_CONF_ERROR;
             }
 

@@ -41,6 +41,9 @@ struct cJSON;
 
 
 #define NGX_HTTP_KV_METHODS  6     /* GET, HEAD, POST, PUT, DELETE, other */
+
+/* the largest TTL, X-KV-TTL's or default_ttl's, in seconds: about 68 years */
+#define NGX_HTTP_KV_MAX_TTL  2147483647
 #define NGX_HTTP_KV_CLASSES  5     /* 1xx to 5xx */
 
 /*

@@ -59,6 +59,13 @@ ngx_int_t
 ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *msg)
 {
+    /* a write that failed to become durable hands out no ETag */
+
+    if (r->headers_out.etag != NULL) {
+        r->headers_out.etag->hash = 0;
+        r->headers_out.etag = NULL;
+    }
+
     return ngx_http_kv_send_json(r, status, "error", msg);
 }
 

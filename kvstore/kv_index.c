@@ -506,9 +506,6 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
 
         } else if (e != NULL) {
             kv_index_expire(host, sh, link, e);
-
-        } else {
-            sh->stats.expired++;
         }
 
         sh->stats.dead_bytes += flen;
@@ -540,10 +537,13 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
 
 
 /*
- * Sweeps 1/16 of the buckets from where the last call stopped, holding the
- * lock for KV_EXPIRE_CHUNK buckets at a time so that requests interleave.
+ * Sweeps 1/16 of the buckets from where the last call stopped, at most
+ * KV_EXPIRE_MAX (a host calls it from its event loop: a few ms), holding
+ * the lock for KV_EXPIRE_CHUNK buckets at a time so that requests
+ * interleave.
  */
 #define KV_EXPIRE_CHUNK  4096
+#define KV_EXPIRE_MAX    65536
 
 uint64_t
 kv_expire(kv_store_t *s)
@@ -562,6 +562,7 @@ kv_expire(kv_store_t *s)
     host->lock(host->ctx);
 
     todo = sh->nbuckets / 16 ? sh->nbuckets / 16 : sh->nbuckets;
+    todo = todo < KV_EXPIRE_MAX ? todo : KV_EXPIRE_MAX;
 
     while (sh->open && sh->stats.expiring != 0 && todo != 0) {
         now = kv_now_ms(host);

@@ -794,6 +794,8 @@ kv_sync(kv_store_t *s, uint64_t *durable)
         }
     }
 
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
     host->lock(host->ctx);
 
     if (failed) {
@@ -807,7 +809,6 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
         sh->stats.fsyncs++;
 
-        clock_gettime(CLOCK_MONOTONIC, &t1);
         kv_hist_add(&sh->stats.fsync_latency,
                     (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000000
                                 + (t1.tv_nsec - t0.tv_nsec) / 1000));

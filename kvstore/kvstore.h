@@ -403,10 +403,11 @@ int kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf);
 int kv_read_seq(kv_store_t *s, kv_loc_t *loc);
 
 /*
- * Drops expired keys from a part of the index (about 1/16 of the buckets
- * per call, holding the lock for a few thousand buckets at a time), so
- * that keys nobody reads again still leave memory and count as dead data.
- * Returns how many it dropped.  Cheap when no key has an expiry.
+ * Drops expired keys from a part of the index (1/16 of the buckets per
+ * call, at most 65536, holding the lock for a few thousand buckets at a
+ * time), so that keys nobody reads again still leave memory and count as
+ * dead data.  Returns how many it dropped.  Cheap when no key has an
+ * expiry.
  */
 uint64_t kv_expire(kv_store_t *s);
 

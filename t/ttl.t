@@ -196,10 +196,12 @@ $sweep->stop;
 
 # --- a kv_zone with a bad default_ttl does not start
 
-my $bad = KvTest->new(name => 'ttl-bad', zone_extra => 'default_ttl=0s');
-my ($rc, $out) = $bad->nginx_t;
-isnt($rc, 0, 'default_ttl=0s fails nginx -t');
-like($out, qr/invalid "default_ttl=0s"/, 'and says why');
+for my $t ('0s', '18446744073709551s', '69y') {
+    my $bad = KvTest->new(name => 'ttl-bad', zone_extra => "default_ttl=$t");
+    my ($rc, $out) = $bad->nginx_t;
+    isnt($rc, 0, "default_ttl=$t fails nginx -t");
+    like($out, qr/invalid "default_ttl=\Q$t\E"/, 'and says why');
+}
 
 $srv->stop;
 
