@@ -30,7 +30,8 @@ DEB_TEST_PKGS := lintian
 
 KV_SRCS    := $(wildcard kvstore/*.c)
 KV_HDRS    := $(wildcard kvstore/*.h)
-MOD_SRCS   := config $(wildcard ngx_http_kv_*.c ngx_http_kv_*.h) proto/kv.proto
+MOD_SRCS   := config $(wildcard ngx_http_kv_*.c ngx_http_kv_*.h kv_http_*.c \
+                kv_http_*.h) proto/kv.proto
 
 UNIT_CC     ?= cc
 UNIT_CFLAGS := -std=c11 -g -O1 -Wall -Wextra -Werror -fno-omit-frame-pointer \

@@ -15,6 +15,8 @@
  * ngx_http_kv_jobs.c      thread-pool jobs (flush, hints, compaction) and
  *                         the maintenance timer that starts them
  * ngx_http_kv_response.c  sending responses and JSON errors
+ * kv_http_parse.c         the handlers' parsers of keys, JSON, TTLs and
+ *                         ETag lists, free of nginx for fuzz/
  * kvstore/                the storage engine (no nginx code), used only
  *                         through kvstore.h
  *
