@@ -24,6 +24,8 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
+# and to fuzz (make fuzz, fuzz-check in make test)
+FUZZ_PKGS  := clang libclang-rt-14-dev
 # and to build the Debian packages (make deb), to check them (make deb-test)
 DEB_PKGS      := debhelper dpkg-dev
 DEB_TEST_PKGS := lintian
@@ -88,13 +90,16 @@ deps-run:
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
 
+deps-fuzz:
+	$(call apt_install,$(FUZZ_PKGS))
+
 deps-deb:
 	$(call apt_install,$(DEB_PKGS))
 
 deps-deb-test:
 	$(call apt_install,$(DEB_TEST_PKGS))
 
-deps: deps-build deps-run deps-test deps-deb deps-deb-test
+deps: deps-build deps-run deps-test deps-fuzz deps-deb deps-deb-test
 
 # kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
 $(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
@@ -124,6 +129,69 @@ unit: $(UNIT_TESTS)
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $$t; \
 	done
 
+# libFuzzer harnesses, fuzz/<target>.c, built with clang under ASan and
+# UBSan; fuzz/corpus/<target>/ holds each one's seeds and the inputs of
+# every crash found (regressions).  New inputs go to build/fuzz/, never
+# into the repository.
+#   make fuzz-check            every harness for FUZZ_CHECK_TIME seconds
+#                              (in make test)
+#   make fuzz [FUZZ_TIME=s]    the long run: each harness for FUZZ_TIME
+#                              seconds (default 600); make -j2 fuzz runs
+#                              two at a time
+FUZZ_CC         ?= clang
+FUZZ_CFLAGS     := -std=c11 -g -O1 -Wall -Wextra -Werror \
+                   -fno-omit-frame-pointer \
+                   -fsanitize=fuzzer,address,undefined \
+                   -fno-sanitize-recover=all -I. -Ikvstore \
+                   -I$(BUILD)/unit/proto
+FUZZ_ENGINE     := frame hint
+FUZZ_HTTP       := key json ttl etag
+FUZZ_TARGETS    := $(FUZZ_ENGINE) $(FUZZ_HTTP)
+FUZZ_BINS       := $(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_TARGETS))
+FUZZ_CHECK_TIME ?= 5
+FUZZ_TIME       ?= 600
+
+.PHONY: deps-fuzz fuzz fuzz-check fuzz-build \
+        $(patsubst %,fuzz-run-%,$(FUZZ_TARGETS))
+
+$(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_ENGINE)): $(BUILD)/fuzz/%: fuzz/%.c \
+        $(KV_SRCS) $(KV_HDRS) $(BUILD)/unit/proto/kv.pb-c.c
+	@mkdir -p $(BUILD)/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(KV_SRCS) \
+	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash
+
+$(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_HTTP)): $(BUILD)/fuzz/%: fuzz/%.c \
+        kv_http_parse.c kv_http_parse.h kvstore/kvstore.h
+	@mkdir -p $(BUILD)/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< kv_http_parse.c -lcjson
+
+fuzz-build: $(FUZZ_BINS)
+
+# One harness for FUZZ_SECS seconds: it reads the seeds, writes what it
+# finds to build/fuzz/<target>.corpus and a crash to build/fuzz/<target>-*;
+# the summary line gives the executions.
+FUZZ_SECS ?= $(FUZZ_CHECK_TIME)
+
+$(patsubst %,fuzz-run-%,$(FUZZ_TARGETS)): fuzz-run-%: $(BUILD)/fuzz/%
+	@mkdir -p $(BUILD)/fuzz/$*.corpus
+	@TMPDIR=/dev/shm $(BUILD)/fuzz/$* -max_total_time=$(FUZZ_SECS) \
+	    -print_final_stats=1 -artifact_prefix=$(BUILD)/fuzz/$*- \
+	    $(BUILD)/fuzz/$*.corpus fuzz/corpus/$* > $(BUILD)/fuzz/$*.log 2>&1 \
+	    || { tail -60 $(BUILD)/fuzz/$*.log; \
+	         echo "fuzz/$*: CRASH, input in $(BUILD)/fuzz/$*-*"; exit 1; }
+	@awk '/^stat::number_of_executed_units/ { n = $$2 } \
+	      /^Done/ { s = $$5 } \
+	      END { printf "fuzz/%s: %s executions in %s s, no crash\n", \
+	            "$*", n, s }' $(BUILD)/fuzz/$*.log
+
+fuzz-check: deps-fuzz $(FUZZ_BINS)
+	@$(MAKE) --no-print-directory FUZZ_SECS=$(FUZZ_CHECK_TIME) \
+	    $(patsubst %,fuzz-run-%,$(FUZZ_TARGETS))
+
+fuzz: deps-build deps-fuzz $(FUZZ_BINS)
+	@$(MAKE) --no-print-directory FUZZ_SECS=$(FUZZ_TIME) \
+	    $(patsubst %,fuzz-run-%,$(FUZZ_TARGETS))
+
 # promtool, Prometheus' own parser and linter of the metrics format, for
 # t/metrics.t: taken out of Debian's prometheus package, which is not
 # installed (its service is not wanted on a test machine).
@@ -152,7 +220,7 @@ t: build $(KVTOOL) $(PROMTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit k8s-check deb-test t
+test: deps build unit fuzz-check k8s-check deb-test t
 
 # deploy/k8s, offline: rendered with kustomize (kubectl kustomize) and
 # checked against the Kubernetes API schemas (npm kubernetes-models, pinned
