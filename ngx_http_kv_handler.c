@@ -461,7 +461,11 @@ ngx_http_kv_read_body(ngx_http_request_t *r, ngx_str_t *value)
         b = cl->buf;
 
         if (!b->in_file) {
-            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            /* a chunked body ends with an empty buffer whose pos is NULL */
+            if (b->last != b->pos) {
+                p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            }
+
             continue;
         }
 
