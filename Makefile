@@ -10,6 +10,7 @@
 # Everything built lands in build/.
 
 SHELL     := /bin/bash
+comma     := ,
 REPO      := $(abspath .)
 BUILD     := $(REPO)/build
 NGX_SRC   ?= /usr/share/nginx/src
@@ -58,12 +59,17 @@ build: $(MODULE) $(KVTOOL)
 
 # nginx's configure writes its Makefile into build/; the module is then
 # compiled with the exact flags Debian's nginx was built with (--with-compat).
-$(BUILD)/Makefile: config proto/kv.proto
-	mkdir -p $(BUILD)
+# $(1): the build directory, $(2): more configure arguments.
+define ngx_configure
+	mkdir -p $(1)
 	cd $(NGX_SRC) && . ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(REPO) \
-	    --builddir=$(BUILD) > $(BUILD)/configure.log 2>&1 || \
-	    { tail -20 $(BUILD)/configure.log; exit 1; }
+	    ./configure "$${NGX_CONF_FLAGS[@]}" $(2) --add-dynamic-module=$(REPO) \
+	    --builddir=$(1) > $(1)/configure.log 2>&1 || \
+	    { tail -20 $(1)/configure.log; exit 1; }
+endef
+
+$(BUILD)/Makefile: config proto/kv.proto
+	$(call ngx_configure,$(BUILD))
 
 $(MODULE): $(BUILD)/Makefile $(MOD_SRCS) $(KV_SRCS) $(KV_HDRS)
 	$(MAKE) -f $(BUILD)/Makefile -C $(NGX_SRC) modules
@@ -221,6 +227,61 @@ t: build $(KVTOOL) $(PROMTOOL)
 	rm -rf $$root; exit $$rc
 
 test: deps build unit fuzz-check k8s-check deb-test t
+
+# The module under AddressSanitizer and UndefinedBehaviorSanitizer, in
+# Debian's nginx: gcc's runtimes are preloaded into /usr/sbin/nginx by the
+# wrapper build/asan/nginx (and into nothing else the suites run).  Any
+# report, written to the run's reports/, fails make t-asan; the sanitizers
+# stop the process at the first one.  libubsan comes before libasan: in the
+# other order UBSan reports through libasan's copy of its handlers, which
+# ignores log_path and writes to stderr, that is nginx's error log, which
+# the suites delete.  Leak checking is off: nginx frees its pools only in
+# part at exit.
+# make t-asan T=t/api.t runs one suite.
+ASAN_BUILD  := $(BUILD)/asan
+ASAN_MODULE := $(ASAN_BUILD)/ngx_http_kv_module.so
+ASAN_NGINX  := $(ASAN_BUILD)/nginx
+ASAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
+               -fno-omit-frame-pointer
+
+.PHONY: t-asan
+
+$(ASAN_BUILD)/Makefile: config proto/kv.proto
+	$(call ngx_configure,$(ASAN_BUILD),--with-cc-opt="$(ASAN_CFLAGS)" \
+	    --with-ld-opt="-fsanitize=address$(comma)undefined")
+
+$(ASAN_MODULE): $(ASAN_BUILD)/Makefile $(MOD_SRCS) $(KV_SRCS) $(KV_HDRS)
+	$(MAKE) -f $(ASAN_BUILD)/Makefile -C $(NGX_SRC) modules
+
+$(ASAN_NGINX): Makefile
+	mkdir -p $(ASAN_BUILD)
+	printf '#!/bin/sh\n%s\nLD_PRELOAD="%s %s" exec %s "$$@"\n' \
+	    'ASAN_OPTIONS="verify_asan_link_order=0:$$ASAN_OPTIONS"; export ASAN_OPTIONS' \
+	    "$$(realpath $$($(CC) -print-file-name=libubsan.so))" \
+	    "$$(realpath $$($(CC) -print-file-name=libasan.so))" \
+	    $(NGINX) > $@
+	chmod +x $@
+
+t-asan: deps-build deps-run deps-test $(ASAN_MODULE) $(ASAN_NGINX) \
+        $(KVTOOL) $(PROMTOOL)
+	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
+	root=$$(mktemp -d /tmp/kv-asan.XXXXXX); mkdir $$root/reports; \
+	ASAN_OPTIONS=log_path=$$root/reports/asan:detect_leaks=0 \
+	UBSAN_OPTIONS=log_path=$$root/reports/ubsan:print_stacktrace=1 \
+	KV_PROMTOOL=$(PROMTOOL) \
+	TEST_NGINX_BINARY=$(ASAN_NGINX) \
+	TEST_NGINX_LOAD_MODULES=$(ASAN_MODULE) \
+	TEST_NGINX_SERVROOT=$$root/servroot \
+	TEST_NGINX_RANDOMIZE=1 \
+	KV_TEST_TMP=$$root \
+	    prove $$inc -I t/lib -r $(T); rc=$$?; \
+	if [ -n "$$(ls $$root/reports)" ]; then \
+	    head -n 40 $$root/reports/*; \
+	    echo "t-asan: FAILED, sanitizer reports above"; rc=1; \
+	else \
+	    echo "t-asan: no sanitizer report"; \
+	fi; \
+	rm -rf $$root; exit $$rc
 
 # deploy/k8s, offline: rendered with kustomize (kubectl kustomize) and
 # checked against the Kubernetes API schemas (npm kubernetes-models, pinned
