@@ -458,6 +458,7 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->host.log = ngx_http_kv_host_log;
     ctx->host.stopping = ngx_http_kv_host_stopping;
     ctx->host.now_ms = ngx_http_kv_host_now_ms;
+    ctx->host.shared = 1;
 
 #if (NGX_THREADS)
     /* fsync and compaction run there, off the event loop */

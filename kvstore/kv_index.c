@@ -241,7 +241,11 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
 
         } else {
             e = kv_ptr(host, *head);
-            kv_unpoison(e, size);
+
+            if (!host->shared) {
+                kv_unpoison(e, size);
+            }
+
             *head = e->next;
         }
     }
@@ -276,7 +280,9 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
     *head = kv_ref(host, e);
 
     /* only the link (and flen) stay addressable while the slot is free */
-    kv_poison((uint8_t *) e + 8, size - 8);
+    if (!host->shared) {
+        kv_poison((uint8_t *) e + 8, size - 8);
+    }
 }
 
 

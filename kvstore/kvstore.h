@@ -144,6 +144,14 @@ typedef struct {
      * Unix epoch, against which expiry times are compared.
      */
     uint64_t (*now_ms)(void *ctx);
+    /*
+     * 1 if other processes map the same memory (nginx workers): the engine
+     * then does not poison for AddressSanitizer the index slots it frees,
+     * as the shadow memory that records it is each process's own, and a
+     * slot freed here and reused by another process would look poisoned
+     * here.
+     */
+    unsigned   shared;
 } kv_host_t;
 
 
