@@ -21,9 +21,14 @@
 static void
 kv_limits(kv_shared_t *sh, uint32_t max_key, uint32_t max_value)
 {
-    sh->max_key = max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT;
-    sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
-                                                   : KV_MAX_VALUE_LIMIT;
+    /* stored atomically: kv_set_limits() does it without the lock */
+    __atomic_store_n(&sh->max_key,
+                     max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->max_value,
+                     max_value < KV_MAX_VALUE_LIMIT ? max_value
+                                                    : KV_MAX_VALUE_LIMIT,
+                     __ATOMIC_RELAXED);
 }
 
 
@@ -103,12 +108,15 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
 }
 
 
+/*
+ * Without the host lock: nginx's master calls it on a reload, with SIGCHLD
+ * blocked, so a worker that died holding the lock would never be reaped,
+ * nor the lock released, while the master waited for it.
+ */
 void
 kv_set_limits(kv_store_t *s)
 {
-    s->host->lock(s->host->ctx);
     kv_limits(s->sh, s->conf.max_key, s->conf.max_value);
-    s->host->unlock(s->host->ctx);
 }
 
 

@@ -236,8 +236,8 @@ typedef struct {
     uint32_t    nbuckets;      /* power of two */
     uint64_t    write_off;     /* end of the last whole record */
     kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
-    uint32_t    max_key;
-    uint32_t    max_value;
+    uint32_t    max_key;       /* both stored and loaded atomically: */
+    uint32_t    max_value;     /* kv_set_limits() takes no lock */
     int         lock_fd;       /* the data directory lock, held by the
                                   process that recovered the store */
     uint32_t    first_segment; /* no segment below it exists any more */
@@ -313,7 +313,8 @@ void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
 /*
  * Makes s->conf's max_key and max_value the limits of every process's
  * writes: for a host that keeps the shared state across a change of
- * configuration (an nginx reload).  Takes the host lock.
+ * configuration (an nginx reload).  Does not take the host lock: a
+ * write that holds it meanwhile sees the old limits or the new ones.
  */
 void kv_set_limits(kv_store_t *s);
 
