@@ -407,7 +407,9 @@ kv_fuzz_entries(const uint8_t *hint, size_t size)
     while (p < end) {
         p = kv_hint_entry(p, end, &rec, &flen);
 
-        if (p == NULL || p > end) {
+        if (p == NULL || p > end
+            || (rec.type != KV_TYPE_OCTET && rec.type != KV_TYPE_JSON))
+        {
             kv_fuzz_fail("an entry that kv_hint_check() accepted");
         }
 

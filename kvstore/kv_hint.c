@@ -246,7 +246,7 @@ kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
     rec->key = p;
     rec->klen = (size_t) klen;
     rec->vlen = (size_t) vlen;
-    rec->type = flags >> 1;
+    rec->type = (flags >> 1) & 3;     /* bits 1-2, not the expiry bit */
     rec->tombstone = flags & 1;
     rec->expires_at_ms = expires;
     *flen = (uint32_t) len;
