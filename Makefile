@@ -25,8 +25,9 @@ BUILD_PKGS := build-essential nginx-dev libprotobuf-c-dev protobuf-c-compiler \
 RUN_PKGS   := nginx
 TEST_PKGS  := libcmocka-dev libtest-base-perl libwww-perl libipc-run-perl \
               libtext-diff-perl libhttp-message-perl curl
-# and to fuzz (make fuzz, fuzz-check in make test)
+# and to fuzz (make fuzz, fuzz-check in make test), to run under valgrind
 FUZZ_PKGS  := clang libclang-rt-14-dev
+VALGRIND_PKGS := valgrind
 # and to build the Debian packages (make deb), to check them (make deb-test)
 DEB_PKGS      := debhelper dpkg-dev
 DEB_TEST_PKGS := lintian
@@ -98,6 +99,9 @@ deps-test:
 
 deps-fuzz:
 	$(call apt_install,$(FUZZ_PKGS))
+
+deps-valgrind:
+	$(call apt_install,$(VALGRIND_PKGS))
 
 deps-deb:
 	$(call apt_install,$(DEB_PKGS))
@@ -198,6 +202,30 @@ fuzz: deps-build deps-fuzz $(FUZZ_BINS)
 	@$(MAKE) --no-print-directory FUZZ_SECS=$(FUZZ_TIME) \
 	    $(patsubst %,fuzz-run-%,$(FUZZ_TARGETS))
 
+# One suite (VT, t/api.t by default) with nginx under valgrind's memcheck
+# (Test::Nginx's TEST_NGINX_USE_VALGRIND: one process, in the foreground);
+# any error valgrind reports, which the runner copies to stderr, fails it.
+VT ?= t/api.t
+
+.PHONY: deps-valgrind t-valgrind
+
+t-valgrind: deps-test deps-valgrind build
+	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
+	root=$$(mktemp -d /tmp/kv-valgrind.XXXXXX); \
+	TEST_NGINX_USE_VALGRIND="--tool=memcheck --num-callers=30" \
+	TEST_NGINX_BINARY=$(NGINX) \
+	TEST_NGINX_LOAD_MODULES=$(MODULE) \
+	TEST_NGINX_SERVROOT=$$root/servroot \
+	TEST_NGINX_RANDOMIZE=1 \
+	KV_TEST_TMP=$$root \
+	    prove $$inc -I t/lib $(VT) 2> >(tee $$root/stderr >&2); rc=$$?; \
+	if grep -qE '^==[0-9]+== ' $$root/stderr; then \
+	    echo "t-valgrind: FAILED, valgrind reported errors (above)"; rc=1; \
+	else \
+	    echo "t-valgrind: no valgrind error"; \
+	fi; \
+	rm -rf $$root; exit $$rc
+
 # promtool, Prometheus' own parser and linter of the metrics format, for
 # t/metrics.t: taken out of Debian's prometheus package, which is not
 # installed (its service is not wanted on a test machine).
@@ -231,11 +259,13 @@ test: deps build unit fuzz-check k8s-check deb-test t
 # The module under AddressSanitizer and UndefinedBehaviorSanitizer, in
 # Debian's nginx: gcc's runtimes are preloaded into /usr/sbin/nginx by the
 # wrapper build/asan/nginx (and into nothing else the suites run).  Any
-# report, written to the run's reports/, fails make t-asan; the sanitizers
-# stop the process at the first one.  libubsan comes before libasan: in the
-# other order UBSan reports through libasan's copy of its handlers, which
-# ignores log_path and writes to stderr, that is nginx's error log, which
-# the suites delete.  Leak checking is off: nginx frees its pools only in
+# report fails make t-asan; the sanitizers stop the process at the first
+# one.  Reports go to the run's reports/ (log_path), except UBSan's in
+# nginx workers, which start UBSan only at their first report, after
+# nginx cleared their environment: those go to stderr, that is the error
+# log, which is searched.  libubsan comes before libasan: in the other
+# order UBSan reports through libasan's copy of its handlers, which never
+# reads log_path.  Leak checking is off: nginx frees its pools only in
 # part at exit.
 # make t-asan T=t/api.t runs one suite.
 ASAN_BUILD  := $(BUILD)/asan
@@ -243,6 +273,7 @@ ASAN_MODULE := $(ASAN_BUILD)/ngx_http_kv_module.so
 ASAN_NGINX  := $(ASAN_BUILD)/nginx
 ASAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
                -fno-omit-frame-pointer
+ASAN_REPORT := ERROR: AddressSanitizer|runtime error:
 
 .PHONY: t-asan
 
@@ -275,8 +306,12 @@ t-asan: deps-build deps-run deps-test $(ASAN_MODULE) $(ASAN_NGINX) \
 	TEST_NGINX_RANDOMIZE=1 \
 	KV_TEST_TMP=$$root \
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
-	if [ -n "$$(ls $$root/reports)" ]; then \
-	    head -n 40 $$root/reports/*; \
+	reports="$$(ls -d $$root/reports/* 2>/dev/null) \
+	         $$(grep -rlE '$(ASAN_REPORT)' --include='*.log' $$root)"; \
+	if [ -n "$${reports// }" ]; then \
+	    for f in $$reports; do \
+	        echo "== $$f"; grep -A20 -E '$(ASAN_REPORT)' $$f | head -40; \
+	    done; \
 	    echo "t-asan: FAILED, sanitizer reports above"; rc=1; \
 	else \
 	    echo "t-asan: no sanitizer report"; \
