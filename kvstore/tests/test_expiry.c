@@ -76,27 +76,22 @@ stats(kv_test_store_t *t)
 }
 
 
-static uint64_t
-expiry_of(kv_test_store_t *t, const char *key)
+static kv_loc_t
+loc_of(kv_test_store_t *t, const char *key)
 {
     kv_loc_t  loc;
 
     assert_int_equal(kv_lookup(&t->s, (const uint8_t *) key, strlen(key),
                                &loc), KV_OK);
 
-    return loc.expires_at_ms;
+    return loc;
 }
 
 
-static unsigned
-type_of(kv_test_store_t *t, const char *key)
+static uint64_t
+expiry_of(kv_test_store_t *t, const char *key)
 {
-    kv_loc_t  loc;
-
-    assert_int_equal(kv_lookup(&t->s, (const uint8_t *) key, strlen(key),
-                               &loc), KV_OK);
-
-    return loc.type;
+    return loc_of(t, key).expires_at_ms;
 }
 
 
@@ -270,8 +265,8 @@ test_expiry_recovery(void **state)
         assert_true(absent(&t, "old"));
         kv_test_expect(&t, S("long"), "lives", 5);
         assert_true(expiry_of(&t, "long") == T0 + 60000);
-        assert_int_equal(type_of(&t, "long"), KV_TYPE_OCTET);
-        assert_int_equal(type_of(&t, "json"), KV_TYPE_JSON);
+        assert_int_equal(loc_of(&t, "long").type, KV_TYPE_OCTET);
+        assert_int_equal(loc_of(&t, "json").type, KV_TYPE_JSON);
         kv_test_expect(&t, S("plain"), "value", 5);
         assert_int_equal(st.keys, 7);
         assert_int_equal(st.expiring, 2);
