@@ -2,7 +2,9 @@
 #
 #   make          build build/ngx_http_kv_module.so
 #   make run      install what is missing, build, run nginx in the foreground
-#   make test     install what is missing, build, run unit tests and t/
+#   make test     install what is missing, build, run unit tests, fuzzers
+#                 for seconds, t/ (also against the module under ASan and
+#                 UBSan, and one suite under valgrind)
 #   make deb      build the Debian packages into build/deb (debian/)
 #   make deb-test build, lint, install, serve and purge them (in make test)
 #   make bench    build, run the benchmarks of bench/ (bench/README.md)
@@ -109,7 +111,8 @@ deps-deb:
 deps-deb-test:
 	$(call apt_install,$(DEB_TEST_PKGS))
 
-deps: deps-build deps-run deps-test deps-fuzz deps-deb deps-deb-test
+deps: deps-build deps-run deps-test deps-fuzz deps-valgrind deps-deb \
+      deps-deb-test
 
 # kvstore unit tests, under AddressSanitizer and UndefinedBehaviorSanitizer.
 $(BUILD)/unit/proto/kv.pb-c.c: proto/kv.proto
@@ -254,7 +257,7 @@ t: build $(KVTOOL) $(PROMTOOL)
 	    prove $$inc -I t/lib -r $(T); rc=$$?; \
 	rm -rf $$root; exit $$rc
 
-test: deps build unit fuzz-check k8s-check deb-test t
+test: deps build unit fuzz-check k8s-check deb-test t t-asan t-valgrind
 
 # The module under AddressSanitizer and UndefinedBehaviorSanitizer, in
 # Debian's nginx: gcc's runtimes are preloaded into /usr/sbin/nginx by the
