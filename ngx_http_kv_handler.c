@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_kv_module.h"
+#include "kv_http_parse.h"
 
 #include <cjson/cJSON.h>
 
@@ -54,7 +55,6 @@ static ngx_int_t ngx_http_kv_written(ngx_http_request_t *r,
     ngx_uint_t status);
 static ngx_int_t ngx_http_kv_want_json(ngx_http_request_t *r,
     ngx_uint_t *json);
-static ngx_uint_t ngx_http_kv_is_json(u_char *data, size_t len);
 static ngx_http_kv_zone_t *ngx_http_kv_endpoint_zone(ngx_http_request_t *r,
     size_t offset);
 
@@ -217,7 +217,7 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     }
 
     if (json && loc.type != KV_TYPE_JSON) {
-        if (!ngx_http_kv_is_json(value, loc.vlen)) {
+        if (!kv_http_is_json(value, loc.vlen)) {
             return ngx_http_kv_send_error(r, NGX_HTTP_KV_NOT_ACCEPTABLE,
                                           "the value is not valid JSON");
         }
@@ -393,7 +393,7 @@ ngx_http_kv_put_body(ngx_http_request_t *r)
     }
 
     if (ctx->write.type == KV_TYPE_JSON
-        && !ngx_http_kv_is_json(value.data, value.len))
+        && !kv_http_is_json(value.data, value.len))
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "kv: the body for a JSON key is not valid JSON");
@@ -461,7 +461,11 @@ ngx_http_kv_read_body(ngx_http_request_t *r, ngx_str_t *value)
         b = cl->buf;
 
         if (!b->in_file) {
-            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            /* a chunked body ends with an empty buffer whose pos is NULL */
+            if (b->last != b->pos) {
+                p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            }
+
             continue;
         }
 
@@ -494,7 +498,8 @@ static ngx_int_t
 ngx_http_kv_parse_key(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     ngx_str_t *key, const char **err)
 {
-    u_char                    *src, *end, *dst, c, hi, lo;
+    u_char                    *src, *end;
+    ssize_t                    len;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
@@ -520,45 +525,20 @@ ngx_http_kv_parse_key(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
         goto invalid;
     }
 
-    dst = ngx_pnalloc(r->pool, end - src);
-    if (dst == NULL) {
+    key->data = ngx_pnalloc(r->pool, end - src);
+    if (key->data == NULL) {
         *err = "out of memory";
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    key->data = dst;
+    len = kv_http_decode_key(src, end, key->data);
 
-    while (src < end) {
-        c = *src++;
-
-        if (c != '%') {
-            *dst++ = c;
-            continue;
-        }
-
-        if (end - src < 2) {
-            goto bad_escape;
-        }
-
-        hi = (u_char) (src[0] | 0x20);
-        lo = (u_char) (src[1] | 0x20);
-
-        if (!(hi >= '0' && hi <= '9') && !(hi >= 'a' && hi <= 'f')) {
-            goto bad_escape;
-        }
-
-        if (!(lo >= '0' && lo <= '9') && !(lo >= 'a' && lo <= 'f')) {
-            goto bad_escape;
-        }
-
-        hi = (hi <= '9') ? hi - '0' : hi - 'a' + 10;
-        lo = (lo <= '9') ? lo - '0' : lo - 'a' + 10;
-
-        *dst++ = (u_char) (hi << 4 | lo);
-        src += 2;
+    if (len == -1) {
+        *err = "bad percent-encoding in the key";
+        goto invalid;
     }
 
-    key->len = dst - key->data;
+    key->len = len;
 
     if (key->len > zone->max_key) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -571,10 +551,6 @@ ngx_http_kv_parse_key(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     }
 
     return NGX_OK;
-
-bad_escape:
-
-    *err = "bad percent-encoding in the key";
 
 invalid:
 
@@ -631,7 +607,7 @@ static ngx_int_t
 ngx_http_kv_parse_ttl(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     uint64_t *expires, const char **err)
 {
-    ngx_int_t         ttl;
+    int64_t           ttl;
     ngx_str_t         arg, *s;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
@@ -682,9 +658,9 @@ ngx_http_kv_parse_ttl(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
         return NGX_OK;
     }
 
-    ttl = ngx_atoi(s->data, s->len);
+    ttl = kv_http_parse_ttl(s->data, s->len);
 
-    if (ttl == NGX_ERROR || ttl == 0 || ttl > NGX_HTTP_KV_MAX_TTL) {
+    if (ttl == -1) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "kv: bad TTL \"%V\"", s);
 
@@ -727,105 +703,25 @@ ngx_http_kv_parse_conds(ngx_http_request_t *r, kv_write_t *w,
 }
 
 
-/*
- * "*", or a list of entity tags: those of the form "<sequence>" (W/ ones
- * too for a weak comparison) become the condition's sequence numbers;
- * others can never match.  A list of none of ours becomes {0}, which no
- * record has.
- */
+/* an If-Match or If-None-Match header into cond: see kv_http_parse.h */
 
 static ngx_int_t
 ngx_http_kv_parse_etags(ngx_http_request_t *r, ngx_table_elt_t *h,
     ngx_uint_t weak, kv_cond_t *cond)
 {
-    u_char      *p, *end, *tag;
-    uint64_t    *seqs, seq;
-    ngx_uint_t   n, max, w, ours;
+    uint64_t  *seqs;
 
-    p = h->value.data;
-    end = p + h->value.len;
-
-    while (p < end && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    while (end > p && (end[-1] == ' ' || end[-1] == '\t')) {
-        end--;
-    }
-
-    if (end - p == 1 && *p == '*') {
-        cond->n = KV_COND_ANY;
-        return NGX_OK;
-    }
-
-    max = 1;
-
-    for (tag = p; tag < end; tag++) {
-        max += (*tag == '"');
-    }
-
-    seqs = ngx_palloc(r->pool, (max / 2 + 1) * sizeof(uint64_t));
+    seqs = ngx_palloc(r->pool, kv_http_etags_room(h->value.data, h->value.len)
+                               * sizeof(uint64_t));
     if (seqs == NULL) {
         return NGX_ERROR;
     }
 
-    n = 0;
-
-    for ( ;; ) {
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        if (p == end) {
-            break;
-        }
-
-        w = (end - p > 2 && p[0] == 'W' && p[1] == '/');
-        p += w ? 2 : 0;
-
-        if (*p++ != '"') {
-            return NGX_ERROR;
-        }
-
-        tag = p;
-
-        while (p < end && *p != '"') {
-            p++;
-        }
-
-        if (p == end) {
-            return NGX_ERROR;
-        }
-
-        ours = (p > tag && p - tag <= 19);
-        seq = 0;
-
-        for ( /* void */ ; ours && tag < p; tag++) {
-            ours = (*tag >= '0' && *tag <= '9');
-            seq = seq * 10 + (*tag - '0');
-        }
-
-        if (ours && (weak || !w)) {
-            seqs[n++] = seq;
-        }
-
-        p++;
-
-        while (p < end && (*p == ' ' || *p == '\t')) {
-            p++;
-        }
-
-        if (p < end && *p != ',') {
-            return NGX_ERROR;
-        }
+    if (kv_http_parse_etags(h->value.data, h->value.len, weak, seqs, cond)
+        != 0)
+    {
+        return NGX_ERROR;
     }
-
-    if (n == 0) {
-        seqs[n++] = 0;
-    }
-
-    cond->n = n;
-    cond->seqs = seqs;
 
     return NGX_OK;
 }
@@ -850,34 +746,6 @@ ngx_http_kv_want_json(ngx_http_request_t *r, ngx_uint_t *json)
     }
 
     return NGX_HTTP_BAD_REQUEST;
-}
-
-
-/* one JSON value, with nothing but white space after it */
-
-static ngx_uint_t
-ngx_http_kv_is_json(u_char *data, size_t len)
-{
-    u_char      *p, *last;
-    cJSON       *doc;
-    const char  *end;
-
-    doc = cJSON_ParseWithLengthOpts((const char *) data, len, &end, 0);
-    if (doc == NULL) {
-        return 0;
-    }
-
-    cJSON_Delete(doc);
-
-    last = data + len;
-
-    for (p = (u_char *) end; p < last; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            return 0;
-        }
-    }
-
-    return 1;
 }
 
 

@@ -5,6 +5,7 @@
 
 
 #include "ngx_http_kv_module.h"
+#include "kv_http_parse.h"
 
 
 static void *ngx_http_kv_create_main_conf(ngx_conf_t *cf);
@@ -390,12 +391,12 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             if (ctx->default_ttl == (time_t) NGX_ERROR
                 || ctx->default_ttl == 0
-                || ctx->default_ttl > NGX_HTTP_KV_MAX_TTL)
+                || ctx->default_ttl > KV_HTTP_MAX_TTL)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid \"%V\", it must be a time from "
                                    "1s to %d seconds", &value[i],
-                                   NGX_HTTP_KV_MAX_TTL);
+                                   KV_HTTP_MAX_TTL);
                 return NGX_CONF_ERROR;
             }
 
@@ -462,6 +463,7 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->host.log = ngx_http_kv_host_log;
     ctx->host.stopping = ngx_http_kv_host_stopping;
     ctx->host.now_ms = ngx_http_kv_host_now_ms;
+    ctx->host.shared = 1;
 
 #if (NGX_THREADS)
     /* fsync and compaction run there, off the event loop */

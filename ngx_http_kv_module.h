@@ -15,6 +15,8 @@
  * ngx_http_kv_jobs.c      thread-pool jobs (flush, hints, compaction) and
  *                         the maintenance timer that starts them
  * ngx_http_kv_response.c  sending responses and JSON errors
+ * kv_http_parse.c         the handlers' parsers of keys, JSON, TTLs and
+ *                         ETag lists, free of nginx for fuzz/
  * kvstore/                the storage engine (no nginx code), used only
  *                         through kvstore.h
  *
@@ -41,9 +43,6 @@ struct cJSON;
 
 
 #define NGX_HTTP_KV_METHODS  6     /* GET, HEAD, POST, PUT, DELETE, other */
-
-/* the largest TTL, X-KV-TTL's or default_ttl's, in seconds: about 68 years */
-#define NGX_HTTP_KV_MAX_TTL  2147483647
 #define NGX_HTTP_KV_CLASSES  5     /* 1xx to 5xx */
 
 /*

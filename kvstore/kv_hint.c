@@ -51,8 +51,6 @@
 #define KV_HINT_MAGIC    0x544e4948u    /* "HINT" */
 #define KV_HINT_VERSION  2
 #define KV_HINT_EXPIRES  0x08
-#define KV_HINT_HEADER   24
-#define KV_HINT_TRAILER  16
 
 /* flags, five varints and the key, at most */
 #define KV_HINT_ENTRY_MAX  (1 + 5 * 10 + KV_MAX_KEY_LIMIT)
@@ -206,11 +204,7 @@ kv_hint_add(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
 }
 
 
-/*
- * Decodes the entry at p into rec (rec->seq holding the previous entry's
- * on entry) and *flen; NULL if it is malformed or runs past end.
- */
-static const uint8_t *
+const uint8_t *
 kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
     uint32_t *flen)
 {
@@ -252,7 +246,7 @@ kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
     rec->key = p;
     rec->klen = (size_t) klen;
     rec->vlen = (size_t) vlen;
-    rec->type = flags >> 1;
+    rec->type = (flags >> 1) & 3;     /* bits 1-2, not the expiry bit */
     rec->tombstone = flags & 1;
     rec->expires_at_ms = expires;
     *flen = (uint32_t) len;
@@ -460,11 +454,7 @@ kv_write_hints(kv_store_t *s)
 }
 
 
-/*
- * Everything that makes a hint trustworthy, before any of it reaches the
- * index.  Returns 0, or -1 with the reason in why.
- */
-static int
+int
 kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
     char *why, size_t n)
 {

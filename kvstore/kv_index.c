@@ -21,9 +21,14 @@
 static void
 kv_limits(kv_shared_t *sh, uint32_t max_key, uint32_t max_value)
 {
-    sh->max_key = max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT;
-    sh->max_value = max_value < KV_MAX_VALUE_LIMIT ? max_value
-                                                   : KV_MAX_VALUE_LIMIT;
+    /* stored atomically: kv_set_limits() does it without the lock */
+    __atomic_store_n(&sh->max_key,
+                     max_key < KV_MAX_KEY_LIMIT ? max_key : KV_MAX_KEY_LIMIT,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->max_value,
+                     max_value < KV_MAX_VALUE_LIMIT ? max_value
+                                                    : KV_MAX_VALUE_LIMIT,
+                     __ATOMIC_RELAXED);
 }
 
 
@@ -110,12 +115,15 @@ kv_shared_compatible(const kv_shared_t *sh)
 }
 
 
+/*
+ * Without the host lock: nginx's master calls it on a reload, with SIGCHLD
+ * blocked, so a worker that died holding the lock would never be reaped,
+ * nor the lock released, while the master waited for it.
+ */
 void
 kv_set_limits(kv_store_t *s)
 {
-    s->host->lock(s->host->ctx);
     kv_limits(s->sh, s->conf.max_key, s->conf.max_value);
-    s->host->unlock(s->host->ctx);
 }
 
 
@@ -248,7 +256,11 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
 
         } else {
             e = kv_ptr(host, *head);
-            kv_unpoison(e, size);
+
+            if (!host->shared) {
+                kv_unpoison(e, size);
+            }
+
             *head = e->next;
         }
     }
@@ -283,7 +295,9 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
     *head = kv_ref(host, e);
 
     /* only the link (and flen) stay addressable while the slot is free */
-    kv_poison((uint8_t *) e + 8, size - 8);
+    if (!host->shared) {
+        kv_poison((uint8_t *) e + 8, size - 8);
+    }
 }
 
 

@@ -267,6 +267,25 @@ int kv_write_hint(kv_store_t *s, uint32_t id);
  */
 int kv_load_hint(kv_store_t *s, uint32_t id);
 
+/* the fixed parts of a hint file around its entries */
+#define KV_HINT_HEADER   24
+#define KV_HINT_TRAILER  16
+
+/*
+ * Everything that makes the hint of segment id (size bytes) in map
+ * trustworthy, before any of it reaches the index.  Returns 0, or -1 with
+ * the reason in why.  Pure: fuzz/hint.c calls it on a heap buffer.
+ */
+int kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
+    char *why, size_t n);
+
+/*
+ * Decodes the hint entry at p into rec (rec->seq holding the previous
+ * entry's on entry) and *flen; NULL if it is malformed or runs past end.
+ */
+const uint8_t *kv_hint_entry(const uint8_t *p, const uint8_t *end,
+    kv_record_t *rec, uint32_t *flen);
+
 
 /*
  * kv_compact.c: run by recovery once the directory is locked: removes the

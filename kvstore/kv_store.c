@@ -410,7 +410,7 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
 {
     int               rc;
     char              kbuf[KV_KEY_STR_LEN];
-    uint32_t          flen;
+    uint32_t          flen, max_key, max_value;
     uint64_t          loc;
     kv_ref_t         *link;
     kv_slot_t         slot;
@@ -430,14 +430,18 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
         goto done;
     }
 
+    /* kv_set_limits() changes them without the lock */
+    max_key = __atomic_load_n(&sh->max_key, __ATOMIC_RELAXED);
+    max_value = __atomic_load_n(&sh->max_value, __ATOMIC_RELAXED);
+
     if (!w->tombstone
-        && (klen == 0 || klen > sh->max_key || w->vlen > sh->max_value
+        && (klen == 0 || klen > max_key || w->vlen > max_value
             || (w->type != KV_TYPE_OCTET && w->type != KV_TYPE_JSON)))
     {
         kv_log(host, KV_LOG_INFO, 0, "rejected a put of key \"%s\" (%zu "
                "bytes, max %u) with a value of %zu bytes (max %u), type %u",
-               kv_key_str(key, klen, kbuf), klen, sh->max_key, w->vlen,
-               sh->max_value, w->type);
+               kv_key_str(key, klen, kbuf), klen, max_key, w->vlen,
+               max_value, w->type);
         rc = KV_EINVAL;
         goto done;
     }

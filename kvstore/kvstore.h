@@ -145,6 +145,14 @@ typedef struct {
      * Unix epoch, against which expiry times are compared.
      */
     uint64_t (*now_ms)(void *ctx);
+    /*
+     * 1 if other processes map the same memory (nginx workers): the engine
+     * then does not poison for AddressSanitizer the index slots it frees,
+     * as the shadow memory that records it is each process's own, and a
+     * slot freed here and reused by another process would look poisoned
+     * here.
+     */
+    unsigned   shared;
 } kv_host_t;
 
 
@@ -229,8 +237,8 @@ typedef struct {
     uint32_t    nbuckets;      /* power of two */
     uint64_t    write_off;     /* end of the last whole record */
     kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
-    uint32_t    max_key;
-    uint32_t    max_value;
+    uint32_t    max_key;       /* both stored and loaded atomically: */
+    uint32_t    max_value;     /* kv_set_limits() takes no lock */
     int         lock_fd;       /* the data directory lock, held by the
                                   process that recovered the store */
     uint32_t    first_segment; /* no segment below it exists any more */
@@ -312,7 +320,8 @@ void kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
 /*
  * Makes s->conf's max_key and max_value the limits of every process's
  * writes: for a host that keeps the shared state across a change of
- * configuration (an nginx reload).  Takes the host lock.
+ * configuration (an nginx reload).  Does not take the host lock: a
+ * write that holds it meanwhile sees the old limits or the new ones.
  */
 void kv_set_limits(kv_store_t *s);
 

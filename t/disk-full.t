@@ -63,7 +63,9 @@ SKIP: {
 
 # A compaction that fails for lack of space is not retried at every
 # check (each try logs an error): the thresholds wait a while after a
-# failure.
+# failure.  Meanwhile every acknowledged value reads back; once there is
+# space again, a compaction runs, gives the dead copies back and loses
+# nothing, also across a restart.
 my $mnt2 = KvTest::tmp_root() . "/tiny-fs-2";
 mkdir $mnt2 or die "mkdir: $!";
 my $mounted2 = $mounted
@@ -71,10 +73,10 @@ my $mounted2 = $mounted
 END { system("umount -l '$mnt2' 2>/dev/null") if $mounted2 }
 
 SKIP: {
-    skip 'cannot mount a tmpfs here (no CAP_SYS_ADMIN?)', 4 unless $mounted2;
+    skip 'cannot mount a tmpfs here (no CAP_SYS_ADMIN?)', 13 unless $mounted2;
 
     my $srv = KvTest->new(name => 'diskfull-compact',
-                          data_dir => "$mnt2/data",
+                          data_dir => "$mnt2/data", endpoints => 1,
                           zone_extra => 'segment_size=64k compact_ratio=10 '
                                         . 'compact_dead=1m');
     $srv->start_ok or BAIL_OUT("cannot start nginx");
@@ -82,15 +84,25 @@ SKIP: {
     # ten live keys, overwritten until the disk is full of dead copies; a
     # check may already try a compaction while they are written
     my $mark = $srv->log_size;
-    my $full;
+    my ($full, %acked);
     for my $round (1 .. 100) {
         for my $i (1 .. 10) {
-            my $r = $srv->put("c$i", "round $round " . ('C' x 20000));
+            my $v = "round $round " . ('C' x 20000);
+            my $r = $srv->put("c$i", $v);
             $full = 1, last unless $r->{status} == 201;
+            $acked{"c$i"} = $v;
         }
         last if $full;
     }
     ok $full, 'the disk filled up with dead copies';
+
+    my $check = sub {
+        my @wrong = grep { my $r = $srv->get($_);
+                           !($r->{status} == 200 && $r->{body} eq $acked{$_})
+                         } sort keys %acked;
+        is scalar(@wrong), 0, "$_[0]: every acknowledged value reads back"
+            or diag "wrong: @wrong";
+    };
 
     sleep 4.5;
     my @fails = $srv->log_since($mark) =~ /compaction of \S+ failed/g;
@@ -100,6 +112,23 @@ SKIP: {
         . ' failures in 4.5 s)';
     like $srv->log_since($mark), qr/automatic compaction.*again in/,
         'the log says when it is tried again';
+    $check->('after the failed compaction');
+
+    system("mount -o remount,size=4m '$mnt2'");
+    my $before = $srv->status;
+    is $srv->compact->{status}, 202, 'with space back, a compaction starts';
+    my $st = $srv->wait_compaction_done;
+    ok $st && $st->{compaction}{runs} > $before->{compaction}{runs},
+        'and completes';
+    cmp_ok $st->{compaction}{reclaimed_bytes}, '>', 0,
+        "it gave back the dead copies ($st->{compaction}{reclaimed_bytes} "
+        . 'bytes)';
+    $check->('after the compaction');
+    is $srv->put('c1', 'after')->{status}, 201, 'writes work again';
+    $acked{c1} = 'after';
+    ok $srv->stop, 'stopped';
+    $srv->start_ok('restarted');
+    $check->('after a restart');
     $srv->stop;
 }
 

@@ -266,3 +266,29 @@ v",
 ['ETag: "1"', 'ETag: "1"', 'ETag: "2"']
 --- no_error_log
 [error]
+
+
+
+=== TEST 10: an entity tag is compared as a string: "01" is not "1"
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t10;
+--- config
+    location /db/ { kv store; }
+--- request eval
+["PUT /db/z
+v",
+"PUT /db/z
+w",
+"GET /db/z",
+"GET /db/z"]
+--- more_headers eval
+["Content-Type: application/octet-stream",
+ "Content-Type: application/octet-stream\nIf-Match: \"01\"",
+ "If-None-Match: \"01\"",
+ "If-None-Match: \"1\""]
+--- error_code eval
+[201, 412, 200, 304]
+--- response_body_like eval
+[qr/^$/, $::E, qr/^v$/, qr/^$/]
+--- no_error_log
+[error]

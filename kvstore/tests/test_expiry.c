@@ -64,15 +64,22 @@ stats(kv_test_store_t *t)
 }
 
 
-static uint64_t
-expiry_of(kv_test_store_t *t, const char *key)
+static kv_loc_t
+loc_of(kv_test_store_t *t, const char *key)
 {
     kv_loc_t  loc;
 
     assert_int_equal(kv_lookup(&t->s, (const uint8_t *) key, strlen(key),
                                &loc), KV_OK);
 
-    return loc.expires_at_ms;
+    return loc;
+}
+
+
+static uint64_t
+expiry_of(kv_test_store_t *t, const char *key)
+{
+    return loc_of(t, key).expires_at_ms;
 }
 
 
@@ -192,7 +199,9 @@ test_expiry_entry_resize(void **state)
 
 /*
  * Recovery from segments, then from hint files: an expired record hides
- * the older records of its key; a live expiry time survives.
+ * the older records of its key; a live expiry time survives, and so does
+ * the content type beside it (a hint's expiry flag once became part of
+ * the type).
  */
 static void
 test_expiry_recovery(void **state)
@@ -200,6 +209,7 @@ test_expiry_recovery(void **state)
     int              pass;
     char             dir[PATH_MAX], big[600];
     kv_stats_t       st;
+    kv_write_t       w;
     kv_test_store_t  t;
 
     (void) state;
@@ -215,6 +225,13 @@ test_expiry_recovery(void **state)
     assert_int_equal(put_ttl(&t, "old", "short", T0 + 1000, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "long", "lives", T0 + 60000, NULL), KV_OK);
     assert_int_equal(put_ttl(&t, "plain", "value", 0, NULL), KV_OK);
+
+    memset(&w, 0, sizeof(w));
+    w.value = (const uint8_t *) "[1]";
+    w.vlen = 3;
+    w.type = KV_TYPE_JSON;
+    w.expires_at_ms = T0 + 60000;
+    assert_int_equal(kv_write(&t.s, S("json"), &w), KV_OK);
 
     /* roll into later segments, so the first ones get hint files */
     assert_int_equal(put_ttl(&t, "big1", big, 0, NULL), KV_OK);
@@ -236,9 +253,11 @@ test_expiry_recovery(void **state)
         assert_true(absent(&t, "old"));
         kv_test_expect(&t, S("long"), "lives", 5);
         assert_true(expiry_of(&t, "long") == T0 + 60000);
+        assert_int_equal(loc_of(&t, "long").type, KV_TYPE_OCTET);
+        assert_int_equal(loc_of(&t, "json").type, KV_TYPE_JSON);
         kv_test_expect(&t, S("plain"), "value", 5);
-        assert_int_equal(st.keys, 6);
-        assert_int_equal(st.expiring, 1);
+        assert_int_equal(st.keys, 7);
+        assert_int_equal(st.expiring, 2);
         assert_int_equal(st.expired, 1);
     }
 
