@@ -241,15 +241,23 @@ $(PROMTOOL):
 	dpkg-deb -x $(BUILD)/prometheus_*.deb $(BUILD)/prometheus
 	rm -f $(BUILD)/prometheus_*.deb
 
+# t/faults.t's LD_PRELOAD shim: file system calls that fail on request
+FAULT_SHIM := $(BUILD)/kvfault.so
+
+$(FAULT_SHIM): t/lib/kvfault.c
+	mkdir -p $(BUILD)
+	$(CC) -shared -fPIC -O1 -Wall -Wextra -Werror -o $@ $< -ldl
+
 # t/ suites: openresty's Test::Nginx when installed, else the compatible
 # runner in t/compat.  Each suite gets its own server root and free port.
 # make t T=t/compact.t runs one suite
 T ?= t/
 
-t: build $(KVTOOL) $(PROMTOOL)
+t: build $(KVTOOL) $(PROMTOOL) $(FAULT_SHIM)
 	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
 	root=$$(mktemp -d /tmp/kv-t.XXXXXX); \
 	KV_PROMTOOL=$(PROMTOOL) \
+	KV_FAULT_SHIM=$(FAULT_SHIM) \
 	TEST_NGINX_BINARY=$(NGINX) \
 	TEST_NGINX_LOAD_MODULES=$(MODULE) \
 	TEST_NGINX_SERVROOT=$$root/servroot \
@@ -290,7 +298,7 @@ $(ASAN_MODULE): $(ASAN_BUILD)/Makefile $(MOD_SRCS) $(KV_SRCS) $(KV_HDRS)
 
 $(ASAN_NGINX): Makefile
 	mkdir -p $(ASAN_BUILD)
-	printf '#!/bin/sh\n%s\nLD_PRELOAD="%s %s" exec %s "$$@"\n' \
+	printf '#!/bin/sh\n%s\nLD_PRELOAD="%s %s $$LD_PRELOAD" exec %s "$$@"\n' \
 	    'ASAN_OPTIONS="verify_asan_link_order=0:$$ASAN_OPTIONS"; export ASAN_OPTIONS' \
 	    "$$(realpath $$($(CC) -print-file-name=libubsan.so))" \
 	    "$$(realpath $$($(CC) -print-file-name=libasan.so))" \
@@ -298,12 +306,13 @@ $(ASAN_NGINX): Makefile
 	chmod +x $@
 
 t-asan: deps-build deps-run deps-test $(ASAN_MODULE) $(ASAN_NGINX) \
-        $(KVTOOL) $(PROMTOOL)
+        $(KVTOOL) $(PROMTOOL) $(FAULT_SHIM)
 	@inc=""; perl -MTest::Nginx::Socket -e1 2>/dev/null || inc="-I t/compat"; \
 	root=$$(mktemp -d /tmp/kv-asan.XXXXXX); mkdir $$root/reports; \
 	ASAN_OPTIONS=log_path=$$root/reports/asan:detect_leaks=0 \
 	UBSAN_OPTIONS=log_path=$$root/reports/ubsan:print_stacktrace=1 \
 	KV_PROMTOOL=$(PROMTOOL) \
+	KV_FAULT_SHIM=$(FAULT_SHIM) \
 	TEST_NGINX_BINARY=$(ASAN_NGINX) \
 	TEST_NGINX_LOAD_MODULES=$(ASAN_MODULE) \
 	TEST_NGINX_SERVROOT=$$root/servroot \

@@ -345,8 +345,11 @@ sub http_pipelined {
 #   http_extra  text added inside http {}
 #   server_extra text added inside server {}
 #   reuseport   add reuseport to listen (spreads connections over workers)
+#   listen_extra more listen parameters ("sndbuf=32k")
 #   zone_extra  more kv_zone parameters ("segment_size=64k fsync=off")
 #   endpoints   add location = /kv/status and = /kv/compact for the zone
+#   env         { NAME => value } more environment for nginx (LD_PRELOAD)
+#   connections worker_connections (default 256)
 sub new {
     my ($class, %o) = @_;
     my $n = ++$Seq;
@@ -364,8 +367,11 @@ sub new {
         http_extra => $o{http_extra} || '',
         server_extra => $o{server_extra} || '',
         reuseport  => $o{reuseport},
+        listen_extra => $o{listen_extra},
         zone_extra => $o{zone_extra},
         endpoints  => $o{endpoints},
+        env        => $o{env} || {},
+        connections => $o{connections} || 256,
         port       => $o{port} || free_port(),
         generation => 0,
     }, $class;
@@ -400,18 +406,20 @@ sub conf_text {
           . "        location = /kv/compact { kv_compact $self->{zone_name}; }"
         : '';
     my $gen = $self->{generation};
-    my $listen = "127.0.0.1:$self->{port}" . ($self->{reuseport} ? ' reuseport' : '');
+    my $listen = "127.0.0.1:$self->{port}" . ($self->{reuseport} ? ' reuseport' : '')
+                 . ($self->{listen_extra} ? " $self->{listen_extra}" : '');
     my $user = $> == 0 ? "user root;" : "";
     return <<"EOC";
 $load
 $user
 worker_processes $self->{workers};
+worker_rlimit_nofile @{[ 2 * $self->{connections} + 64 ]};
 daemon on;
 master_process on;
 error_log $root/logs/error.log info;
 pid $root/logs/nginx.pid;
 events {
-    worker_connections 256;
+    worker_connections $self->{connections};
     accept_mutex off;
 }
 http {
@@ -513,6 +521,7 @@ sub start_raw {
     $self->write_conf;
     unlink $self->pid_file;
     $self->{log_mark} = -s $self->error_log || 0;
+    local @ENV{keys %{$self->{env}}} = values %{$self->{env}};
     my ($rc, $out) = _run_capture($Binary, '-p', "$self->{root}/",
                                   '-c', $self->conf_file, '-e', $self->error_log);
     $self->{last_output} = $out;
