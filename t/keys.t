@@ -275,9 +275,9 @@ Content-Type: application/octet-stream
 
 
 
-=== TEST 10: max_key counts decoded bytes: exactly max_key is fine, one more is 414
+=== TEST 11: max_key counts decoded bytes: exactly max_key is fine, one more is 414
 --- http_config
-    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t10 max_key=16;
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t11 max_key=16;
 --- config
     location /db/ { kv store; }
 --- request eval
@@ -307,9 +307,9 @@ Content-Type: application/octet-stream
 
 
 
-=== TEST 11: a 1 KiB key (the default max_key) is fine, 1025 bytes is 414
+=== TEST 12: a 1 KiB key (the default max_key) is fine, 1025 bytes is 414
 --- http_config
-    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t11;
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t12;
 --- config
     location /db/ { kv store; }
 --- request eval
