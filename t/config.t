@@ -204,3 +204,42 @@ Content-Type: application/octet-stream
 [201, 201, 200, 200, 200, 404, 200, 201, 414]
 --- response_body_like eval
 ['^$', '^$', '^in one$', '^in two$', '^$', '"error"', '^in two$', '^$', '"error"']
+
+
+
+=== TEST 15: kv_status names an unknown zone
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t15;
+--- config
+    location = /status { kv_status statuszone; }
+--- request
+GET /status
+--- must_die
+--- error_log eval
+qr/\[emerg\].*statuszone/
+
+
+
+=== TEST 16: kv_compact names an unknown zone
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t16;
+--- config
+    location = /compact { kv_compact compactzone; }
+--- request
+GET /compact
+--- must_die
+--- error_log eval
+qr/\[emerg\].*compactzone/
+
+
+
+=== TEST 17: kv_metrics names an unknown zone
+--- http_config
+    kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t17;
+--- config
+    location = /metrics { kv_metrics metricszone; }
+--- request
+GET /metrics
+--- must_die
+--- error_log eval
+qr/\[emerg\].*metricszone/
