@@ -23,6 +23,13 @@
 /* a GET retries when a compaction moved the record under it */
 #define NGX_HTTP_KV_READ_TRIES  3
 
+/*
+ * A value from this size up is sent from its segment file, as nginx sends
+ * a static file (sendfile, or output_buffers), not copied whole into
+ * memory: bench/README.md, "GET 1 MiB", has the measurements.
+ */
+#define NGX_HTTP_KV_FILE_MIN    (64 * 1024)
+
 
 typedef struct {
     ngx_str_t                key;
@@ -33,6 +40,9 @@ typedef struct {
 
 static ngx_int_t ngx_http_kv_get(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_str_t *key);
+static ngx_int_t ngx_http_kv_open(ngx_http_request_t *r,
+    ngx_http_kv_zone_t *zone, ngx_str_t *key, kv_loc_t *loc, ngx_buf_t **bp,
+    int *rc);
 static ngx_int_t ngx_http_kv_delete(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_str_t *key);
 static ngx_int_t ngx_http_kv_put(ngx_http_request_t *r,
@@ -180,6 +190,7 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 {
     int          rc;
     u_char      *value;
+    ngx_buf_t   *b;
     ngx_int_t    status;
     ngx_uint_t   json, head;
     kv_loc_t     loc;
@@ -202,11 +213,28 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 
     head = (r->method == NGX_HTTP_HEAD);
     value = NULL;
+    b = NULL;
+
+    /* a big value not checked for JSON here is sent from its file */
 
     switch (ngx_http_kv_fetch(zone, r->pool, key, &loc,
-                              (head && !json) ? NULL : &value, 0, &rc))
+                              (head && !json) ? NULL : &value,
+                              json ? 0 : NGX_HTTP_KV_FILE_MIN - 1, &rc))
     {
     case NGX_OK:
+        break;
+
+    case NGX_ABORT:
+        status = ngx_http_kv_open(r, zone, key, &loc, &b, &rc);
+
+        if (status == NGX_DECLINED) {
+            return ngx_http_kv_store_error(r, rc);
+        }
+
+        if (status != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         break;
 
     case NGX_DECLINED:
@@ -244,8 +272,83 @@ ngx_http_kv_get(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
         return ngx_http_kv_send(r, NGX_HTTP_NOT_MODIFIED, NULL, NULL, 0);
     }
 
+    if (b != NULL) {
+        return ngx_http_kv_send_buf(r, NGX_HTTP_OK,
+                                    &ngx_http_kv_types[loc.type], b, 0,
+                                    loc.vlen);
+    }
+
     return ngx_http_kv_send(r, NGX_HTTP_OK, &ngx_http_kv_types[loc.type],
                             head ? NULL : value, loc.vlen);
+}
+
+
+/*
+ * The value at loc as a buffer of its segment file, whose descriptor the
+ * request's pool closes; looked up again if a compaction moved it.  NGX_OK,
+ * NGX_DECLINED with the store's *rc, or NGX_ERROR.
+ */
+
+static ngx_int_t
+ngx_http_kv_open(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
+    ngx_str_t *key, kv_loc_t *loc, ngx_buf_t **bp, int *rc)
+{
+    int                        fd;
+    ngx_buf_t                 *b;
+    ngx_uint_t                 tries;
+    ngx_pool_cleanup_t        *cln;
+    ngx_pool_cleanup_file_t   *clnf;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_pool_cleanup_file_t));
+    b = ngx_calloc_buf(r->pool);
+
+    if (cln == NULL || b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->file = ngx_pcalloc(r->pool, sizeof(ngx_file_t));
+    if (b->file == NULL) {
+        return NGX_ERROR;
+    }
+
+    tries = NGX_HTTP_KV_READ_TRIES;
+
+    for ( ;; ) {
+        *rc = kv_open_value(&zone->store, key->data, key->len, loc, &fd);
+
+        if (*rc != KV_ESTALE || --tries == 0) {
+            break;
+        }
+
+        *rc = kv_lookup(&zone->store, key->data, key->len, loc);
+        if (*rc != KV_OK) {
+            return NGX_DECLINED;
+        }
+    }
+
+    if (*rc != KV_OK) {
+        return NGX_DECLINED;
+    }
+
+    clnf = cln->data;
+    clnf->fd = fd;
+    clnf->name = zone->path.data;
+    clnf->log = r->connection->log;
+    cln->handler = ngx_pool_cleanup_file;
+
+    b->file->fd = fd;
+    b->file->name = zone->path;
+    b->file->log = r->connection->log;
+
+    /* an empty value (a retry found the key overwritten) is no file part */
+    b->in_file = (loc->vlen != 0);
+    b->sync = (loc->vlen == 0);
+    b->file_pos = (off_t) kv_value_offset(loc);
+    b->file_last = b->file_pos + loc->vlen;
+
+    *bp = b;
+
+    return NGX_OK;
 }
 
 

@@ -210,8 +210,35 @@ ngx_int_t
 ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     u_char *data, size_t len)
 {
+    ngx_buf_t  *b;
+
+    b = NULL;
+
+    if (data != NULL && len != 0) {
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        b->pos = data;
+        b->last = data + len;
+        b->memory = 1;
+    }
+
+    return ngx_http_kv_send_buf(r, status, type, b, data == NULL, len);
+}
+
+
+/*
+ * ngx_http_kv_send() of a body already in b (NULL for none): len bytes of
+ * memory or of a file.
+ */
+
+ngx_int_t
+ngx_http_kv_send_buf(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_buf_t *b, ngx_uint_t header_only, size_t len)
+{
     ngx_int_t     rc;
-    ngx_buf_t    *b;
     ngx_chain_t   out;
 
     r->headers_out.status = status;
@@ -225,7 +252,7 @@ ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
         r->headers_out.content_type_lowcase = NULL;
     }
 
-    if (data == NULL) {
+    if (header_only) {
         r->header_only = 1;
     }
 
@@ -235,18 +262,10 @@ ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
         return rc;
     }
 
-    if (len == 0) {
+    if (b == NULL) {
         return ngx_http_send_special(r, NGX_HTTP_LAST);
     }
 
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->pos = data;
-    b->last = data + len;
-    b->memory = 1;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

@@ -4,7 +4,9 @@
  * as they are, and the payload through kv_record_decode() whatever the
  * checksum says (a frame whose checksum matches may still hold any bytes).
  * A record that decodes must encode again into a frame that verifies and
- * decodes to the same record.
+ * decodes to the same record.  kv_frame_verify_pieces(), which checks a
+ * frame sent from its file, must agree with kv_frame_verify() on every
+ * input.
  */
 
 #define _GNU_SOURCE
@@ -16,6 +18,7 @@
 
 
 static void kv_fuzz_same(const kv_record_t *a, const kv_record_t *b);
+static int kv_fuzz_read(void *ctx, uint8_t *buf, size_t len, uint64_t off);
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -29,7 +32,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     kv_record_t         rec, again;
     static kv_frame_t   f;
 
-    (void) kv_frame_verify(data, size);
+    if (kv_frame_verify_pieces(size, kv_fuzz_read, (void *) data)
+        != kv_frame_verify(data, size))
+    {
+        abort();
+    }
+
     (void) kv_frame_seq(data, size, &seq);
 
     if (size <= KV_FRAME_HEADER
@@ -91,4 +99,14 @@ kv_fuzz_same(const kv_record_t *a, const kv_record_t *b)
     {
         abort();
     }
+}
+
+
+/* a piece of the input for kv_frame_verify_pieces() */
+static int
+kv_fuzz_read(void *ctx, uint8_t *buf, size_t len, uint64_t off)
+{
+    memcpy(buf, (const uint8_t *) ctx + off, len);
+
+    return KV_OK;
 }

@@ -163,6 +163,58 @@ kv_frame_verify(const uint8_t *frame, size_t flen)
 
 
 int
+kv_frame_verify_pieces(size_t flen, kv_read_pt read, void *ctx)
+{
+    int            rc;
+    size_t         plen, len;
+    uint8_t        head[KV_FRAME_HEADER], buf[KV_FRAME_PIECE];
+    uint64_t       off;
+    XXH3_state_t  *st;
+
+    if (flen <= KV_FRAME_HEADER || flen > KV_FRAME_MAX) {
+        return KV_ECORRUPT;
+    }
+
+    plen = flen - KV_FRAME_HEADER;
+
+    rc = read(ctx, head, KV_FRAME_HEADER, 0);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (kv_get_le32(head) != plen) {
+        return KV_ECORRUPT;
+    }
+
+    st = XXH3_createState();
+    if (st == NULL) {
+        return KV_ENOMEM;
+    }
+
+    (void) XXH3_64bits_reset_withSeed(st, (XXH64_hash_t) plen);
+
+    for (off = KV_FRAME_HEADER; off < flen; off += len) {
+        len = flen - off < sizeof(buf) ? flen - off : sizeof(buf);
+
+        rc = read(ctx, buf, len, off);
+        if (rc != KV_OK) {
+            break;
+        }
+
+        (void) XXH3_64bits_update(st, buf, len);
+    }
+
+    if (rc == KV_OK && XXH3_64bits_digest(st) != kv_get_le64(head + 4)) {
+        rc = KV_ECORRUPT;
+    }
+
+    XXH3_freeState(st);
+
+    return rc;
+}
+
+
+int
 kv_record_decode(kv_record_t *rec, const uint8_t *payload, size_t plen)
 {
     Kv__Record  *msg;

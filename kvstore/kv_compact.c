@@ -931,6 +931,7 @@ kv_swap_batch(kv_compact_t *c)
 
         if (e != NULL && e->loc == w->old) {
             e->loc = w->loc;
+            e->flags &= (uint8_t) ~KV_ENTRY_VERIFIED;
 
         } else {
             c->stale++;

@@ -361,6 +361,7 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     e->loc = loc;
     e->vlen = vlen;
     e->type = (uint8_t) type;
+    e->flags &= (uint8_t) ~KV_ENTRY_VERIFIED;
 
     if (e->flags & KV_ENTRY_EXPIRES) {
         kv_entry_set_expiry(e, expires_at_ms);

@@ -56,7 +56,9 @@
     ((uint64_t) (segment) << KV_LOC_OFFSET_BITS | (uint64_t) (offset))
 
 /* kv_entry_t.flags: the entry carries an expiry time (kv_entry_expiry()) */
-#define KV_ENTRY_EXPIRES  0x01
+#define KV_ENTRY_EXPIRES   0x01
+/* kv_open_value() checked the frame the entry points at */
+#define KV_ENTRY_VERIFIED  0x02
 
 /* an escaped key in a log message: at most 64 key bytes as \xNN and "..." */
 #define KV_KEY_SHOWN    64
@@ -92,6 +94,21 @@ typedef struct {
 /* kv_codec.c */
 int kv_frame_encode(kv_frame_t *f, const kv_record_t *rec);
 int kv_frame_verify(const uint8_t *frame, size_t flen);
+
+/*
+ * read(ctx, buf, len, off) puts len bytes of a frame, from its byte off,
+ * into buf: KV_OK, or an error that kv_frame_verify_pieces() returns.
+ */
+typedef int (*kv_read_pt)(void *ctx, uint8_t *buf, size_t len, uint64_t off);
+
+/* the piece kv_frame_verify_pieces() reads at a time: stays in L2 cache */
+#define KV_FRAME_PIECE  32768
+
+/*
+ * kv_frame_verify() of a frame that is not in memory, read a piece at a
+ * time: KV_OK, KV_ECORRUPT, KV_ENOMEM or read's error.
+ */
+int kv_frame_verify_pieces(size_t flen, kv_read_pt read, void *ctx);
 int kv_record_decode(kv_record_t *rec, const uint8_t *payload, size_t plen);
 void kv_record_free(kv_record_t *rec);
 

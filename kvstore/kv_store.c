@@ -555,6 +555,7 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
     loc->type = e->type;
     loc->expires_at_ms = kv_entry_expiry(e);
     loc->seq = 0;
+    loc->verified = (e->flags & KV_ENTRY_VERIFIED) != 0;
 
 done:
 
@@ -565,21 +566,23 @@ done:
 
 
 /*
- * Reads len bytes of the frame at loc into buf: KV_OK, KV_ESTALE if
- * compaction deleted the segment, KV_EIO.
+ * Reads len bytes of the frame at loc, from its byte off, into buf: KV_OK,
+ * KV_ESTALE if compaction deleted the segment, KV_EIO.  *fd is the
+ * segment's descriptor, or -1.
  */
 static int
 kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len,
-    ssize_t *n)
+    uint64_t off, int *fd)
 {
-    int   fd, err;
-    char  path[PATH_MAX];
+    int      err;
+    char     path[PATH_MAX];
+    ssize_t  n;
 
     /* the path is formatted for error messages only: this is every GET */
 
-    fd = kv_segment_fd(s, loc->segment);
+    *fd = kv_segment_fd(s, loc->segment);
 
-    if (fd == -1 && errno == ENOENT) {
+    if (*fd == -1 && errno == ENOENT) {
         /* compaction moved the record and deleted its segment */
         kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" is gone, the record at "
@@ -587,50 +590,82 @@ kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len,
         return KV_ESTALE;
     }
 
-    *n = fd != -1 ? kv_pread_full(fd, buf, len, loc->offset) : -1;
+    n = *fd != -1 ? kv_pread_full(*fd, buf, len, loc->offset + off) : -1;
 
-    if (*n == -1) {
-        err = errno;
-        kv_segment_path(s, loc->segment, path);
+    if (n == (ssize_t) len) {
+        return KV_OK;
+    }
+
+    err = n == -1 ? errno : 0;
+    kv_segment_path(s, loc->segment, path);
+
+    if (n == -1) {
         kv_log(s->host, KV_LOG_ERR, err, "reading %zu bytes from \"%s\" at "
-               "offset %" PRIu64 " failed", len, path, loc->offset);
+               "offset %" PRIu64 " failed", len, path, loc->offset + off);
         return KV_EIO;
     }
 
-    return KV_OK;
+    kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
+           "%" PRIu64 ": the file ends %zd bytes into its %u", path,
+           loc->offset, (ssize_t) off + n, loc->flen);
+
+    return KV_ECORRUPT;
+}
+
+
+/* KV_OK if loc can be a record's, else KV_EINVAL, logged */
+static int
+kv_check_loc(kv_store_t *s, const kv_loc_t *loc)
+{
+    char  path[PATH_MAX];
+
+    if (loc->flen > KV_FRAME_HEADER && loc->flen <= KV_FRAME_MAX
+        && loc->vlen <= loc->flen - KV_FRAME_HEADER)
+    {
+        return KV_OK;
+    }
+
+    kv_segment_path(s, loc->segment, path);
+    kv_log(s->host, KV_LOG_ERR, 0, "bad location in \"%s\": offset "
+           "%" PRIu64 ", frame of %u bytes, value of %u bytes", path,
+           loc->offset, loc->flen, loc->vlen);
+
+    return KV_EINVAL;
+}
+
+
+static int
+kv_corrupt(kv_store_t *s, const kv_loc_t *loc, const char *what)
+{
+    char  path[PATH_MAX];
+
+    kv_segment_path(s, loc->segment, path);
+    kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
+           "%" PRIu64 ": %s", path, loc->offset, what);
+
+    return KV_ECORRUPT;
 }
 
 
 int
 kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf)
 {
-    int      rc;
-    char     path[PATH_MAX];
-    ssize_t  n;
+    int  rc, fd;
 
-    if (loc->flen <= KV_FRAME_HEADER || loc->flen > KV_FRAME_MAX
-        || loc->vlen > loc->flen - KV_FRAME_HEADER)
-    {
-        kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, 0, "bad location in \"%s\": offset "
-               "%" PRIu64 ", frame of %u bytes, value of %u bytes", path,
-               loc->offset, loc->flen, loc->vlen);
-        return KV_EINVAL;
+    rc = kv_check_loc(s, loc);
+
+    if (rc == KV_OK) {
+        rc = kv_pread_frame(s, loc, buf, loc->flen, 0, &fd);
     }
 
-    rc = kv_pread_frame(s, loc, buf, loc->flen, &n);
     if (rc != KV_OK) {
         return rc;
     }
 
-    if ((size_t) n != loc->flen || kv_frame_verify(buf, loc->flen) != KV_OK
+    if (kv_frame_verify(buf, loc->flen) != KV_OK
         || kv_frame_seq(buf, loc->flen, &loc->seq) != KV_OK)
     {
-        kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
-               "%" PRIu64 ": %zd of %u bytes read, checksum or length "
-               "mismatch", path, loc->offset, n, loc->flen);
-        return KV_ECORRUPT;
+        return kv_corrupt(s, loc, "checksum or length mismatch");
     }
 
     return KV_OK;
@@ -640,24 +675,110 @@ kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf)
 int
 kv_read_seq(kv_store_t *s, kv_loc_t *loc)
 {
-    int      rc;
-    char     path[PATH_MAX];
+    int      rc, fd;
     size_t   len;
-    ssize_t  n;
     uint8_t  buf[KV_FRAME_SEQ_LEN];
 
     len = loc->flen < sizeof(buf) ? loc->flen : sizeof(buf);
 
-    rc = kv_pread_frame(s, loc, buf, len, &n);
+    rc = kv_pread_frame(s, loc, buf, len, 0, &fd);
     if (rc != KV_OK) {
         return rc;
     }
 
-    if (kv_frame_seq(buf, (size_t) n, &loc->seq) != KV_OK) {
+    if (kv_frame_seq(buf, len, &loc->seq) != KV_OK) {
+        return kv_corrupt(s, loc, "no sequence number");
+    }
+
+    return KV_OK;
+}
+
+
+typedef struct {
+    kv_store_t      *store;
+    const kv_loc_t  *loc;
+} kv_piece_ctx_t;
+
+
+static int
+kv_read_piece(void *ctx, uint8_t *buf, size_t len, uint64_t off)
+{
+    int              fd;
+    kv_piece_ctx_t  *pc;
+
+    pc = ctx;
+
+    return kv_pread_frame(pc->store, pc->loc, buf, len, off, &fd);
+}
+
+
+int
+kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc,
+    int *fd)
+{
+    int              rc, sfd;
+    char             path[PATH_MAX];
+    uint8_t          head[KV_FRAME_SEQ_LEN];
+    kv_entry_t      *e;
+    kv_piece_ctx_t   pc;
+    const kv_host_t *host;
+
+    rc = kv_check_loc(s, loc);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    /* a frame holds more than its header and sequence number */
+
+    rc = kv_pread_frame(s, loc, head, sizeof(head) < loc->flen
+                                      ? sizeof(head) : loc->flen, 0, &sfd);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (kv_frame_seq(head, sizeof(head) < loc->flen ? sizeof(head)
+                                                    : loc->flen,
+                     &loc->seq)
+        != KV_OK)
+    {
+        return kv_corrupt(s, loc, "no sequence number");
+    }
+
+    if (!loc->verified) {
+        pc.store = s;
+        pc.loc = loc;
+
+        rc = kv_frame_verify_pieces(loc->flen, kv_read_piece, &pc);
+
+        if (rc == KV_ECORRUPT) {
+            return kv_corrupt(s, loc, "checksum or length mismatch");
+        }
+
+        if (rc != KV_OK) {
+            return rc;
+        }
+
+        host = s->host;
+        host->lock(host->ctx);
+
+        e = kv_index_find(host, s->sh, key, klen, NULL);
+
+        if (e != NULL && e->loc == KV_LOC(loc->segment, loc->offset)) {
+            e->flags |= KV_ENTRY_VERIFIED;
+        }
+
+        host->unlock(host->ctx);
+
+        loc->verified = 1;
+    }
+
+    *fd = fcntl(sfd, F_DUPFD_CLOEXEC, 0);
+
+    if (*fd == -1) {
         kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at offset "
-               "%" PRIu64 ": no sequence number", path, loc->offset);
-        return KV_ECORRUPT;
+        kv_log(s->host, KV_LOG_ERR, errno, "duplicating the descriptor of "
+               "\"%s\" failed", path);
+        return KV_EIO;
     }
 
     return KV_OK;

@@ -177,7 +177,9 @@ typedef struct {
     uint8_t   type;
     uint64_t  expires_at_ms;   /* Unix time in ms; 0: never */
     uint64_t  seq;             /* the record's sequence number: set by
-                                  kv_read() and kv_read_seq() */
+                                  kv_read(), kv_read_seq() and
+                                  kv_open_value() */
+    unsigned  verified;        /* kv_open_value() has checked the frame */
 } kv_loc_t;
 
 
@@ -410,6 +412,23 @@ int kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf);
  * that needs the record's sequence number but not its value (HEAD).
  */
 int kv_read_seq(kv_store_t *s, kv_loc_t *loc);
+
+/*
+ * For a value sent from its segment file instead of from memory: sets
+ * loc->seq, and *fd to a descriptor of the segment that the caller owns
+ * (a compaction may delete the file meanwhile; the descriptor still reads
+ * it); the value is its loc->vlen bytes from kv_value_offset(loc).  The
+ * first time a location is opened its checksum is verified, reading the
+ * frame a piece at a time, and its index entry remembers it (key names
+ * the entry); later opens trust it, as a block cache trusts the blocks it
+ * checked.  KV_OK, KV_ESTALE if compaction deleted the segment first,
+ * KV_ECORRUPT, KV_EIO, KV_ENOMEM.
+ */
+int kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen,
+    kv_loc_t *loc, int *fd);
+
+/* the offset of loc's value in its segment */
+#define kv_value_offset(loc)  ((loc)->offset + (loc)->flen - (loc)->vlen)
 
 /*
  * Drops expired keys from a part of the index (1/16 of the buckets per
