@@ -101,7 +101,8 @@ size_t kvtool_ring_find(const kvtool_ring_t *ring, const char *name);
 /* kvtool_http.c */
 char *kvtool_http_path(const char *prefix, const uint8_t *key, size_t klen);
 int kvtool_http(const char *server, const char *method, const char *path,
-    const char *ctype, const uint8_t *body, size_t blen);
+    const char *headers, const char *ctype, const uint8_t *body,
+    size_t blen);
 
 /* one file per command */
 int kvtool_check(const char *dir);

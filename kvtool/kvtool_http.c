@@ -174,27 +174,31 @@ kvtool_http_path(const char *prefix, const uint8_t *key, size_t klen)
 
 
 /*
- * Sends METHOD path to server, with body of type ctype unless ctype is
+ * Sends METHOD path to server, with more header lines (each ending in
+ * CRLF) unless headers is NULL, and a body of type ctype unless ctype is
  * NULL; the answer's status code, or -1 (reported) if there is none.
  */
 int
 kvtool_http(const char *server, const char *method, const char *path,
-    const char *ctype, const uint8_t *body, size_t blen)
+    const char *headers, const char *ctype, const uint8_t *body,
+    size_t blen)
 {
     int      fd, status;
     char     head[512], resp[512];
     size_t   have;
     ssize_t  n;
 
+    headers = headers != NULL ? headers : "";
+
     if (ctype != NULL) {
         n = snprintf(head, sizeof(head),
-                     " HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+                     " HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s"
                      "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-                     server, ctype, blen);
+                     server, headers, ctype, blen);
     } else {
         n = snprintf(head, sizeof(head),
-                     " HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
-                     server);
+                     " HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s"
+                     "\r\n", server, headers);
     }
 
     if (n < 0 || (size_t) n >= sizeof(head)) {

@@ -10,10 +10,12 @@
  *     DIR is the data directory of the shard that LIST calls NAME (NAME
  *     need not be in LIST: a shard being removed).  Every key of DIR
  *     that LIST gives to another server is moved there over HTTP: PUT to
- *     the owner unless the owner already has the key (then it was written
- *     through the router after the switch to LIST, and is newer), then
- *     DELETE from NAME.  The router must already route by LIST, so that no
- *     client writes a moving key to NAME any more.
+ *     the owner with If-None-Match: * (if the owner has the key already,
+ *     it was written through the router after the switch to LIST, and is
+ *     newer), then DELETE from NAME with If-Match: the version copied (a
+ *     later write to NAME stays, and is reported).  The router must
+ *     already route by LIST, so that no client writes a moving key to
+ *     NAME any more.
  *
  * Both read DIR as kvtool dump does: read-only, while nginx runs.  Values
  * come from DIR, so reshard needs nothing of the shards but /db/ (the
@@ -92,7 +94,7 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     const kv_entry_t *e, uint8_t **buf, size_t *cap)
 {
     int           rc, status, copied;
-    char         *path, *put, kbuf[KV_KEY_STR_LEN];
+    char         *path, *put, kbuf[KV_KEY_STR_LEN], match[48];
     size_t        len;
     uint8_t      *p;
     uint64_t      now;
@@ -169,35 +171,45 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
         snprintf(put, len, "%s", path);
     }
 
-    copied = 0;
-    status = kvtool_http(owner, "GET", path, NULL, NULL, 0);
+    /*
+     * Create only: a key the owner has already was written through the
+     * router after the switch, and is newer; the check and the write are
+     * one step on the owner, so such a write cannot slip in between.
+     */
 
-    if (status == 404) {
-        ctype = rec.type == KV_TYPE_JSON ? "application/json"
-                                         : "application/octet-stream";
-        status = kvtool_http(owner, "PUT", put, ctype, rec.value, rec.vlen);
-        copied = 1;
-    }
+    ctype = rec.type == KV_TYPE_JSON ? "application/json"
+                                     : "application/octet-stream";
+    status = kvtool_http(owner, "PUT", put, "If-None-Match: *\r\n", ctype,
+                         rec.value, rec.vlen);
+    copied = (status >= 200 && status <= 299);
+
+    /* delete only the version copied: a later one is not on the owner */
+
+    snprintf(match, sizeof(match), "If-Match: \"%" PRIu64 "\"\r\n",
+             rec.seq);
 
     kv_record_free(&rec);
     free(put);
 
-    if (status < 200 || status > 299) {
+    if (!copied && status != 412) {
         /* status -1: kvtool_http() said why */
-        kvtool_error("%s %s on %s: %s %d: key \"%s\" stays on %s",
-                     copied ? "PUT" : "GET", path, owner,
-                     status == -1 ? "no answer" : "answered", status,
-                     kv_key_str(e->key, e->klen, kbuf), rs->self_name);
+        kvtool_error("PUT %s on %s: %s %d: key \"%s\" stays on %s",
+                     path, owner, status == -1 ? "no answer" : "answered",
+                     status, kv_key_str(e->key, e->klen, kbuf),
+                     rs->self_name);
         free(path);
         return -1;
     }
 
-    status = kvtool_http(rs->self_name, "DELETE", path, NULL, NULL, 0);
+    status = kvtool_http(rs->self_name, "DELETE", path, match, NULL, NULL,
+                         0);
 
     if (status != 200 && status != 204 && status != 404) {
-        kvtool_error("DELETE %s on %s: %s %d: key \"%s\" is on both %s "
+        kvtool_error("DELETE %s on %s: %s %d%s: key \"%s\" is on both %s "
                      "and %s", path, rs->self_name,
                      status == -1 ? "no answer" : "answered", status,
+                     status == 412 ? " (it was written during the move: "
+                                     "run reshard again)" : "",
                      kv_key_str(e->key, e->klen, kbuf), owner,
                      rs->self_name);
         free(path);
@@ -228,7 +240,7 @@ kvtool_reshard_self(kvtool_reshard_t *rs, const kv_entry_t *e)
         return KVTOOL_FAIL;
     }
 
-    status = kvtool_http(rs->self_name, "GET", path, NULL, NULL, 0);
+    status = kvtool_http(rs->self_name, "GET", path, NULL, NULL, NULL, 0);
 
     if (status != 200) {
         kvtool_error("GET %s on %s: %s %d, not 200: is %s the server of "
