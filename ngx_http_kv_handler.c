@@ -26,9 +26,12 @@
 /*
  * A value from this size up is sent from its segment file, as nginx sends
  * a static file (sendfile, or output_buffers), not copied whole into
- * memory: bench/README.md, "GET 1 MiB", has the measurements.
+ * memory.  bench/values.sh measures the choice (bench/README.md); it
+ * builds the module with other sizes through -DNGX_HTTP_KV_FILE_MIN=.
  */
+#ifndef NGX_HTTP_KV_FILE_MIN
 #define NGX_HTTP_KV_FILE_MIN    (64 * 1024)
+#endif
 
 
 typedef struct {
