@@ -216,12 +216,15 @@ run() {
     say "started $name (pid $!)"
 }
 
-# kv_up NAME FSYNC PORT: lib.sh's nginx with the module, one per fsync mode
+# kv_up NAME FSYNC PORT: lib.sh's nginx with the module, one per fsync
+# mode; sendfile and tcp_nopush on as for the static peer (and in Debian's
+# nginx.conf): a value of 64 KiB or more is sent from its file
 kv_up() {
     KV_PORT=$3
     kv_url=http://127.0.0.1:$3
     kv_pid="" kv_run=""
-    kv_start "$2"
+    KV_HTTP_EXTRA="sendfile on;
+    tcp_nopush on;" kv_start "$2"
     kv_pids[$1]=$kv_pid
     kv_runs[$1]=$kv_run
     started+=("$1 $kv_pid")

@@ -9,9 +9,9 @@
 #   mem            the value read whole into memory, verified, written
 #   file           sent from the segment file with sendfile off (nginx's
 #                  default: read into output_buffers and written)
-#   file-sendfile  the same with sendfile on
+#   file-sendfile  the same with sendfile and tcp_nopush on
 #   static         nginx, the same bytes as a static file, sendfile off
-#   static-sendfile                                       ... sendfile on
+#   static-sendfile                  ... sendfile and tcp_nopush on
 # wrk -t2 -c64 --latency, DURATION s per run, ROUNDS rounds in a rotating
 # order; medians of MiB/s and of p99.
 #
@@ -63,8 +63,8 @@ done
 serve() {
     MODULE=$builds/$1/ngx_http_kv_module.so \
     KV_SERVER_EXTRA="location /static/ { alias $www/; sendfile off; }
-        location /static-sendfile/ { alias $www/; sendfile on; }
-        location /db-sendfile/ { sendfile on; kv store; }" \
+        location /static-sendfile/ { alias $www/; sendfile on; tcp_nopush on; }
+        location /db-sendfile/ { sendfile on; tcp_nopush on; kv store; }" \
         kv_start off max_value=2m
 
     for size in $SIZES; do
