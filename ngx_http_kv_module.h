@@ -205,8 +205,8 @@ extern ngx_str_t  ngx_http_kv_types[KV_TYPE_JSON + 1];
 
 ngx_int_t ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *data, size_t len);
-ngx_int_t ngx_http_kv_send_buf(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *type, ngx_buf_t *b, ngx_uint_t header_only, size_t len);
+ngx_int_t ngx_http_kv_send_chain(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_chain_t *out, ngx_uint_t header_only, size_t len);
 ngx_int_t ngx_http_kv_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *msg);
 ngx_int_t ngx_http_kv_send_json(ngx_http_request_t *r, ngx_uint_t status,

@@ -210,36 +210,41 @@ ngx_int_t
 ngx_http_kv_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     u_char *data, size_t len)
 {
-    ngx_buf_t  *b;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
-    b = NULL;
-
-    if (data != NULL && len != 0) {
-        b = ngx_calloc_buf(r->pool);
-        if (b == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        b->pos = data;
-        b->last = data + len;
-        b->memory = 1;
+    if (data == NULL || len == 0) {
+        return ngx_http_kv_send_chain(r, status, type, NULL, data == NULL,
+                                      len);
     }
 
-    return ngx_http_kv_send_buf(r, status, type, b, data == NULL, len);
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_kv_send_chain(r, status, type, &out, 0, len);
 }
 
 
 /*
- * ngx_http_kv_send() of a body already in b (NULL for none): len bytes of
- * memory or of a file.
+ * ngx_http_kv_send() of a body already in buffers (NULL for none): len
+ * bytes of memory or of a file.
  */
 
 ngx_int_t
-ngx_http_kv_send_buf(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *type, ngx_buf_t *b, ngx_uint_t header_only, size_t len)
+ngx_http_kv_send_chain(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_chain_t *out, ngx_uint_t header_only, size_t len)
 {
     ngx_int_t     rc;
-    ngx_chain_t   out;
+    ngx_chain_t  *cl;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = (status == NGX_HTTP_NOT_MODIFIED)
@@ -262,15 +267,14 @@ ngx_http_kv_send_buf(ngx_http_request_t *r, ngx_uint_t status,
         return rc;
     }
 
-    if (b == NULL) {
+    if (out == NULL) {
         return ngx_http_send_special(r, NGX_HTTP_LAST);
     }
 
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    for (cl = out; cl->next; cl = cl->next) { /* void */ }
 
-    out.buf = b;
-    out.next = NULL;
+    cl->buf->last_buf = (r == r->main) ? 1 : 0;
+    cl->buf->last_in_chain = 1;
 
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_output_filter(r, out);
 }
