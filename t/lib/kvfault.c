@@ -189,67 +189,31 @@ kv_fault_open(const char *name, int dirfd, const char *path, int flags,
 }
 
 
-static mode_t
-kv_fault_mode(int flags, va_list ap)
-{
-    return (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
+/*
+ * open(), open64(), openat() and openat64(): each its own symbol to
+ * interpose, one body; the mode is there only with O_CREAT or O_TMPFILE.
+ */
+#define KV_FAULT_OPEN(name, next, params, dirfd)                             \
+int                                                                          \
+name params                                                                  \
+{                                                                            \
+    mode_t   mode;                                                           \
+    va_list  ap;                                                             \
+                                                                             \
+    va_start(ap, flags);                                                     \
+    mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;         \
+    va_end(ap);                                                              \
+                                                                             \
+    return kv_fault_open(next, dirfd, path, flags, mode);                    \
 }
 
-
-int
-open(const char *path, int flags, ...)
-{
-    mode_t   mode;
-    va_list  ap;
-
-    va_start(ap, flags);
-    mode = kv_fault_mode(flags, ap);
-    va_end(ap);
-
-    return kv_fault_open("openat", AT_FDCWD, path, flags, mode);
-}
-
-
-int
-open64(const char *path, int flags, ...)
-{
-    mode_t   mode;
-    va_list  ap;
-
-    va_start(ap, flags);
-    mode = kv_fault_mode(flags, ap);
-    va_end(ap);
-
-    return kv_fault_open("openat64", AT_FDCWD, path, flags, mode);
-}
-
-
-int
-openat(int dirfd, const char *path, int flags, ...)
-{
-    mode_t   mode;
-    va_list  ap;
-
-    va_start(ap, flags);
-    mode = kv_fault_mode(flags, ap);
-    va_end(ap);
-
-    return kv_fault_open("openat", dirfd, path, flags, mode);
-}
-
-
-int
-openat64(int dirfd, const char *path, int flags, ...)
-{
-    mode_t   mode;
-    va_list  ap;
-
-    va_start(ap, flags);
-    mode = kv_fault_mode(flags, ap);
-    va_end(ap);
-
-    return kv_fault_open("openat64", dirfd, path, flags, mode);
-}
+KV_FAULT_OPEN(open, "openat", (const char *path, int flags, ...), AT_FDCWD)
+KV_FAULT_OPEN(open64, "openat64", (const char *path, int flags, ...),
+              AT_FDCWD)
+KV_FAULT_OPEN(openat, "openat", (int dirfd, const char *path, int flags,
+              ...), dirfd)
+KV_FAULT_OPEN(openat64, "openat64", (int dirfd, const char *path,
+              int flags, ...), dirfd)
 
 
 /* the length a write may have under the rules: 0 for an error (in errno) */
