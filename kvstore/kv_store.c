@@ -566,42 +566,60 @@ done:
 
 
 /*
- * Reads len bytes of the frame at loc, from its byte off, into buf: KV_OK,
- * KV_ESTALE if compaction deleted the segment, KV_EIO.  *fd is the
- * segment's descriptor, or -1.
+ * The cached descriptor of loc's segment into *fd: KV_OK, KV_ESTALE if
+ * compaction deleted the segment, KV_EIO.
  */
 static int
-kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len,
-    uint64_t off, int *fd)
+kv_loc_fd(kv_store_t *s, const kv_loc_t *loc, int *fd)
 {
-    int      err;
-    char     path[PATH_MAX];
-    ssize_t  n;
+    char  path[PATH_MAX];
 
     /* the path is formatted for error messages only: this is every GET */
 
     *fd = kv_segment_fd(s, loc->segment);
 
-    if (*fd == -1 && errno == ENOENT) {
+    if (*fd != -1) {
+        return KV_OK;
+    }
+
+    kv_segment_path(s, loc->segment, path);
+
+    if (errno == ENOENT) {
         /* compaction moved the record and deleted its segment */
-        kv_segment_path(s, loc->segment, path);
         kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" is gone, the record at "
                "offset %" PRIu64 " moved", path, loc->offset);
         return KV_ESTALE;
     }
 
-    n = *fd != -1 ? kv_pread_full(*fd, buf, len, loc->offset + off) : -1;
+    kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" failed", path);
+
+    return KV_EIO;
+}
+
+
+/*
+ * Reads len bytes of the frame at loc, from its byte off, into buf from
+ * fd, a descriptor of its segment: KV_OK, KV_ECORRUPT if the file ends
+ * first, KV_EIO.
+ */
+static int
+kv_pread_at(kv_store_t *s, const kv_loc_t *loc, int fd, uint8_t *buf,
+    size_t len, uint64_t off)
+{
+    char     path[PATH_MAX];
+    ssize_t  n;
+
+    n = kv_pread_full(fd, buf, len, loc->offset + off);
 
     if (n == (ssize_t) len) {
         return KV_OK;
     }
 
-    err = n == -1 ? errno : 0;
     kv_segment_path(s, loc->segment, path);
 
     if (n == -1) {
-        kv_log(s->host, KV_LOG_ERR, err, "reading %zu bytes from \"%s\" at "
-               "offset %" PRIu64 " failed", len, path, loc->offset + off);
+        kv_log(s->host, KV_LOG_ERR, errno, "reading %zu bytes from \"%s\" "
+               "at offset %" PRIu64 " failed", len, path, loc->offset + off);
         return KV_EIO;
     }
 
@@ -610,6 +628,18 @@ kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len,
            loc->offset, (ssize_t) off + n, loc->flen);
 
     return KV_ECORRUPT;
+}
+
+
+/* kv_pread_at() through the segment's cached descriptor */
+static int
+kv_pread_frame(kv_store_t *s, const kv_loc_t *loc, uint8_t *buf, size_t len)
+{
+    int  rc, fd;
+
+    rc = kv_loc_fd(s, loc, &fd);
+
+    return rc == KV_OK ? kv_pread_at(s, loc, fd, buf, len, 0) : rc;
 }
 
 
@@ -650,12 +680,12 @@ kv_corrupt(kv_store_t *s, const kv_loc_t *loc, const char *what)
 int
 kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf)
 {
-    int  rc, fd;
+    int  rc;
 
     rc = kv_check_loc(s, loc);
 
     if (rc == KV_OK) {
-        rc = kv_pread_frame(s, loc, buf, loc->flen, 0, &fd);
+        rc = kv_pread_frame(s, loc, buf, loc->flen);
     }
 
     if (rc != KV_OK) {
@@ -675,13 +705,13 @@ kv_read(kv_store_t *s, kv_loc_t *loc, uint8_t *buf)
 int
 kv_read_seq(kv_store_t *s, kv_loc_t *loc)
 {
-    int      rc, fd;
+    int      rc;
     size_t   len;
     uint8_t  buf[KV_FRAME_SEQ_LEN];
 
     len = loc->flen < sizeof(buf) ? loc->flen : sizeof(buf);
 
-    rc = kv_pread_frame(s, loc, buf, len, 0, &fd);
+    rc = kv_pread_frame(s, loc, buf, len);
     if (rc != KV_OK) {
         return rc;
     }
@@ -697,18 +727,18 @@ kv_read_seq(kv_store_t *s, kv_loc_t *loc)
 typedef struct {
     kv_store_t      *store;
     const kv_loc_t  *loc;
+    int              fd;
 } kv_piece_ctx_t;
 
 
 static int
 kv_read_piece(void *ctx, uint8_t *buf, size_t len, uint64_t off)
 {
-    int              fd;
     kv_piece_ctx_t  *pc;
 
     pc = ctx;
 
-    return kv_pread_frame(pc->store, pc->loc, buf, len, off, &fd);
+    return kv_pread_at(pc->store, pc->loc, pc->fd, buf, len, off);
 }
 
 
@@ -716,48 +746,66 @@ int
 kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc,
     int *fd)
 {
-    int              rc, sfd;
-    char             path[PATH_MAX];
-    uint8_t          head[KV_FRAME_SEQ_LEN];
-    kv_entry_t      *e;
-    kv_piece_ctx_t   pc;
-    const kv_host_t *host;
+    int               rc, sfd;
+    char              path[PATH_MAX];
+    size_t            len;
+    uint8_t           head[KV_FRAME_SEQ_LEN];
+    kv_entry_t       *e;
+    kv_piece_ctx_t    pc;
+    const kv_host_t  *host;
 
     rc = kv_check_loc(s, loc);
+
+    if (rc == KV_OK) {
+        rc = kv_loc_fd(s, loc, &sfd);
+    }
+
     if (rc != KV_OK) {
         return rc;
     }
+
+    /*
+     * A descriptor of our own before anything else: the store's cached
+     * one may be closed by the next call (a compaction's sweep), and the
+     * bytes checked must be the bytes sent.
+     */
+
+    pc.fd = fcntl(sfd, F_DUPFD_CLOEXEC, 0);
+
+    if (pc.fd == -1) {
+        kv_segment_path(s, loc->segment, path);
+        kv_log(s->host, KV_LOG_ERR, errno, "duplicating the descriptor of "
+               "\"%s\" failed", path);
+        return KV_EIO;
+    }
+
+    pc.store = s;
+    pc.loc = loc;
 
     /* a frame holds more than its header and sequence number */
 
-    rc = kv_pread_frame(s, loc, head, sizeof(head) < loc->flen
-                                      ? sizeof(head) : loc->flen, 0, &sfd);
-    if (rc != KV_OK) {
-        return rc;
+    len = sizeof(head) < loc->flen ? sizeof(head) : loc->flen;
+
+    rc = kv_pread_at(s, loc, pc.fd, head, len, 0);
+
+    if (rc == KV_OK && kv_frame_seq(head, len, &loc->seq) != KV_OK) {
+        rc = kv_corrupt(s, loc, "no sequence number");
     }
 
-    if (kv_frame_seq(head, sizeof(head) < loc->flen ? sizeof(head)
-                                                    : loc->flen,
-                     &loc->seq)
-        != KV_OK)
-    {
-        return kv_corrupt(s, loc, "no sequence number");
-    }
-
-    if (!loc->verified) {
-        pc.store = s;
-        pc.loc = loc;
-
+    if (rc == KV_OK && !loc->verified) {
         rc = kv_frame_verify_pieces(loc->flen, kv_read_piece, &pc);
 
         if (rc == KV_ECORRUPT) {
-            return kv_corrupt(s, loc, "checksum or length mismatch");
+            rc = kv_corrupt(s, loc, "checksum or length mismatch");
         }
+    }
 
-        if (rc != KV_OK) {
-            return rc;
-        }
+    if (rc != KV_OK) {
+        close(pc.fd);
+        return rc;
+    }
 
+    if (!loc->verified) {
         host = s->host;
         host->lock(host->ctx);
 
@@ -772,14 +820,7 @@ kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc,
         loc->verified = 1;
     }
 
-    *fd = fcntl(sfd, F_DUPFD_CLOEXEC, 0);
-
-    if (*fd == -1) {
-        kv_segment_path(s, loc->segment, path);
-        kv_log(s->host, KV_LOG_ERR, errno, "duplicating the descriptor of "
-               "\"%s\" failed", path);
-        return KV_EIO;
-    }
+    *fd = pc.fd;
 
     return KV_OK;
 }
