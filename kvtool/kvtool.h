@@ -100,9 +100,12 @@ size_t kvtool_ring_find(const kvtool_ring_t *ring, const char *name);
 
 /* kvtool_http.c */
 char *kvtool_http_path(const char *prefix, const uint8_t *key, size_t klen);
+/* the longest ETag value kvtool_http() gives back, quotes included */
+#define KVTOOL_ETAG_LEN  32
+
 int kvtool_http(const char *server, const char *method, const char *path,
     const char *headers, const char *ctype, const uint8_t *body,
-    size_t blen);
+    size_t blen, char *etag);
 
 /* one file per command */
 int kvtool_check(const char *dir);

@@ -177,16 +177,22 @@ kvtool_http_path(const char *prefix, const uint8_t *key, size_t klen)
  * Sends METHOD path to server, with more header lines (each ending in
  * CRLF) unless headers is NULL, and a body of type ctype unless ctype is
  * NULL; the answer's status code, or -1 (reported) if there is none.
+ * Unless etag is NULL, the answer's ETag goes there (KVTOOL_ETAG_LEN + 1
+ * bytes), or "" if it has none.
  */
 int
 kvtool_http(const char *server, const char *method, const char *path,
     const char *headers, const char *ctype, const uint8_t *body,
-    size_t blen)
+    size_t blen, char *etag)
 {
     int      fd, status;
-    char     head[512], resp[512];
-    size_t   have;
+    char     head[512], resp[512], *p;
+    size_t   have, len;
     ssize_t  n;
+
+    if (etag != NULL) {
+        etag[0] = '\0';
+    }
 
     headers = headers != NULL ? headers : "";
 
@@ -240,6 +246,18 @@ kvtool_http(const char *server, const char *method, const char *path,
         }
 
         resp[have] = '\0';
+
+        p = strcasestr(resp, "\r\nETag: ");
+
+        if (etag != NULL && p != NULL) {
+            p += sizeof("\r\nETag: ") - 1;
+            len = strcspn(p, "\r\n");
+
+            if (len <= KVTOOL_ETAG_LEN) {
+                memcpy(etag, p, len);
+                etag[len] = '\0';
+            }
+        }
 
         if (sscanf(resp, "HTTP/1.%*1[01] %3d", &status) != 1) {
             status = -1;

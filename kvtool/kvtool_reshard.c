@@ -12,8 +12,10 @@
  *     that LIST gives to another server is moved there over HTTP: PUT to
  *     the owner with If-None-Match: * (if the owner has the key already,
  *     it was written through the router after the switch to LIST, and is
- *     newer), then DELETE from NAME with If-Match: the version copied (a
- *     later write to NAME stays, and is reported).  The router must
+ *     newer), then DELETE from NAME with If-Match: the version copied.
+ *     A key written or deleted on NAME during its move is reported and
+ *     its copy taken back from the owner (If-Match: the copy's ETag); a
+ *     written one moves at the next run.  The router must
  *     already route by LIST, so that no client writes a moving key to
  *     NAME any more.
  *
@@ -93,8 +95,9 @@ static int
 kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     const kv_entry_t *e, uint8_t **buf, size_t *cap)
 {
-    int           rc, status, copied;
-    char         *path, *put, kbuf[KV_KEY_STR_LEN], match[48];
+    int           rc, status, copied, undo;
+    char         *path, *put, kbuf[KV_KEY_STR_LEN];
+    char          match[KVTOOL_ETAG_LEN + 16], etag[KVTOOL_ETAG_LEN + 1];
     size_t        len;
     uint8_t      *p;
     uint64_t      now;
@@ -180,7 +183,7 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     ctype = rec.type == KV_TYPE_JSON ? "application/json"
                                      : "application/octet-stream";
     status = kvtool_http(owner, "PUT", put, "If-None-Match: *\r\n", ctype,
-                         rec.value, rec.vlen);
+                         rec.value, rec.vlen, etag);
     copied = (status >= 200 && status <= 299);
 
     /* delete only the version copied: a later one is not on the owner */
@@ -202,14 +205,39 @@ kvtool_reshard_key(kvtool_store_t *t, kvtool_reshard_t *rs,
     }
 
     status = kvtool_http(rs->self_name, "DELETE", path, match, NULL, NULL,
-                         0);
+                         0, NULL);
+
+    if ((status == 412 || status == 404) && copied) {
+        /*
+         * The key was written or deleted on NAME while it was copied: the
+         * copy is old.  It is taken back from the owner unless the owner
+         * changed it since; a written key moves at the next run.
+         */
+
+        snprintf(match, sizeof(match), "If-Match: %s\r\n", etag);
+
+        undo = etag[0] ? kvtool_http(owner, "DELETE", path, match, NULL,
+                                     NULL, 0, NULL)
+                       : -1;
+
+        kvtool_error("key \"%s\" was %s on %s during its move: the copy on "
+                     "%s %s", kv_key_str(e->key, e->klen, kbuf),
+                     status == 412 ? "written" : "deleted", rs->self_name,
+                     owner, undo == 200 ? "was taken back"
+                                        : "could not be taken back");
+
+        free(path);
+
+        return (status == 404 && undo == 200) ? 0 : -1;
+    }
 
     if (status != 200 && status != 204 && status != 404) {
         kvtool_error("DELETE %s on %s: %s %d%s: key \"%s\" is on both %s "
                      "and %s", path, rs->self_name,
                      status == -1 ? "no answer" : "answered", status,
-                     status == 412 ? " (it was written during the move: "
-                                     "run reshard again)" : "",
+                     status == 412 ? " (written there during the move; the "
+                                     "owner's newer value stays: run "
+                                     "reshard again)" : "",
                      kv_key_str(e->key, e->klen, kbuf), owner,
                      rs->self_name);
         free(path);
@@ -240,7 +268,8 @@ kvtool_reshard_self(kvtool_reshard_t *rs, const kv_entry_t *e)
         return KVTOOL_FAIL;
     }
 
-    status = kvtool_http(rs->self_name, "GET", path, NULL, NULL, NULL, 0);
+    status = kvtool_http(rs->self_name, "GET", path, NULL, NULL, NULL, 0,
+                         NULL);
 
     if (status != 200) {
         kvtool_error("GET %s on %s: %s %d, not 200: is %s the server of "

@@ -127,6 +127,40 @@ like $out, qr/is \S+ the server of this data directory/, 'and says why';
 my ($after) = placement($three, $first);
 is scalar(keys %$after), scalar(keys %$before), 'and moved nothing';
 
+# ------------------ a key written on the old shard while it is being moved
+
+# reshard reads a copy of the third shard's directory taken before the
+# write, so the version it copies is older than the one the shard has
+my $snap = KvTest::tmp_root() . '/reshard-snapshot';
+system('cp', '-a', $third->data_dir, $snap) == 0 or die "cp: $?";
+unlink "$snap/LOCK";
+($where) = placement($three, $third);
+my ($written) = sort keys %$where;
+ok defined $written, "\"$written\" is on the third shard";
+($st) = request($rc, 'PUT', '/db/' . enc($written), 'written during');
+is $st, 201, 'it is written anew through the router, after the copy';
+
+$router->{shards} = [$first->name, $heavy->name . ' weight=3'];
+ok $router->reload, 'the router drops the third shard';
+($st, $out) = KvTest::kvtool('reshard', "--servers=$two",
+                             '--self=' . $third->name, $snap);
+is $st, 1, 'reshard of the old copy exits 1';
+like $out, qr/key "\Q$written\E" was written on \S+ during its move: (?#
+              )the copy on \S+ was taken back/,
+     'it reports the key written during its move, and takes its copy back'
+    or diag $out;
+my ($s3, $b3) = request($rc, 'GET', '/db/' . enc($written));
+is $s3, 404, 'the old copy is not on the new owner';
+my $r3 = KvTest::http_req($third->port, 'GET', '/db/' . enc($written));
+is "$r3->{status} $r3->{body}", '200 written during',
+   'the newer value is still on the third shard';
+
+($st, $out) = KvTest::kvtool('reshard', "--servers=$two",
+                             '--self=' . $third->name, $third->data_dir);
+is $st, 0, 'reshard of the live directory exits 0' or diag $out;
+($s3, $b3) = request($rc, 'GET', '/db/' . enc($written));
+is "$s3 $b3", '200 written during', 'and moves the newer value';
+
 # ---------------------------------------------------------- command line
 
 my $dir = $first->data_dir;
