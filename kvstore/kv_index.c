@@ -220,6 +220,20 @@ kv_entry_expired(const kv_entry_t *e, uint64_t now)
 }
 
 
+void
+kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc)
+{
+    loc->segment = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+    loc->offset = e->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
+    loc->flen = e->flen;
+    loc->vlen = e->vlen;
+    loc->type = e->type;
+    loc->expires_at_ms = kv_entry_expiry(e);
+    loc->seq = 0;
+    loc->verified = (e->flags & KV_ENTRY_VERIFIED) != 0;
+}
+
+
 static kv_entry_t *
 kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
     unsigned flags)

@@ -11,6 +11,7 @@
  *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
  *   kv_index.c    the hash index in host memory, replaying a record into it
  *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
+ *   kv_iter.c     listing keys in order
  *   kv_hint.c     hint files: write and load
  *   kv_compact.c  compaction and the cleanup of an interrupted one
  *   kv_recover.c  opening a store: lock, cleanup, replay
@@ -233,6 +234,9 @@ uint64_t kv_entry_expiry(const kv_entry_t *e);
 
 /* 1 if the entry's time ran out at now (Unix ms) */
 int kv_entry_expired(const kv_entry_t *e, uint64_t now);
+
+/* what kv_lookup() says of the entry's record (seq left 0) */
+void kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc);
 
 /* Drops an expired entry found through link, counting it as expired. */
 void kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,

@@ -336,9 +336,7 @@ kv_entry_seq(kv_store_t *s, const kv_entry_t *e, uint64_t *seq)
     int       rc;
     kv_loc_t  loc;
 
-    loc.segment = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
-    loc.offset = e->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
-    loc.flen = e->flen;
+    kv_entry_loc(e, &loc);
 
     rc = kv_read_seq(s, &loc);
     *seq = loc.seq;
@@ -548,14 +546,7 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
         goto done;
     }
 
-    loc->segment = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
-    loc->offset = e->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
-    loc->flen = e->flen;
-    loc->vlen = e->vlen;
-    loc->type = e->type;
-    loc->expires_at_ms = kv_entry_expiry(e);
-    loc->seq = 0;
-    loc->verified = (e->flags & KV_ENTRY_VERIFIED) != 0;
+    kv_entry_loc(e, loc);
 
 done:
 

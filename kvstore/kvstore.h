@@ -439,6 +439,46 @@ int kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen,
  */
 uint64_t kv_expire(kv_store_t *s);
 
+/*
+ * Listing keys in byte-wise order (memcmp, then the shorter first): a page
+ * of at most limit keys that start with prefix and sort at or after from
+ * (strictly after it if from_excl: a cursor).
+ */
+typedef struct {
+    const uint8_t    *prefix;
+    size_t            plen;
+    const uint8_t    *from;
+    size_t            flen;
+    unsigned          from_excl;
+    uint32_t          limit;       /* 1 to KV_ITER_MAX */
+} kv_range_t;
+
+#define KV_ITER_MAX  100000
+
+typedef struct kv_iter_s  kv_iter_t;
+
+/*
+ * Collects the page.  The index is walked in steps of a few thousand
+ * buckets, the lock taken for each, so writers wait no longer than for
+ * kv_expire(): a key that exists during the whole call is listed, one
+ * that exists at no moment of it is not, and expired keys are not.
+ * KV_OK with *it set, KV_EINVAL, KV_ENOMEM, KV_EUNAVAIL.
+ */
+int kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **it);
+
+/*
+ * The page's next key in order (valid until kv_iter_close()) and where its
+ * record was at kv_iter_open(): KV_OK, or KV_NOTFOUND after the last.
+ */
+int kv_iter_next(kv_iter_t *it, const uint8_t **key, size_t *klen,
+    kv_loc_t *loc);
+
+/* 1 if keys of the range sort after the page's last */
+int kv_iter_more(const kv_iter_t *it);
+
+void kv_iter_close(kv_iter_t *it);
+
+
 /* Adds a sample of us microseconds to h, atomically. */
 void kv_hist_add(kv_hist_t *h, uint64_t us);
 

@@ -1,0 +1,339 @@
+#define _GNU_SOURCE
+
+/*
+ * Listing keys in order.  The hash index keeps no order, so a page is the
+ * range's limit + 1 smallest keys, found in one pass over every bucket
+ * with a bounded max-heap: O(n log limit) per page, with the lock taken
+ * per step of KV_ITER_CHUNK buckets.  The extra key only says whether
+ * there is more.
+ *
+ * A key that exists for a whole pass sits in its bucket for all of it
+ * (buckets never move), so it is seen; paging by the last key returned
+ * (exclusive) then lists every key that exists for a whole walk exactly
+ * once.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_internal.h"
+
+
+/* buckets walked per hold of the lock */
+#define KV_ITER_CHUNK  4096
+
+
+typedef struct {
+    uint8_t          *key;
+    size_t            klen;
+    size_t            cap;
+    kv_loc_t          loc;
+} kv_iter_item_t;
+
+
+struct kv_iter_s {
+    kv_iter_item_t   *items;
+    uint32_t          n;        /* items held */
+    uint32_t          max;      /* limit + 1 */
+    uint32_t          next;     /* kv_iter_next()'s position */
+    unsigned          more;
+};
+
+
+static int kv_iter_walk(kv_store_t *s, const kv_range_t *range,
+    kv_iter_t *it);
+static int kv_iter_in_range(const kv_range_t *range, const uint8_t *key,
+    size_t klen);
+static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e);
+static void kv_iter_sift_down(kv_iter_t *it, uint32_t i);
+static int kv_iter_cmp_items(const void *a, const void *b);
+static int kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b,
+    size_t blen);
+
+
+int
+kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
+{
+    int         rc;
+    kv_iter_t  *it;
+
+    if (range->limit == 0 || range->limit > KV_ITER_MAX) {
+        return KV_EINVAL;
+    }
+
+    it = calloc(1, sizeof(kv_iter_t));
+    if (it == NULL) {
+        return KV_ENOMEM;
+    }
+
+    it->max = range->limit + 1;
+    it->items = calloc(it->max, sizeof(kv_iter_item_t));
+
+    if (it->items == NULL) {
+        free(it);
+        return KV_ENOMEM;
+    }
+
+    rc = kv_iter_walk(s, range, it);
+    if (rc != KV_OK) {
+        kv_iter_close(it);
+        return rc;
+    }
+
+    qsort(it->items, it->n, sizeof(kv_iter_item_t), kv_iter_cmp_items);
+
+    if (it->n == it->max) {
+        it->more = 1;
+        it->n--;
+    }
+
+    *itp = it;
+
+    return KV_OK;
+}
+
+
+int
+kv_iter_next(kv_iter_t *it, const uint8_t **key, size_t *klen, kv_loc_t *loc)
+{
+    kv_iter_item_t  *item;
+
+    if (it->next == it->n) {
+        return KV_NOTFOUND;
+    }
+
+    item = &it->items[it->next++];
+
+    *key = item->key;
+    *klen = item->klen;
+    *loc = item->loc;
+
+    return KV_OK;
+}
+
+
+int
+kv_iter_more(const kv_iter_t *it)
+{
+    return it->more;
+}
+
+
+void
+kv_iter_close(kv_iter_t *it)
+{
+    uint32_t  i;
+
+    if (it == NULL) {
+        return;
+    }
+
+    for (i = 0; i < it->max; i++) {
+        free(it->items[i].key);
+    }
+
+    free(it->items);
+    free(it);
+}
+
+
+static int
+kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
+{
+    int               rc;
+    uint32_t          i, end;
+    uint64_t          now;
+    kv_ref_t         *buckets, ref;
+    kv_entry_t       *e;
+    kv_shared_t      *sh;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+    rc = KV_OK;
+
+    for (i = 0; rc == KV_OK; i = end) {
+        host->lock(host->ctx);
+
+        if (!sh->open) {
+            host->unlock(host->ctx);
+            kv_log(host, KV_LOG_ERR, 0, "the store in \"%s\" is not open",
+                   s->conf.dir);
+            return KV_EUNAVAIL;
+        }
+
+        if (i == sh->nbuckets) {
+            host->unlock(host->ctx);
+            break;
+        }
+
+        now = kv_now_ms(host);
+        buckets = kv_ptr(host, sh->buckets);
+        end = sh->nbuckets - i > KV_ITER_CHUNK ? i + KV_ITER_CHUNK
+                                               : sh->nbuckets;
+
+        for ( /* void */ ; i < end && rc == KV_OK; i++) {
+            for (ref = buckets[i]; ref != 0; ref = e->next) {
+                e = kv_ptr(host, ref);
+
+                if (kv_iter_in_range(range, e->key, e->klen)
+                    && !kv_entry_expired(e, now))
+                {
+                    rc = kv_iter_take(it, e);
+                    if (rc != KV_OK) {
+                        break;
+                    }
+                }
+            }
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    return rc;
+}
+
+
+static int
+kv_iter_in_range(const kv_range_t *range, const uint8_t *key, size_t klen)
+{
+    int  c;
+
+    if (range->plen != 0
+        && (klen < range->plen
+            || memcmp(key, range->prefix, range->plen) != 0))
+    {
+        return 0;
+    }
+
+    if (range->from == NULL) {
+        return 1;
+    }
+
+    c = kv_key_cmp(key, klen, range->from, range->flen);
+
+    return range->from_excl ? c > 0 : c >= 0;
+}
+
+
+/*
+ * Keeps e's key if it is among the smallest seen: items[0] is the largest
+ * held, so once the heap is full a key that loses costs one comparison.
+ */
+static int
+kv_iter_take(kv_iter_t *it, const kv_entry_t *e)
+{
+    uint8_t         *key;
+    uint32_t         i, parent;
+    kv_iter_item_t  *slot, item;
+
+    if (it->n == it->max) {
+        slot = &it->items[0];
+
+        if (kv_key_cmp(e->key, e->klen, slot->key, slot->klen) >= 0) {
+            return KV_OK;
+        }
+
+    } else {
+        slot = &it->items[it->n];
+    }
+
+    if (slot->cap < e->klen) {
+        key = malloc(e->klen);
+        if (key == NULL) {
+            return KV_ENOMEM;
+        }
+
+        free(slot->key);
+        slot->key = key;
+        slot->cap = e->klen;
+    }
+
+    memcpy(slot->key, e->key, e->klen);
+    slot->klen = e->klen;
+    kv_entry_loc(e, &slot->loc);
+
+    if (slot == &it->items[0] && it->n == it->max) {
+        kv_iter_sift_down(it, 0);
+        return KV_OK;
+    }
+
+    /* a new item rises to its place */
+
+    for (i = it->n++; i > 0; i = parent) {
+        parent = (i - 1) / 2;
+
+        if (kv_key_cmp(it->items[parent].key, it->items[parent].klen,
+                       it->items[i].key, it->items[i].klen) >= 0)
+        {
+            break;
+        }
+
+        item = it->items[parent];
+        it->items[parent] = it->items[i];
+        it->items[i] = item;
+    }
+
+    return KV_OK;
+}
+
+
+static void
+kv_iter_sift_down(kv_iter_t *it, uint32_t i)
+{
+    uint32_t         l, r, big;
+    kv_iter_item_t   item;
+
+    for ( ;; ) {
+        l = 2 * i + 1;
+        r = l + 1;
+        big = i;
+
+        if (l < it->n
+            && kv_key_cmp(it->items[l].key, it->items[l].klen,
+                          it->items[big].key, it->items[big].klen) > 0)
+        {
+            big = l;
+        }
+
+        if (r < it->n
+            && kv_key_cmp(it->items[r].key, it->items[r].klen,
+                          it->items[big].key, it->items[big].klen) > 0)
+        {
+            big = r;
+        }
+
+        if (big == i) {
+            return;
+        }
+
+        item = it->items[big];
+        it->items[big] = it->items[i];
+        it->items[i] = item;
+        i = big;
+    }
+}
+
+
+static int
+kv_iter_cmp_items(const void *a, const void *b)
+{
+    const kv_iter_item_t  *x = a, *y = b;
+
+    return kv_key_cmp(x->key, x->klen, y->key, y->klen);
+}
+
+
+static int
+kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    int  c;
+
+    c = memcmp(a, b, alen < blen ? alen : blen);
+
+    if (c != 0) {
+        return c;
+    }
+
+    return (alen > blen) - (alen < blen);
+}

@@ -1,0 +1,406 @@
+#define _GNU_SOURCE
+
+/*
+ * Listing keys in order: pages by cursor against a sorted copy of what was
+ * written, prefixes and bounds, expired keys, and a walk while the index
+ * changes between the steps of a pass.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_util.h"
+
+
+#define NKEYS     3000
+#define NBUCKETS  16384        /* several steps of the pass */
+#define ZONE      (16 * 1024 * 1024)
+
+
+typedef struct {
+    uint8_t   key[16];
+    size_t    klen;
+} key_t_;
+
+
+static int
+cmp_keys(const void *a, const void *b)
+{
+    const key_t_  *x = a, *y = b;
+    int            c;
+
+    c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
+
+    return c != 0 ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+
+/* key i: binary, of 1 to 12 bytes, many sharing prefixes */
+static void
+make_key(uint32_t i, key_t_ *k)
+{
+    uint32_t  x;
+    size_t    j;
+
+    x = i * 2654435761u;
+    k->klen = 1 + i % 12;
+
+    for (j = 0; j < k->klen; j++) {
+        if (j < 2) {
+            k->key[j] = (uint8_t) "ab\0\377"[(x >> (8 * j)) & 3];
+
+        } else {
+            k->key[j] = (uint8_t) ((x >> (3 * j % 32)) ^ i);
+        }
+    }
+}
+
+
+/* walks the whole range with pages of limit keys into out; returns count */
+static size_t
+walk(kv_test_store_t *t, const uint8_t *prefix, size_t plen,
+    uint32_t limit, key_t_ *out, size_t room)
+{
+    int          more;
+    size_t       n, klen;
+    kv_loc_t     loc;
+    kv_iter_t   *it;
+    kv_range_t   r;
+    const uint8_t  *key;
+    key_t_       last;
+
+    n = 0;
+    memset(&r, 0, sizeof(r));
+    r.prefix = prefix;
+    r.plen = plen;
+    r.limit = limit;
+
+    do {
+        assert_int_equal(kv_iter_open(&t->s, &r, &it), KV_OK);
+
+        while (kv_iter_next(it, &key, &klen, &loc) == KV_OK) {
+            assert_true(n < room);
+            assert_true(klen <= sizeof(out[n].key));
+            memcpy(out[n].key, key, klen);
+            out[n].klen = klen;
+            assert_true(loc.vlen > 0);
+            n++;
+        }
+
+        more = kv_iter_more(it);
+        kv_iter_close(it);
+
+        if (more) {
+            assert_true(n > 0);
+            last = out[n - 1];
+            r.from = last.key;
+            r.flen = last.klen;
+            r.from_excl = 1;
+            /* the stack copy outlives the call: r.from points into it */
+            memcpy(&out[room - 1], &last, sizeof(last));
+            r.from = out[room - 1].key;
+        }
+
+    } while (more);
+
+    return n;
+}
+
+
+/* the distinct keys of 0..n-1 not deleted (every third), sorted */
+static size_t
+expected(key_t_ *ref, const uint8_t *prefix, size_t plen)
+{
+    size_t   i, n, m;
+    key_t_   k;
+
+    n = 0;
+
+    for (i = 0; i < NKEYS; i++) {
+        make_key(i, &k);
+        if (k.klen >= plen && (plen == 0 || memcmp(k.key, prefix, plen) == 0))
+        {
+            ref[n++] = k;
+        }
+    }
+
+    qsort(ref, n, sizeof(key_t_), cmp_keys);
+
+    /* duplicates are one key */
+    for (i = 0, m = 0; i < n; i++) {
+        if (m == 0 || cmp_keys(&ref[m - 1], &ref[i]) != 0) {
+            ref[m++] = ref[i];
+        }
+    }
+
+    return m;
+}
+
+
+static void
+fill(kv_test_store_t *t)
+{
+    uint32_t  i;
+    key_t_    k;
+
+    for (i = 0; i < NKEYS; i++) {
+        make_key(i, &k);
+        assert_int_equal(kv_put(&t->s, k.key, k.klen, (const uint8_t *) "v",
+                                1, KV_TYPE_OCTET), KV_OK);
+    }
+}
+
+
+static void
+test_iter_pages(void **state)
+{
+    char              dir[PATH_MAX];
+    size_t            n, m, p;
+    key_t_           *ref, *got;
+    kv_test_store_t   t;
+    static const uint32_t   limits[] = { 1, 7, 1000, KV_ITER_MAX };
+    static const uint8_t    prefixes[][2] = { "", "a", "b\377" };
+    static const size_t     plens[] = { 0, 1, 2 };
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    assert_int_equal(kv_test_open(&t, dir, ZONE, NBUCKETS), KV_OK);
+    fill(&t);
+
+    ref = calloc(NKEYS + 1, sizeof(key_t_));
+    got = calloc(NKEYS + 1, sizeof(key_t_));
+    assert_non_null(ref);
+    assert_non_null(got);
+
+    for (p = 0; p < 3; p++) {
+        m = expected(ref, prefixes[p], plens[p]);
+        assert_true(m > 0);
+
+        for (size_t l = 0; l < 4; l++) {
+            memset(got, 0, (NKEYS + 1) * sizeof(key_t_));
+            n = walk(&t, prefixes[p], plens[p], limits[l], got, NKEYS + 1);
+            assert_int_equal(n, m);
+
+            for (size_t i = 0; i < m; i++) {
+                assert_int_equal(cmp_keys(&got[i], &ref[i]), 0);
+            }
+        }
+    }
+
+    free(ref);
+    free(got);
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+static void
+test_iter_bounds(void **state)
+{
+    char              dir[PATH_MAX];
+    size_t            klen;
+    kv_loc_t          loc;
+    kv_iter_t        *it;
+    kv_range_t        r;
+    const uint8_t    *key;
+    kv_write_t        w;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    assert_int_equal(kv_test_open(&t, dir, ZONE, NBUCKETS), KV_OK);
+
+    assert_int_equal(kv_put(&t.s, (const uint8_t *) "a", 1,
+                            (const uint8_t *) "1", 1, 0), KV_OK);
+    assert_int_equal(kv_put(&t.s, (const uint8_t *) "ab", 2,
+                            (const uint8_t *) "2", 1, 0), KV_OK);
+    assert_int_equal(kv_put(&t.s, (const uint8_t *) "b", 1,
+                            (const uint8_t *) "3", 1, 0), KV_OK);
+    assert_int_equal(kv_put(&t.s, (const uint8_t *) "gone", 4,
+                            (const uint8_t *) "4", 1, 0), KV_OK);
+    assert_int_equal(kv_delete(&t.s, (const uint8_t *) "gone", 4), KV_OK);
+
+    /* an expired key is not listed */
+    kv_test_now = 1700000000000ull;
+    memset(&w, 0, sizeof(w));
+    w.value = (const uint8_t *) "5";
+    w.vlen = 1;
+    w.expires_at_ms = kv_test_now + 1000;
+    assert_int_equal(kv_write(&t.s, (const uint8_t *) "c", 1, &w), KV_OK);
+    kv_test_now += 1000;
+
+    memset(&r, 0, sizeof(r));
+    r.limit = 0;
+    assert_int_equal(kv_iter_open(&t.s, &r, &it), KV_EINVAL);
+    r.limit = KV_ITER_MAX + 1;
+    assert_int_equal(kv_iter_open(&t.s, &r, &it), KV_EINVAL);
+
+    /* from "a" inclusive: a, ab, b; exclusive: ab, b */
+    r.limit = 10;
+    r.from = (const uint8_t *) "a";
+    r.flen = 1;
+    assert_int_equal(kv_iter_open(&t.s, &r, &it), KV_OK);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_OK);
+    assert_int_equal(klen, 1);
+    assert_memory_equal(key, "a", 1);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_OK);
+    assert_memory_equal(key, "ab", 2);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_OK);
+    assert_memory_equal(key, "b", 1);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_NOTFOUND);
+    assert_int_equal(kv_iter_more(it), 0);
+    kv_iter_close(it);
+
+    r.from_excl = 1;
+    r.limit = 1;
+    assert_int_equal(kv_iter_open(&t.s, &r, &it), KV_OK);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_OK);
+    assert_int_equal(klen, 2);
+    assert_memory_equal(key, "ab", 2);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_NOTFOUND);
+    assert_int_equal(kv_iter_more(it), 1);
+    kv_iter_close(it);
+
+    /* a prefix that nothing has */
+    r.from = NULL;
+    r.prefix = (const uint8_t *) "zz";
+    r.plen = 2;
+    assert_int_equal(kv_iter_open(&t.s, &r, &it), KV_OK);
+    assert_int_equal(kv_iter_next(it, &key, &klen, &loc), KV_NOTFOUND);
+    assert_int_equal(kv_iter_more(it), 0);
+    kv_iter_close(it);
+
+    kv_test_now = 0;
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+/*
+ * Between the steps of every pass, the host's unlock writes: it deletes
+ * and puts back keys of the "churn" set, adds new keys and deletes keys
+ * that are gone for good.  Keys untouched during the walk must each be
+ * listed exactly once; keys deleted before it, never.
+ */
+
+static kv_test_store_t  *churn_t;
+static void            (*churn_unlock)(void *ctx);
+static int               churn_busy;
+static uint32_t          churn_n;
+
+static void
+churn(void *ctx)
+{
+    char      key[32];
+    int       len;
+
+    churn_unlock(ctx);
+
+    if (churn_t == NULL || churn_busy) {
+        return;
+    }
+
+    churn_busy = 1;
+
+    /* keys c0..c99 come and go; n0.. appear; d0.. are deleted for good */
+    len = snprintf(key, sizeof(key), "c%u", churn_n % 100);
+    (void) kv_delete(&churn_t->s, (uint8_t *) key, len);
+    len = snprintf(key, sizeof(key), "n%u", churn_n);
+    assert_int_equal(kv_put(&churn_t->s, (uint8_t *) key, len,
+                            (const uint8_t *) "x", 1, 0), KV_OK);
+    len = snprintf(key, sizeof(key), "c%u", (churn_n + 50) % 100);
+    assert_int_equal(kv_put(&churn_t->s, (uint8_t *) key, len,
+                            (const uint8_t *) "x", 1, 0), KV_OK);
+    len = snprintf(key, sizeof(key), "d%u", churn_n);
+    (void) kv_delete(&churn_t->s, (uint8_t *) key, len);
+    churn_n++;
+
+    churn_busy = 0;
+}
+
+
+static void
+test_iter_while_writing(void **state)
+{
+    char              dir[PATH_MAX], key[32];
+    size_t            n, i, seen_k, seen_x;
+    uint32_t          j;
+    int               len;
+    key_t_           *got;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    assert_int_equal(kv_test_open(&t, dir, ZONE, NBUCKETS), KV_OK);
+
+    for (j = 0; j < 2000; j++) {
+        len = snprintf(key, sizeof(key), "k%04u", j);
+        assert_int_equal(kv_put(&t.s, (uint8_t *) key, len,
+                                (const uint8_t *) "v", 1, 0), KV_OK);
+        len = snprintf(key, sizeof(key), "d%u", j);
+        assert_int_equal(kv_put(&t.s, (uint8_t *) key, len,
+                                (const uint8_t *) "v", 1, 0), KV_OK);
+        len = snprintf(key, sizeof(key), "x%u", j);
+        assert_int_equal(kv_put(&t.s, (uint8_t *) key, len,
+                                (const uint8_t *) "v", 1, 0), KV_OK);
+        assert_int_equal(kv_delete(&t.s, (uint8_t *) key, len), KV_OK);
+    }
+
+    for (j = 0; j < 100; j++) {
+        len = snprintf(key, sizeof(key), "c%u", j);
+        assert_int_equal(kv_put(&t.s, (uint8_t *) key, len,
+                                (const uint8_t *) "v", 1, 0), KV_OK);
+    }
+
+    churn_t = &t;
+    churn_unlock = t.host.unlock;
+    churn_n = 0;
+    t.host.unlock = churn;
+
+    got = calloc(20000, sizeof(key_t_));
+    assert_non_null(got);
+
+    n = walk(&t, NULL, 0, 50, got, 20000);
+
+    t.host.unlock = churn_unlock;
+    churn_t = NULL;
+
+    assert_true(churn_n > 100);
+
+    seen_k = 0;
+    seen_x = 0;
+
+    for (i = 0; i < n; i++) {
+        if (i > 0) {
+            assert_true(cmp_keys(&got[i - 1], &got[i]) < 0);
+        }
+
+        seen_k += (got[i].key[0] == 'k');
+        seen_x += (got[i].key[0] == 'x');
+    }
+
+    /* strictly ascending, so each k key once; all 2000 of them */
+    assert_int_equal(seen_k, 2000);
+    assert_int_equal(seen_x, 0);
+
+    free(got);
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_iter_pages),
+        cmocka_unit_test(test_iter_bounds),
+        cmocka_unit_test(test_iter_while_writing),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
