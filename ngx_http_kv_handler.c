@@ -114,6 +114,19 @@ ngx_http_kv_handler(ngx_http_request_t *r)
 
     status = ngx_http_kv_parse_key(r, zone, &key, &err);
 
+    /* the location itself: a listing of keys, where kv_list allows it */
+
+    if (status == NGX_OK && key.len == 0) {
+        if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+            status = NGX_HTTP_BAD_REQUEST;
+            err = "empty key";
+
+        } else if (!klcf->list) {
+            status = NGX_HTTP_FORBIDDEN;
+            err = "listing keys is off here (kv_list)";
+        }
+    }
+
     if (status == NGX_OK && (r->method & (NGX_HTTP_POST|NGX_HTTP_PUT))) {
         return ngx_http_kv_put(r, zone, &key);
     }
@@ -125,6 +138,10 @@ ngx_http_kv_handler(ngx_http_request_t *r)
 
     if (status != NGX_OK) {
         return ngx_http_kv_send_error(r, status, err);
+    }
+
+    if (key.len == 0) {
+        return ngx_http_kv_list(r, zone);
     }
 
     if (r->method & NGX_HTTP_DELETE) {
@@ -641,8 +658,9 @@ ngx_http_kv_read_body(ngx_http_request_t *r, ngx_str_t *value)
 /*
  * The key is the rest of the request line's path after the location's
  * prefix, percent-decoded and otherwise exactly as sent: r->uri merges
- * slashes and resolves "." and "..", which would alias distinct keys.
- * Returns NGX_OK or the status to answer, with *err saying why.
+ * slashes and resolves "." and "..", which would alias distinct keys; it
+ * is empty for the location itself.  Returns NGX_OK or the status to
+ * answer, with *err saying why.
  */
 
 static ngx_int_t
@@ -670,11 +688,6 @@ ngx_http_kv_parse_key(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
     }
 
     src += clcf->name.len;
-
-    if (src == end) {
-        *err = "empty key";
-        goto invalid;
-    }
 
     key->data = ngx_pnalloc(r->pool, end - src);
     if (key->data == NULL) {

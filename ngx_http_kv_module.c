@@ -93,6 +93,13 @@ static ngx_command_t  ngx_http_kv_commands[] = {
       offsetof(ngx_http_kv_loc_conf_t, compact_zone),
       ngx_http_kv_compact_handler },
 
+    { ngx_string("kv_list"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kv_loc_conf_t, list),
+      NULL },
+
     { ngx_string("kv_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_kv_metrics,
@@ -178,18 +185,30 @@ ngx_http_kv_create_loc_conf(ngx_conf_t *cf)
      *     conf->metrics_zones = NULL;
      */
 
-    return ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_loc_conf_t));
+    ngx_http_kv_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_kv_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->list = NGX_CONF_UNSET;
+
+    return conf;
 }
 
 
 static char *
 ngx_http_kv_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
+    ngx_http_kv_loc_conf_t  *prev = parent;
     ngx_http_kv_loc_conf_t  *conf = child;
 
     ngx_uint_t                 i;
     ngx_shm_zone_t            *zones[4], **metrics;
     ngx_http_core_loc_conf_t  *clcf;
+
+    ngx_conf_merge_value(conf->list, prev->list, 0);
 
     /* kv_zone may come after the locations that use it: check here */
 

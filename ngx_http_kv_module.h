@@ -10,13 +10,14 @@
  * ngx_http_kv_handler.c   the content handlers: keys (TTL, ETags and
  *                         conditions), health, readiness, status,
  *                         compaction; the chunked-body limit
+ * ngx_http_kv_list.c      listing keys in order (kv_list): a page as JSON
  * ngx_http_kv_sync.c      when a write is answered: group commit under
  *                         fsync=always, the fsync=interval timer
  * ngx_http_kv_jobs.c      thread-pool jobs (flush, hints, compaction) and
  *                         the maintenance timer that starts them
  * ngx_http_kv_response.c  sending responses and JSON errors
- * kv_http_parse.c         the handlers' parsers of keys, JSON, TTLs and
- *                         ETag lists, free of nginx for fuzz/
+ * kv_http_parse.c         the handlers' parsers of keys, JSON, TTLs, ETag
+ *                         lists and cursors, free of nginx for fuzz/
  * kvstore/                the storage engine (no nginx code), used only
  *                         through kvstore.h
  *
@@ -134,6 +135,7 @@ typedef struct {
     ngx_shm_zone_t          *compact_zone; /* kv_compact NAME */
     ngx_array_t             *metrics_zones; /* kv_metrics NAME...:
                                               ngx_shm_zone_t * */
+    ngx_flag_t               list;        /* kv_list on|off */
 } ngx_http_kv_loc_conf_t;
 
 
@@ -178,6 +180,9 @@ ngx_int_t ngx_http_kv_ready_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_status_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_kv_compact_handler(ngx_http_request_t *r);
 void ngx_http_kv_install_body_filter(void);
+
+/* ngx_http_kv_list.c */
+ngx_int_t ngx_http_kv_list(ngx_http_request_t *r, ngx_http_kv_zone_t *zone);
 
 /* ngx_http_kv_sync.c */
 void ngx_http_kv_flushed_pipes(ngx_cycle_t *cycle,

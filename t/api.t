@@ -407,7 +407,7 @@ Content-Type: application/octet-stream
 
 
 
-=== TEST 14: an empty key is 400 for every method
+=== TEST 14: an empty key is 400 for writes; reading the location itself lists keys, 403 without kv_list
 --- http_config
     kv_zone zone=store:1m path=$TEST_NGINX_KV_DIR/t14;
 --- config
@@ -424,7 +424,7 @@ x",
 --- more_headers
 Content-Type: application/octet-stream
 --- error_code eval
-[400, 400, 400, 400, 400, 400]
+[400, 400, 403, 403, 400, 403]
 --- response_headers eval
 ["Content-Type: application/json", "Content-Type: application/json",
  "Content-Type: application/json", "Content-Type: application/json",
