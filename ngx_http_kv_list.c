@@ -10,6 +10,11 @@
  * "cursor" only while keys remain, "encoding" only on a page with a key
  * that is not UTF-8 (then every key of the page is base64), "values" only
  * with values=1.
+ *
+ * In index=hash a page is a pass over the whole index, tens of ms per
+ * million keys (bench/list.sh): it runs in the zone's thread pool, as
+ * nginx reads files with "aio threads", so the worker's other requests
+ * do not wait for it.
  */
 
 
@@ -35,12 +40,27 @@ typedef struct {
 } ngx_http_kv_item_t;
 
 
+typedef struct {
+    ngx_http_request_t      *request;
+    ngx_http_kv_zone_t      *zone;
+    kv_range_t               range;
+    ngx_uint_t               values;
+    kv_iter_t               *it;
+    int                      rc;
+} ngx_http_kv_list_ctx_t;
+
+
 static ngx_int_t ngx_http_kv_list_args(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, kv_range_t *range, ngx_uint_t *values,
     const char **err);
 static ngx_int_t ngx_http_kv_list_arg(ngx_http_request_t *r, char *name,
     ngx_str_t *value, const char **err);
 static void ngx_http_kv_list_cleanup(void *data);
+#if (NGX_THREADS)
+static void ngx_http_kv_list_thread(void *data, ngx_log_t *log);
+static void ngx_http_kv_list_event(ngx_event_t *ev);
+#endif
+static ngx_int_t ngx_http_kv_list_send(ngx_http_kv_list_ctx_t *ctx);
 static cJSON *ngx_http_kv_list_value(ngx_http_request_t *r,
     ngx_http_kv_zone_t *zone, ngx_str_t *key, int *rc);
 static cJSON *ngx_http_kv_list_page(ngx_http_request_t *r,
@@ -53,44 +73,124 @@ static cJSON *ngx_http_kv_string(ngx_http_request_t *r, u_char *data,
 ngx_int_t
 ngx_http_kv_list(ngx_http_request_t *r, ngx_http_kv_zone_t *zone)
 {
+    const char              *err;
+    ngx_pool_cleanup_t      *cln;
+    ngx_http_kv_list_ctx_t  *ctx;
+#if (NGX_THREADS)
+    ngx_thread_task_t       *task;
+#endif
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kv_list_ctx_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (ctx == NULL || cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+    ctx->zone = zone;
+
+    if (ngx_http_kv_list_args(r, zone, &ctx->range, &ctx->values, &err)
+        != NGX_OK)
+    {
+        return ngx_http_kv_send_error(r, NGX_HTTP_BAD_REQUEST, err);
+    }
+
+    /* the iterator is closed with the request, however it ends */
+
+    cln->handler = ngx_http_kv_list_cleanup;
+    cln->data = ctx;
+
+#if (NGX_THREADS)
+    task = ngx_thread_task_alloc(r->pool, sizeof(ngx_http_kv_list_ctx_t *));
+    if (task == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *(ngx_http_kv_list_ctx_t **) task->ctx = ctx;
+    task->handler = ngx_http_kv_list_thread;
+    task->event.handler = ngx_http_kv_list_event;
+    task->event.data = ctx;
+    task->event.log = r->connection->log;
+
+    if (ngx_thread_task_post(zone->thread_pool, task) == NGX_OK) {
+        r->main->blocked++;
+        r->aio = 1;
+        r->main->count++;
+
+        return NGX_DONE;
+    }
+
+    /* a full queue: collect the page here, once */
+#endif
+
+    ctx->rc = kv_iter_open(&zone->store, &ctx->range, &ctx->it);
+
+    return ngx_http_kv_list_send(ctx);
+}
+
+
+#if (NGX_THREADS)
+
+static void
+ngx_http_kv_list_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_kv_list_ctx_t  *ctx = *(ngx_http_kv_list_ctx_t **) data;
+
+    ctx->rc = kv_iter_open(&ctx->zone->store, &ctx->range, &ctx->it);
+}
+
+
+static void
+ngx_http_kv_list_event(ngx_event_t *ev)
+{
+    ngx_http_kv_list_ctx_t  *ctx = ev->data;
+
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+
+    r->main->blocked--;
+    r->aio = 0;
+
+    ngx_http_finalize_request(r, ngx_http_kv_list_send(ctx));
+    ngx_http_run_posted_requests(r->connection);
+}
+
+#endif
+
+
+static ngx_int_t
+ngx_http_kv_list_send(ngx_http_kv_list_ctx_t *ctx)
+{
     int                   rc;
     size_t                klen;
     kv_loc_t              loc;
     ngx_str_t             cursor;
-    ngx_uint_t            n, values;
-    kv_iter_t            *it;
-    kv_range_t            range;
-    const char           *err;
+    ngx_uint_t            n;
     const uint8_t        *key;
-    ngx_pool_cleanup_t   *cln;
+    ngx_http_request_t   *r;
     ngx_http_kv_item_t   *items;
 
-    if (ngx_http_kv_list_args(r, zone, &range, &values, &err) != NGX_OK) {
-        return ngx_http_kv_send_error(r, NGX_HTTP_BAD_REQUEST, err);
+    r = ctx->request;
+
+    if (ctx->rc != KV_OK) {
+        return ngx_http_kv_store_error(r, ctx->rc);
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    items = ngx_pcalloc(r->pool, range.limit * sizeof(ngx_http_kv_item_t));
-
-    if (cln == NULL || items == NULL) {
+    items = ngx_pcalloc(r->pool,
+                        ctx->range.limit * sizeof(ngx_http_kv_item_t));
+    if (items == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    rc = kv_iter_open(&zone->store, &range, &it);
-    if (rc != KV_OK) {
-        return ngx_http_kv_store_error(r, rc);
-    }
-
-    cln->handler = ngx_http_kv_list_cleanup;
-    cln->data = it;
-
-    for (n = 0; kv_iter_next(it, &key, &klen, &loc) == KV_OK; n++) {
+    for (n = 0; kv_iter_next(ctx->it, &key, &klen, &loc) == KV_OK; n++) {
         items[n].key.data = (u_char *) key;
         items[n].key.len = klen;
 
-        if (values) {
-            items[n].value = ngx_http_kv_list_value(r, zone, &items[n].key,
-                                                    &rc);
+        if (ctx->values) {
+            items[n].value = ngx_http_kv_list_value(r, ctx->zone,
+                                                    &items[n].key, &rc);
             if (items[n].value == NULL) {
                 while (n--) {
                     cJSON_Delete(items[n].value);
@@ -104,7 +204,7 @@ ngx_http_kv_list(ngx_http_request_t *r, ngx_http_kv_zone_t *zone)
 
     cursor.len = 0;
 
-    if (kv_iter_more(it)) {
+    if (kv_iter_more(ctx->it)) {
         cursor.data = ngx_pnalloc(r->pool,
                                   kv_http_cursor_len(items[n - 1].key.len));
         if (cursor.data == NULL) {
@@ -117,7 +217,8 @@ ngx_http_kv_list(ngx_http_request_t *r, ngx_http_kv_zone_t *zone)
     }
 
     return ngx_http_kv_send_object(r, NGX_HTTP_OK,
-                                   ngx_http_kv_list_page(r, items, n, values,
+                                   ngx_http_kv_list_page(r, items, n,
+                                                         ctx->values,
                                                          &cursor));
 }
 
@@ -242,14 +343,17 @@ ngx_http_kv_list_arg(ngx_http_request_t *r, char *name, ngx_str_t *value,
 static void
 ngx_http_kv_list_cleanup(void *data)
 {
-    kv_iter_close(data);
+    ngx_http_kv_list_ctx_t  *ctx = data;
+
+    kv_iter_close(ctx->it);
 }
 
 
 /*
- * A key's value for values=1, read anew: {"json": ...}, {"base64": "..."}
- * or, past NGX_HTTP_KV_LIST_VALUE_MAX bytes, {"size": N}, each with
- * "etag"; the JSON null if the key is gone since the page was collected.
+ * A key's value for values=1, read anew, named as kvtool dump names it:
+ * {"value": ...} for a JSON value, {"value_base64": "..."} for others,
+ * {"size": N} past NGX_HTTP_KV_LIST_VALUE_MAX bytes, each with "etag";
+ * the JSON null if the key is gone since the page was collected.
  * NULL with *rc the store's error, or KV_OK if out of memory.
  */
 
@@ -294,12 +398,12 @@ ngx_http_kv_list_value(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
                && (v = cJSON_ParseWithLength((char *) value, loc.vlen))
                   != NULL)
     {
-        cJSON_AddItemToObject(obj, "json", v);
+        cJSON_AddItemToObject(obj, "value", v);
 
     } else {
         v = ngx_http_kv_string(r, value, loc.vlen, 1);
         if (v != NULL) {
-            cJSON_AddItemToObject(obj, "base64", v);
+            cJSON_AddItemToObject(obj, "value_base64", v);
         }
     }
 

@@ -19,8 +19,14 @@
 #include "kv_internal.h"
 
 
-/* buckets walked per hold of the lock */
-#define KV_ITER_CHUNK  4096
+/*
+ * buckets walked per hold of the lock: with 4096, writers running beside
+ * a client that pages without pause had a p99 of 46 ms, with 512, 9.5 ms
+ * (bench/list.sh, 1 million keys)
+ */
+#define KV_ITER_CHUNK  512
+/* how many buckets ahead the pass prefetches the first entry */
+#define KV_ITER_AHEAD  16
 
 
 typedef struct {
@@ -173,6 +179,13 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
                                                : sh->nbuckets;
 
         for ( /* void */ ; i < end && rc == KV_OK; i++) {
+
+            /* the pass is bound by cache misses: start those ahead */
+
+            if (i + KV_ITER_AHEAD < end && buckets[i + KV_ITER_AHEAD] != 0) {
+                __builtin_prefetch(kv_ptr(host, buckets[i + KV_ITER_AHEAD]));
+            }
+
             for (ref = buckets[i]; ref != 0; ref = e->next) {
                 e = kv_ptr(host, ref);
 

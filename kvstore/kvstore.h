@@ -458,10 +458,11 @@ typedef struct {
 typedef struct kv_iter_s  kv_iter_t;
 
 /*
- * Collects the page.  The index is walked in steps of a few thousand
- * buckets, the lock taken for each, so writers wait no longer than for
- * kv_expire(): a key that exists during the whole call is listed, one
- * that exists at no moment of it is not, and expired keys are not.
+ * Collects the page: blocking, a pass over the whole index (run it in a
+ * thread).  The index is walked in steps of 512 buckets, the lock taken
+ * for each, so a writer waits at most one step: a key that exists during
+ * the whole call is listed, one that exists at no moment of it is not,
+ * and expired keys are not.
  * KV_OK with *it set, KV_EINVAL, KV_ENOMEM, KV_EUNAVAIL.
  */
 int kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **it);
