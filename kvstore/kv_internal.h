@@ -12,6 +12,9 @@
  *   kv_index.c    the hash index in host memory, replaying a record into it
  *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
  *   kv_iter.c     listing keys in order
+ *   kv_filter.c   the Bloom filter of a sorted segment
+ *   kv_table.c    sorted segments: their table file (sparse index and
+ *                 filter), building it, finding a key
  *   kv_hint.c     hint files: write and load
  *   kv_compact.c  compaction and the cleanup of an interrupted one
  *   kv_recover.c  opening a store: lock, cleanup, replay
@@ -21,6 +24,7 @@
 #define KV_INTERNAL_H
 
 #include <limits.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "kvstore.h"
@@ -119,8 +123,48 @@ void kv_record_free(kv_record_t *rec);
  */
 int kv_frame_seq(const uint8_t *frame, size_t len, uint64_t *seq);
 
+/*
+ * What a frame says of its record, read from its first bytes without
+ * decoding it and without its checksum (the caller verifies the frame
+ * when it needs to trust it): a sorted segment's lookup reads keys this
+ * way.  The fields are in the order protobuf-c writes them.
+ */
+typedef struct {
+    uint64_t        seq;
+    const uint8_t  *key;           /* into the frame */
+    size_t          klen;
+    uint32_t        flen;          /* header included */
+    uint32_t        vlen;
+    unsigned        type;
+    unsigned        tombstone;
+    uint64_t        expires_at_ms;
+} kv_peek_t;
+
+/* 0, -1 if the bytes are no frame, 1 if avail is too short to say */
+int kv_frame_peek(const uint8_t *frame, size_t avail, kv_peek_t *pk);
+
+/* the bytes of a frame that kv_frame_peek() needs at most */
+#define KV_FRAME_PEEK(klen)  (KV_FRAME_HEADER + 11 + 4 + (klen) + 2 + 2 \
+                              + 11 + 6)
+
 /* the bytes of a frame that kv_frame_seq() needs at most */
 #define KV_FRAME_SEQ_LEN  (KV_FRAME_HEADER + 1 + 10)
+
+
+/* byte-wise order, the shorter first: the order of keys everywhere */
+static inline int
+kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    int  c;
+
+    c = memcmp(a, b, alen < blen ? alen : blen);
+
+    if (c != 0) {
+        return c;
+    }
+
+    return (alen > blen) - (alen < blen);
+}
 
 
 /* kv_segment.c: logging and the segment files */
@@ -306,6 +350,63 @@ int kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
  */
 const uint8_t *kv_hint_entry(const uint8_t *p, const uint8_t *end,
     kv_record_t *rec, uint32_t *flen);
+
+
+/*
+ * kv_filter.c: a blocked Bloom filter of KV_FILTER_BITS_PER_KEY bits per
+ * key (about 1.2% false positives), KV_FILTER_PROBES bits per key in one
+ * 64-byte block.
+ */
+#define KV_FILTER_BITS_PER_KEY  10
+#define KV_FILTER_PROBES        7
+
+size_t kv_filter_size(uint64_t nkeys);
+uint64_t kv_filter_hash(const uint8_t *key, size_t klen);
+void kv_filter_add(uint8_t *filter, size_t size, uint64_t h);
+int kv_filter_may_contain(const uint8_t *filter, size_t size, uint64_t h);
+
+
+/* kv_table.c: a sorted segment's table file, mapped */
+#define KV_TABLE_BLOCK  4096
+
+typedef struct {
+    uint32_t        id;
+    int             fd;            /* the segment's */
+    uint64_t        size;          /* the segment's */
+    uint64_t        nkeys;
+    uint32_t        nblocks;
+    uint8_t        *map;
+    size_t          map_len;
+    const uint8_t  *blocks;
+    const uint8_t  *keys;
+    const uint8_t  *filter;
+    size_t          filter_len;
+} kv_table_t;
+
+void kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX]);
+
+/*
+ * Writes the table file of segment id, which must be sorted (KV_ECORRUPT,
+ * logged, if it is not or has a bad frame).
+ */
+int kv_table_build(kv_store_t *s, uint32_t id);
+
+/*
+ * Maps segment id's table file and opens the segment: KV_OK, KV_NOTFOUND
+ * if there is no table file, KV_ECORRUPT (logged) if it is damaged or
+ * stale (then kv_table_build() writes it again), KV_ESTALE if the segment
+ * is gone, KV_EIO.
+ */
+int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t);
+void kv_table_close(kv_table_t *t);
+
+/*
+ * Finds key in the table: KV_OK with loc and pk (the record's fields, a
+ * tombstone too: the caller decides), KV_NOTFOUND, KV_EIO, KV_ECORRUPT.
+ * Lock-free: a table never changes once written.
+ */
+int kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
+    kv_loc_t *loc, kv_peek_t *pk);
 
 
 /*

@@ -53,8 +53,6 @@ static int kv_iter_in_range(const kv_range_t *range, const uint8_t *key,
 static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e);
 static void kv_iter_sift_down(kv_iter_t *it, uint32_t i);
 static int kv_iter_cmp_items(const void *a, const void *b);
-static int kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b,
-    size_t blen);
 
 
 int
@@ -336,17 +334,3 @@ kv_iter_cmp_items(const void *a, const void *b)
     return kv_key_cmp(x->key, x->klen, y->key, y->klen);
 }
 
-
-static int
-kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
-{
-    int  c;
-
-    c = memcmp(a, b, alen < blen ? alen : blen);
-
-    if (c != 0) {
-        return c;
-    }
-
-    return (alen > blen) - (alen < blen);
-}

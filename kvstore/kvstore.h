@@ -75,6 +75,8 @@
 #define KV_LOCK_FILE     "LOCK"
 #define KV_SEGMENT_FMT   "%010u.kvlog"     /* ids from 1, in write order */
 #define KV_HINT_FMT      "%010u.kvhint"    /* index of an immutable segment */
+#define KV_TABLE_FMT     "%010u.kvsst"     /* sparse index and filter of a
+                                              sorted segment */
 #define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
 #define KV_SEQ_FILE      "SEQ"             /* no sequence number at or below
                                               it is ever written again */
