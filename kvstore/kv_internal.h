@@ -410,6 +410,31 @@ int kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
 
 
 /*
+ * Reading a sorted segment in key order (merges, listing): pk describes
+ * the current record, which is at off; its key points into buf.
+ */
+#define KV_TABLE_ITER_BUF  (64 * 1024 + KV_FRAME_PEEK(KV_MAX_KEY_LIMIT))
+
+typedef struct {
+    const kv_table_t  *t;
+    uint64_t           off;
+    kv_peek_t          pk;
+    uint64_t           base;       /* buf holds len bytes from base */
+    size_t             len;
+    uint8_t            buf[KV_TABLE_ITER_BUF];
+} kv_table_iter_t;
+
+/*
+ * Positions it at the first record at or after key (NULL: the first):
+ * KV_OK, KV_NOTFOUND if there is none, KV_EIO, KV_ECORRUPT.
+ */
+int kv_table_iter_seek(kv_table_iter_t *it, const kv_table_t *t,
+    const uint8_t *key, size_t klen);
+
+/* the next record: KV_OK, KV_NOTFOUND after the last, KV_EIO... */
+int kv_table_iter_next(kv_table_iter_t *it);
+
+/*
  * kv_compact.c: run by recovery once the directory is locked: removes the
  * outputs of a compaction that did not finish (KV_MERGE_FILE lists them)
  * and any *.tmp file.

@@ -572,3 +572,106 @@ kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
 
     return KV_NOTFOUND;
 }
+
+
+/*
+ * Makes the buffer hold the frame at it->off and what kv_frame_peek()
+ * may need of it (or all that is left of the segment).
+ */
+static int
+kv_table_iter_fill(kv_table_iter_t *it)
+{
+    size_t    want;
+    ssize_t   n;
+    uint64_t  left;
+
+    left = it->t->size - it->off;
+
+    if (it->off >= it->base && it->off - it->base <= it->len
+        && (it->base + it->len == it->t->size
+            || it->base + it->len - it->off
+               >= KV_FRAME_PEEK(KV_MAX_KEY_LIMIT)))
+    {
+        return KV_OK;
+    }
+
+    want = left < KV_TABLE_ITER_BUF ? (size_t) left : KV_TABLE_ITER_BUF;
+
+    n = kv_pread_full(it->t->fd, it->buf, want, it->off);
+    if (n != (ssize_t) want) {
+        return n == -1 ? KV_EIO : KV_ECORRUPT;
+    }
+
+    it->base = it->off;
+    it->len = want;
+
+    return KV_OK;
+}
+
+
+/* peeks at the frame at it->off: KV_OK, KV_NOTFOUND at the end */
+static int
+kv_table_iter_peek(kv_table_iter_t *it)
+{
+    int  rc;
+
+    if (it->off >= it->t->size) {
+        return KV_NOTFOUND;
+    }
+
+    rc = kv_table_iter_fill(it);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    if (kv_frame_peek(it->buf + (it->off - it->base),
+                      it->len - (size_t) (it->off - it->base), &it->pk)
+        != 0)
+    {
+        return KV_ECORRUPT;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_table_iter_seek(kv_table_iter_t *it, const kv_table_t *t,
+    const uint8_t *key, size_t klen)
+{
+    int      rc;
+    int64_t  b;
+
+    it->t = t;
+    it->base = 0;
+    it->len = 0;
+    it->off = 0;
+
+    if (key != NULL) {
+        b = kv_table_find_block(t, key, klen);
+        it->off = b < 0 ? 0 : kv_table_block(t, (uint32_t) b, NULL, NULL);
+    }
+
+    for ( ;; ) {
+        rc = kv_table_iter_peek(it);
+        if (rc != KV_OK) {
+            return rc;
+        }
+
+        if (key == NULL || kv_key_cmp(it->pk.key, it->pk.klen, key, klen) >= 0)
+        {
+            return KV_OK;
+        }
+
+        it->off += it->pk.flen;
+    }
+}
+
+
+int
+kv_table_iter_next(kv_table_iter_t *it)
+{
+    it->off += it->pk.flen;
+
+    return kv_table_iter_peek(it);
+}

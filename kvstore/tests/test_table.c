@@ -117,6 +117,39 @@ test_table_lookup(void **state)
 
     expect_all(&t, &tb, n);
 
+    /* in order, from the start and from a key */
+    {
+        kv_table_iter_t  *it;
+
+        it = malloc(sizeof(kv_table_iter_t));
+        assert_non_null(it);
+
+        assert_int_equal(kv_table_iter_seek(it, &tb, NULL, 0), KV_OK);
+
+        for (i = 0; i < n; i++) {
+            klen = make_key(i, key);
+            assert_int_equal(it->pk.klen, klen);
+            assert_memory_equal(it->pk.key, key, klen);
+            assert_int_equal(it->pk.vlen, value_len(i));
+            assert_int_equal(kv_table_iter_next(it),
+                             i + 1 < n ? KV_OK : KV_NOTFOUND);
+        }
+
+        klen = make_key(12345, key);
+        assert_int_equal(kv_table_iter_seek(it, &tb, key, klen), KV_OK);
+        assert_memory_equal(it->pk.key, key, klen);
+
+        /* between key 12345 and 12346 */
+        key[klen] = '!';
+        assert_int_equal(kv_table_iter_seek(it, &tb, key, klen + 1), KV_OK);
+        klen = make_key(12346, key);
+        assert_memory_equal(it->pk.key, key, klen);
+
+        assert_int_equal(kv_table_iter_seek(it, &tb, (const uint8_t *) "zz",
+                                            2), KV_NOTFOUND);
+        free(it);
+    }
+
     /* before the first key, between keys, after the last */
     assert_int_equal(kv_table_get(&tb, (const uint8_t *) "a", 1, &loc, &pk),
                      KV_NOTFOUND);
