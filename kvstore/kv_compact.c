@@ -111,6 +111,16 @@ typedef struct {
 } kv_swap_t;
 
 
+/* index=sorted: an index entry of an input, at the merge's start */
+typedef struct {
+    uint64_t          key;               /* offset in index_keys */
+    uint64_t          loc;
+    uint32_t          flen;
+    uint16_t          klen;
+    uint8_t           dead;              /* a mask, or expired */
+} kv_merge_entry_t;
+
+
 typedef struct {
     kv_store_t       *s;
 
@@ -148,6 +158,21 @@ typedef struct {
     size_t            nbatch;
     uint8_t          *keys;              /* KV_SWAP_KEYS bytes */
     size_t            keys_len;
+
+    /* index=sorted */
+    kv_merge_entry_t *index;             /* the entries of the inputs,
+                                            by key */
+    size_t            nindex;
+    size_t            index_cap;
+    uint8_t          *index_keys;
+    size_t            index_keys_len;
+    size_t            index_keys_cap;
+    int              *in_fds;            /* per input, opened lazily */
+    uint32_t          table_first;       /* the tables among the inputs */
+    uint32_t          table_last;
+    uint64_t          table_keys;        /* in the outputs */
+    uint64_t          table_index_bytes;
+    size_t            masks;             /* masks dropped */
 } kv_compact_t;
 
 
@@ -177,8 +202,8 @@ kv_compact_unlink(kv_store_t *s, const char *path)
 
 
 /*
- * Unlinks a segment and its hint, the hint first: a hint never outlives
- * its segment.  Returns what unlinking the segment did.
+ * Unlinks a segment, its hint and its table file, those first: neither
+ * outlives its segment.  Returns what unlinking the segment did.
  */
 static int
 kv_compact_drop(kv_store_t *s, uint32_t id)
@@ -186,6 +211,12 @@ kv_compact_drop(kv_store_t *s, uint32_t id)
     char  path[PATH_MAX];
 
     kv_hint_path(s, id, "", path);
+
+    if (kv_compact_unlink(s, path) == KV_EIO) {
+        return KV_EIO;
+    }
+
+    kv_table_path(s, id, path);
 
     if (kv_compact_unlink(s, path) == KV_EIO) {
         return KV_EIO;
@@ -213,6 +244,9 @@ kv_compact_count(kv_store_t *s, uint64_t created, uint64_t deleted)
 
 
 /* Creates path; unlike kv_create_file(), logs an existing file too. */
+static int kv_merge_drop_floor(kv_store_t *s);
+
+
 static int
 kv_compact_create(kv_store_t *s, const char *path)
 {
@@ -278,13 +312,23 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
 {
     int       rc;
     char      path[PATH_MAX];
-    uint32_t  first, last, id;
+    uint32_t  first, last, id, tfirst, tlast, floor;
 
     *removed = 0;
 
     rc = kv_merge_outputs(s, &first, &last);
     if (rc != KV_OK) {
         return rc;
+    }
+
+    /*
+     * A sorted merge commits by writing TABLES, which then names its
+     * outputs (or, with none, its floor): they stay, only MERGE goes.
+     */
+    if (kv_level_load(s, &tfirst, &tlast, &floor) == KV_OK
+        && (tfirst != 0 ? tfirst == first : floor == first))
+    {
+        first = last + 1;
     }
 
     for (id = first; id <= last; id++) {
@@ -311,7 +355,7 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
         rc = kv_flush(s, -1, s->conf.dir);
     }
 
-    if (rc == KV_OK) {
+    if (rc == KV_OK && first <= last) {
         kv_log(s->host, level, 0, "removed the outputs of an "
                "interrupted compaction in \"%s\" (segments %u to %u, %"
                PRIu64 " files)", s->conf.dir, first, last, *removed);
@@ -374,7 +418,61 @@ kv_compact_cleanup(kv_store_t *s)
         rc = kv_flush(s, -1, s->conf.dir);
     }
 
+    if (rc == KV_OK && s->conf.sorted) {
+        rc = kv_merge_drop_floor(s);
+    }
+
     return rc;
+}
+
+
+/*
+ * index=sorted: the inputs of the last sorted merge that a crash left
+ * behind (ids below the floor TABLES records) go, oldest first, as the
+ * merge would have deleted them.
+ */
+static int
+kv_merge_drop_floor(kv_store_t *s)
+{
+    int        rc;
+    size_t     i, n;
+    uint32_t  *ids, first, last, floor, dropped;
+
+    rc = kv_level_load(s, &first, &last, &floor);
+    if (rc != KV_OK) {
+        return rc == KV_EIO ? rc : KV_OK;
+    }
+
+    rc = kv_list_segments(s, &ids, &n);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    dropped = 0;
+
+    for (i = 0; i < n && ids[i] < floor; i++) {
+        rc = kv_compact_drop(s, ids[i]);
+        if (rc == KV_EIO) {
+            break;
+        }
+
+        rc = kv_flush(s, -1, s->conf.dir);
+        if (rc != KV_OK) {
+            break;
+        }
+
+        dropped++;
+    }
+
+    free(ids);
+
+    if (dropped) {
+        kv_log(s->host, KV_LOG_WARN, 0, "removed %u segments of \"%s\" below "
+               "%u, inputs of a merge that had committed", dropped,
+               s->conf.dir, floor);
+    }
+
+    return rc == KV_NOTFOUND ? KV_OK : rc;
 }
 
 
@@ -398,7 +496,10 @@ kv_compact_due(kv_store_t *s)
           && (sh->compact_owed
               || dead >= conf->compact_dead_bytes
               || (dead >= conf->segment_size
-                  && dead * 100 >= conf->compact_dead_pct * (live + dead)));
+                  && dead * 100 >= conf->compact_dead_pct * (live + dead))
+              || (conf->sorted
+                  && sh->stats.keys + sh->stats.masks
+                     >= (uint64_t) sh->nbuckets / 4 * 3));
 
     s->host->unlock(s->host->ctx);
 
@@ -518,6 +619,8 @@ kv_compact_start(kv_compact_t *c)
     c->first = sh->first_segment;
     c->seq = sh->seq;
     c->now = kv_now_ms(s->host);
+    c->table_first = sh->table_first;
+    c->table_last = sh->table_last;
 
     rc = kv_list_segments(s, &c->ids, &c->nids);
     if (rc != KV_OK) {
@@ -694,10 +797,13 @@ kv_output_next(kv_compact_t *c)
 }
 
 
-/* Appends the frame at off of the current input, byte for byte. */
+/*
+ * Appends the frame at off of input id (open as fd), byte for byte; key
+ * names it in a log line.
+ */
 static int
-kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
-    uint32_t flen)
+kv_compact_copy(kv_compact_t *c, int fd, uint32_t id, const uint8_t *key,
+    size_t klen, uint64_t off, uint32_t flen)
 {
     int        rc;
     char       path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
@@ -730,7 +836,7 @@ kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
         c->buf_cap = flen;
     }
 
-    if (c->nmoved == c->moved_cap) {
+    if (!c->s->conf.sorted && c->nmoved == c->moved_cap) {
         cap = 2 * c->moved_cap + 4096;
 
         m = realloc(c->moved, cap * sizeof(uint64_t));
@@ -742,30 +848,31 @@ kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
         c->moved_cap = cap;
     }
 
-    n = kv_pread_full(c->in_fd, c->buf + c->buf_len, flen, off);
+    n = kv_pread_full(fd, c->buf + c->buf_len, flen, off);
 
     if (n != (ssize_t) flen
         || kv_frame_verify(c->buf + c->buf_len, flen) != KV_OK)
     {
-        kv_segment_path(c->s, c->scan, path);
+        kv_segment_path(c->s, id, path);
         kv_log(c->s->host, KV_LOG_ERR, n == -1 ? errno : 0, "re-reading the "
                "record of key \"%s\" in \"%s\" at offset %" PRIu64 " (%u "
-               "bytes) failed", kv_key_str(rec->key, rec->klen, kbuf), path,
-               off, flen);
+               "bytes) failed", kv_key_str(key, klen, kbuf), path, off, flen);
         return n == -1 ? KV_EIO : KV_ECORRUPT;
     }
 
     c->buf_len += flen;
     c->out_size += flen;
-    c->moved[c->nmoved++] = KV_LOC(c->scan, off);
+
+    if (!c->s->conf.sorted) {
+        c->moved[c->nmoved++] = KV_LOC(id, off);
+    }
 
     return KV_OK;
 
 nomem:
 
     kv_log(c->s->host, KV_LOG_ERR, errno, "no memory to copy the record of "
-           "key \"%s\" (%u bytes)", kv_key_str(rec->key, rec->klen, kbuf),
-           flen);
+           "key \"%s\" (%u bytes)", kv_key_str(key, klen, kbuf), flen);
 
     return KV_EIO;
 }
@@ -810,7 +917,9 @@ kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
 
     host->unlock(host->ctx);
 
-    return live ? kv_compact_copy(c, rec, off, flen) : KV_OK;
+    return live ? kv_compact_copy(c, c->in_fd, c->scan, rec->key, rec->klen,
+                                  off, flen)
+                : KV_OK;
 }
 
 
@@ -836,6 +945,298 @@ kv_compact_scan(kv_compact_t *c, uint32_t id, kv_scan_pt fn)
 }
 
 
+/*
+ * index=sorted, step 3: the index entries of the inputs, by key.  The
+ * index is walked a few thousand buckets per hold of the lock; a write
+ * meanwhile goes to a segment past the inputs, so what is collected is
+ * each key's newest record among the inputs, unless a newer one replaces
+ * it later (the swap then leaves that entry alone).
+ */
+static int
+kv_merge_collect(kv_compact_t *c)
+{
+    int                ret;
+    void              *p;
+    uint32_t           i, end, seg, last;
+    kv_ref_t          *buckets, ref;
+    kv_entry_t        *e;
+    kv_shared_t       *sh;
+    kv_merge_entry_t  *m;
+    const kv_host_t   *host;
+
+    sh = c->s->sh;
+    host = c->s->host;
+    last = c->first_out - 1;
+    ret = KV_OK;
+
+    for (i = 0; ret == KV_OK; i = end) {
+        host->lock(host->ctx);
+
+        if (i == sh->nbuckets) {
+            host->unlock(host->ctx);
+            break;
+        }
+
+        buckets = kv_ptr(host, sh->buckets);
+        end = sh->nbuckets - i > 4096 ? i + 4096 : sh->nbuckets;
+
+        for ( /* void */ ; i < end && ret == KV_OK; i++) {
+            for (ref = buckets[i]; ref != 0; ref = e->next) {
+                e = kv_ptr(host, ref);
+                seg = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+
+                if (seg < c->first || seg > last) {
+                    continue;
+                }
+
+                if (c->nindex == c->index_cap) {
+                    c->index_cap = 2 * c->index_cap + 4096;
+                    p = realloc(c->index,
+                                c->index_cap * sizeof(kv_merge_entry_t));
+                    if (p == NULL) {
+                        ret = KV_ENOMEM;
+                        break;
+                    }
+
+                    c->index = p;
+                }
+
+                if (c->index_keys_cap - c->index_keys_len < e->klen) {
+                    c->index_keys_cap = 2 * c->index_keys_cap + 65536;
+                    p = realloc(c->index_keys, c->index_keys_cap);
+                    if (p == NULL) {
+                        ret = KV_ENOMEM;
+                        break;
+                    }
+
+                    c->index_keys = p;
+                }
+
+                m = &c->index[c->nindex++];
+                m->key = c->index_keys_len;
+                m->klen = e->klen;
+                m->loc = e->loc;
+                m->flen = e->flen;
+                m->dead = (e->flags & KV_ENTRY_MASK)
+                          || kv_entry_expired(e, c->now);
+
+                memcpy(c->index_keys + c->index_keys_len, e->key, e->klen);
+                c->index_keys_len += e->klen;
+            }
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    if (ret != KV_OK) {
+        kv_log(host, KV_LOG_ERR, errno, "no memory for the index entries "
+               "of the merge of \"%s\"", c->s->conf.dir);
+    }
+
+    return ret;
+}
+
+
+static int
+kv_merge_cmp(const void *a, const void *b, void *arg)
+{
+    const uint8_t           *keys = arg;
+    const kv_merge_entry_t  *x = a, *y = b;
+
+    return kv_key_cmp(keys + x->key, x->klen, keys + y->key, y->klen);
+}
+
+
+/* input id's descriptor, opened once */
+static int
+kv_merge_fd(kv_compact_t *c, uint32_t id, int *fd)
+{
+    char     path[PATH_MAX];
+    uint32_t  *i;
+
+    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
+    if (i == NULL) {
+        kv_log(c->s->host, KV_LOG_ERR, 0, "an index entry of \"%s\" points "
+               "at segment %u, which the merge did not list", c->s->conf.dir,
+               id);
+        return KV_ECORRUPT;
+    }
+
+    *fd = c->in_fds[i - c->ids];
+
+    if (*fd == -1) {
+        kv_segment_path(c->s, id, path);
+
+        *fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (*fd == -1) {
+            kv_log(c->s->host, KV_LOG_ERR, errno, "open(\"%s\") failed",
+                   path);
+            return KV_EIO;
+        }
+
+        c->in_fds[i - c->ids] = *fd;
+    }
+
+    return KV_OK;
+}
+
+
+/*
+ * index=sorted, step 3: the outputs in key order, merging the inputs'
+ * index entries (their keys' newest records) with the sorted segments
+ * among the inputs (older; one level, read in order).  A key whose newest
+ * record is a tombstone, a mask or expired is not written: every older
+ * segment is an input, so nothing older of it survives.
+ */
+static int
+kv_merge_sorted(kv_compact_t *c)
+{
+    int                rc, cmp, trc;
+    int                fd;
+    size_t             i, hi;
+    uint32_t           ti, seg;
+    kv_store_t        *s;
+    kv_merge_entry_t  *h;
+    kv_table_iter_t   *it;
+    const uint8_t     *hkey;
+
+    s = c->s;
+
+    c->in_fds = malloc(c->nids * sizeof(int) + 1);
+    it = malloc(sizeof(kv_table_iter_t));
+
+    if (c->in_fds == NULL || it == NULL) {
+        free(it);
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to merge \"%s\"",
+               s->conf.dir);
+        return KV_ENOMEM;
+    }
+
+    for (i = 0; i < c->nids; i++) {
+        c->in_fds[i] = -1;
+    }
+
+    rc = kv_merge_collect(c);
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t), kv_merge_cmp,
+            c->index_keys);
+
+    rc = kv_level_open(s, c->table_first, c->table_last, UINT32_MAX);
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    ti = 0;
+    trc = KV_NOTFOUND;
+
+    while (ti < s->ntables) {
+        trc = kv_table_iter_seek(it, &s->tables[ti], NULL, 0);
+        if (trc != KV_NOTFOUND) {
+            break;
+        }
+
+        ti++;
+    }
+
+    hi = 0;
+
+    for ( ;; ) {
+        if (kv_compact_cancelled(c)) {
+            rc = KV_ECANCELED;
+            goto done;
+        }
+
+        if (trc != KV_OK && trc != KV_NOTFOUND) {
+            rc = trc;
+            goto done;
+        }
+
+        h = hi < c->nindex ? &c->index[hi] : NULL;
+
+        if (h == NULL && trc != KV_OK) {
+            break;
+        }
+
+        hkey = h ? c->index_keys + h->key : NULL;
+
+        cmp = h == NULL ? 1
+              : trc != KV_OK ? -1
+              : kv_key_cmp(hkey, h->klen, it->pk.key, it->pk.klen);
+
+        if (cmp <= 0) {
+            /* the index entry is the newest record of its key */
+
+            if (!h->dead) {
+                seg = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
+
+                rc = kv_merge_fd(c, seg, &fd);
+                if (rc == KV_OK) {
+                    rc = kv_compact_copy(c, fd, seg, hkey, h->klen,
+                        h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1),
+                        h->flen);
+                }
+
+                if (rc != KV_OK) {
+                    goto done;
+                }
+
+                c->table_keys++;
+
+            } else {
+                c->masks++;
+            }
+
+            hi++;
+
+            if (cmp < 0) {
+                continue;
+            }
+
+        } else if (!it->pk.tombstone
+                   && (it->pk.expires_at_ms == 0
+                       || it->pk.expires_at_ms > c->now))
+        {
+            rc = kv_compact_copy(c, it->t->fd, it->t->id, it->pk.key,
+                                 it->pk.klen, it->off, it->pk.flen);
+            if (rc != KV_OK) {
+                goto done;
+            }
+
+            c->table_keys++;
+
+        } else {
+            c->expired++;
+        }
+
+        /* the next record of the tables */
+
+        trc = kv_table_iter_next(it);
+
+        while (trc == KV_NOTFOUND && ++ti < s->ntables) {
+            trc = kv_table_iter_seek(it, &s->tables[ti], NULL, 0);
+        }
+    }
+
+    rc = KV_OK;
+
+done:
+
+    for (i = 0; i < c->nids; i++) {
+        if (c->in_fds[i] != -1) {
+            close(c->in_fds[i]);
+        }
+    }
+
+    kv_level_close(s);
+    free(it);
+
+    return rc;
+}
+
+
 /* Steps 3 and 4: the outputs, complete and durable, then MERGE removed. */
 static int
 kv_compact_outputs(kv_compact_t *c)
@@ -856,7 +1257,7 @@ kv_compact_outputs(kv_compact_t *c)
         return KV_EIO;
     }
 
-    for (i = 0; i < c->nids; i++) {
+    for (i = 0; !s->conf.sorted && i < c->nids; i++) {
         if (c->ids[i] < c->first) {
             continue;
         }
@@ -880,6 +1281,13 @@ kv_compact_outputs(kv_compact_t *c)
         }
     }
 
+    if (s->conf.sorted) {
+        rc = kv_merge_sorted(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
     if (c->out_fd != -1) {
         rc = kv_output_close(c);
         if (rc != KV_OK) {
@@ -894,11 +1302,28 @@ kv_compact_outputs(kv_compact_t *c)
         }
 
         (void) kv_write_hint(s, id);
+
+        /* a sorted segment is found through its table file: it must exist */
+        if (s->conf.sorted) {
+            rc = kv_table_build(s, id);
+            if (rc != KV_OK) {
+                return rc;
+            }
+        }
     }
 
     rc = kv_flush(s, -1, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
+    }
+
+    /* a sorted merge commits here: see kv_merge_remove() and kv_level.c */
+    if (s->conf.sorted) {
+        rc = kv_level_save(s, c->out ? c->first_out : 0, c->out,
+                           c->first_out);
+        if (rc != KV_OK) {
+            return rc;
+        }
     }
 
     kv_compact_path(s, KV_MERGE_FILE, path);
@@ -1020,6 +1445,72 @@ kv_compact_swap(kv_compact_t *c)
 
 
 /*
+ * index=sorted, step 5: the outputs become the store's sorted segments,
+ * then the index entries they took over go (a batch per hold of the
+ * lock): in that order, a lookup that misses an entry finds the new
+ * tables.  An entry replaced meanwhile stays, being newer.
+ */
+static void
+kv_merge_swap(kv_compact_t *c)
+{
+    size_t              i, n, moved;
+    uint64_t            bytes;
+    kv_ref_t           *link;
+    kv_entry_t         *e;
+    kv_shared_t        *sh;
+    kv_merge_entry_t   *m;
+    const kv_host_t    *host;
+
+    sh = c->s->sh;
+    host = c->s->host;
+    moved = 0;
+
+    host->lock(host->ctx);
+
+    bytes = c->out ? c->out_bytes : 0;
+    sh->stats.live_bytes += bytes;
+    sh->stats.live_bytes -= sh->stats.table_bytes < sh->stats.live_bytes
+                            ? sh->stats.table_bytes : sh->stats.live_bytes;
+    sh->stats.table_bytes = bytes;
+    sh->stats.table_keys = c->table_keys;
+    sh->table_first = c->out ? c->first_out : 0;
+    sh->table_last = c->out;
+    sh->tables_gen++;
+
+    host->unlock(host->ctx);
+
+    for (i = 0; i < c->nindex; i = n) {
+        n = c->nindex - i > KV_SWAP_BATCH ? i + KV_SWAP_BATCH : c->nindex;
+
+        host->lock(host->ctx);
+
+        for ( /* void */ ; i < n; i++) {
+            m = &c->index[i];
+            e = kv_index_find(host, sh, c->index_keys + m->key, m->klen,
+                              &link);
+
+            if (e == NULL || e->loc != m->loc) {
+                c->stale++;
+                continue;
+            }
+
+            if (m->dead) {
+                kv_index_remove(host, sh, link, e);
+
+            } else {
+                kv_index_moved(host, sh, link, e);
+                moved++;
+            }
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    c->nmoved = moved;
+}
+
+
+/*
  * Step 6: the inputs go, oldest first and one directory flush each, so
  * those left after a crash are always the newest ones (see the top).
  */
@@ -1117,7 +1608,10 @@ kv_compact(kv_store_t *s)
         }
     }
 
-    if (rc == KV_OK) {
+    if (rc == KV_OK && s->conf.sorted) {
+        kv_merge_swap(c);
+
+    } else if (rc == KV_OK) {
         rc = kv_compact_swap(c);
     }
 
@@ -1140,13 +1634,27 @@ kv_compact(kv_store_t *s)
         sh->stats.compactions++;
         s->host->unlock(s->host->ctx);
 
-        kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u of "
-               "\"%s\" into %u segments: %zu records kept (%zu overwritten "
-               "meanwhile), %" PRIu64 " expired keys dropped, %" PRIu64
-               " of %" PRIu64 " bytes reclaimed", c->first_out - 1,
-               s->conf.dir, c->out ? c->out - c->first_out + 1 : 0,
-               c->nmoved, c->stale, c->expired, c->in_bytes - c->out_bytes,
-               c->in_bytes);
+        if (s->conf.sorted) {
+            kv_log(s->host, KV_LOG_NOTICE, 0, "merged segments up to %u of "
+                   "\"%s\" into %u sorted segments: %" PRIu64 " keys, %zu "
+                   "of them taken from the index (%zu entries written "
+                   "meanwhile kept), %zu deleted keys and %" PRIu64
+                   " expired ones dropped, %" PRIu64 " of %" PRIu64 " bytes "
+                   "reclaimed", c->first_out - 1, s->conf.dir,
+                   c->out ? c->out - c->first_out + 1 : 0, c->table_keys,
+                   c->nmoved, c->stale, c->masks, c->expired,
+                   c->in_bytes - c->out_bytes, c->in_bytes);
+
+        } else {
+            kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u "
+                   "of \"%s\" into %u segments: %zu records kept (%zu "
+                   "overwritten meanwhile), %" PRIu64 " expired keys "
+                   "dropped, %" PRIu64 " of %" PRIu64 " bytes reclaimed",
+                   c->first_out - 1, s->conf.dir,
+                   c->out ? c->out - c->first_out + 1 : 0, c->nmoved,
+                   c->stale, c->expired, c->in_bytes - c->out_bytes,
+                   c->in_bytes);
+        }
 
     } else if (rc == KV_ECANCELED) {
         kv_log(s->host, KV_LOG_NOTICE, 0, "compaction of \"%s\" cancelled; "
@@ -1167,6 +1675,9 @@ kv_compact(kv_store_t *s)
     free(c->buf);
     free(c->moved);
     free(c->keys);
+    free(c->index);
+    free(c->index_keys);
+    free(c->in_fds);
     free(c);
 
     /* descriptors of deleted inputs would keep their disk space */

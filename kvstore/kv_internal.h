@@ -15,6 +15,8 @@
  *   kv_filter.c   the Bloom filter of a sorted segment
  *   kv_table.c    sorted segments: their table file (sparse index and
  *                 filter), building it, finding a key
+ *   kv_level.c    index=sorted: which sorted segments exist, lookups in
+ *                 them, the TABLES file
  *   kv_hint.c     hint files: write and load
  *   kv_compact.c  compaction and the cleanup of an interrupted one
  *   kv_recover.c  opening a store: lock, cleanup, replay
@@ -41,7 +43,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  3
+#define KV_SHARED_VERSION  4
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -64,6 +66,12 @@
 #define KV_ENTRY_EXPIRES   0x01
 /* kv_open_value() checked the frame the entry points at */
 #define KV_ENTRY_VERIFIED  0x02
+/*
+ * index=sorted: the key is deleted (or expired), and the entry, which
+ * points at the tombstone (or the expired record), hides what the sorted
+ * segments hold of it until a merge drops both
+ */
+#define KV_ENTRY_MASK      0x04
 
 /* an escaped key in a log message: at most 64 key bytes as \xNN and "..." */
 #define KV_KEY_SHOWN    64
@@ -282,6 +290,32 @@ int kv_entry_expired(const kv_entry_t *e, uint64_t now);
 /* what kv_lookup() says of the entry's record (seq left 0) */
 void kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc);
 
+/* Unlinks a live entry whose record a sorted segment now holds. */
+void kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e);
+
+/*
+ * Makes e a mask (KV_ENTRY_MASK) pointing at the tombstone or expired
+ * record at loc: what the sorted segments hold of the key stays hidden.
+ */
+void kv_index_mask(kv_shared_t *sh, kv_entry_t *e, uint64_t loc,
+    uint32_t flen);
+
+/* links a reserved slot of a key the index does not hold as a mask */
+void kv_index_set_mask(const kv_host_t *host, kv_shared_t *sh,
+    kv_slot_t *slot, uint64_t loc, uint32_t flen);
+
+/* a mask for a key the index does not hold: KV_OK or KV_ENOMEM */
+int kv_index_add_mask(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, uint64_t loc, uint32_t flen);
+
+/*
+ * A delete's change to the index: e becomes a mask if sorted segments
+ * exist (they may hold the key), else it is removed.
+ */
+void kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e, uint64_t loc, uint32_t flen);
+
 /* Drops an expired entry found through link, counting it as expired. */
 void kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);
@@ -369,7 +403,7 @@ int kv_filter_may_contain(const uint8_t *filter, size_t size, uint64_t h);
 /* kv_table.c: a sorted segment's table file, mapped */
 #define KV_TABLE_BLOCK  4096
 
-typedef struct {
+typedef struct kv_table_s {
     uint32_t        id;
     int             fd;            /* the segment's */
     uint64_t        size;          /* the segment's */
@@ -433,6 +467,25 @@ int kv_table_iter_seek(kv_table_iter_t *it, const kv_table_t *t,
 
 /* the next record: KV_OK, KV_NOTFOUND after the last, KV_EIO... */
 int kv_table_iter_next(kv_table_iter_t *it);
+
+/*
+ * kv_level.c (index=sorted): the TABLES file; the handle's opened tables
+ * of generation gen ([first, last], 0 0: none): KV_ESTALE if a newer merge
+ * deleted one (look again); finding a live record in them (KV_NOTFOUND
+ * for a tombstone or an expired record too).
+ */
+int kv_level_save(kv_store_t *s, uint32_t first, uint32_t last,
+    uint32_t floor);
+int kv_level_load(kv_store_t *s, uint32_t *first, uint32_t *last,
+    uint32_t *floor);
+int kv_level_open(kv_store_t *s, uint32_t first, uint32_t last,
+    uint32_t gen);
+void kv_level_close(kv_store_t *s);
+int kv_level_get(kv_store_t *s, const uint8_t *key, size_t klen,
+    kv_loc_t *loc);
+int kv_level_lookup(kv_store_t *s, const uint8_t *key, size_t klen,
+    uint32_t first, uint32_t last, uint32_t gen, kv_loc_t *loc);
+
 
 /*
  * kv_compact.c: run by recovery once the directory is locked: removes the

@@ -188,6 +188,7 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
                 e = kv_ptr(host, ref);
 
                 if (kv_iter_in_range(range, e->key, e->klen)
+                    && !(e->flags & KV_ENTRY_MASK)
                     && !kv_entry_expired(e, now))
                 {
                     rc = kv_iter_take(it, e);

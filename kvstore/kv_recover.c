@@ -344,13 +344,116 @@ kv_skip_merge_outputs(kv_store_t *s, uint32_t *ids, size_t n)
 }
 
 
+/*
+ * index=sorted: the sorted segments TABLES names, opened (a damaged or
+ * missing table file is built again, logged) and made the store's, before
+ * the log segments are replayed: a tombstone then becomes a mask.  Sets
+ * [*first, *last], 0 0 if there are none.  If one of them is missing, a
+ * later compaction in index=hash took them as inputs: every segment is
+ * then replayed, as in index=hash.
+ */
+static int
+kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, uint32_t *first,
+    uint32_t *last)
+{
+    int           rc;
+    uint32_t      id, floor, i;
+    uint64_t      keys, bytes, index_bytes;
+    kv_table_t    t;
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+    *first = 0;
+    *last = 0;
+
+    rc = kv_level_load(s, first, last, &floor);
+
+    if (rc == KV_NOTFOUND || *first == 0) {
+        *first = 0;
+        *last = 0;
+        return KV_OK;
+    }
+
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    for (id = *first; id <= *last; id++) {
+        if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) == NULL) {
+            kv_log(s->host, KV_LOG_NOTICE, 0, "sorted segment %u of \"%s\" "
+                   "is gone (compacted in index=hash): every segment is "
+                   "replayed into the index", id, s->conf.dir);
+            *first = 0;
+            *last = 0;
+            return KV_OK;
+        }
+    }
+
+    /* a damaged or missing table file is built again from its segment */
+
+    for (id = *first; id <= *last; id++) {
+        rc = kv_table_open(s, id, &t);
+
+        if (rc == KV_OK) {
+            kv_table_close(&t);
+            continue;
+        }
+
+        if (rc != KV_NOTFOUND && rc != KV_ECORRUPT) {
+            return rc;
+        }
+
+        if (s->conf.read_only) {
+            continue;
+        }
+
+        rc = kv_table_build(s, id);
+        if (rc != KV_OK) {
+            return rc;
+        }
+
+        kv_log(s->host, KV_LOG_NOTICE, 0, "rebuilt the table file of "
+               "sorted segment %u of \"%s\"", id, s->conf.dir);
+    }
+
+    rc = kv_level_open(s, *first, *last, UINT32_MAX);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    keys = 0;
+    bytes = 0;
+    index_bytes = 0;
+
+    for (i = 0; i < s->ntables; i++) {
+        keys += s->tables[i].nkeys;
+        bytes += s->tables[i].size;
+        index_bytes += s->tables[i].map_len;
+    }
+
+    kv_level_close(s);
+
+    s->host->lock(s->host->ctx);
+    sh->table_first = *first;
+    sh->table_last = *last;
+    sh->tables_gen++;
+    sh->stats.table_keys = keys;
+    sh->stats.table_bytes = bytes;
+    sh->stats.table_index_bytes = index_bytes;
+    sh->stats.live_bytes += bytes;
+    s->host->unlock(s->host->ctx);
+
+    return KV_OK;
+}
+
+
 int
 kv_recover(kv_store_t *s)
 {
     int               rc;
     char              path[PATH_MAX];
     size_t            i, n;
-    uint32_t         *ids, hints, scans;
+    uint32_t         *ids, hints, scans, tfirst, tlast;
     uint64_t          records, keys, end, ms;
     kv_shared_t      *sh;
     struct timespec   t0, t1;
@@ -405,8 +508,23 @@ kv_recover(kv_store_t *s)
     hints = 0;
     scans = 0;
     end = 0;
+    tfirst = 0;
+    tlast = 0;
+
+    if (s->conf.sorted && n > 0) {
+        rc = kv_recover_tables(s, ids, n, &tfirst, &tlast);
+        if (rc != KV_OK) {
+            free(ids);
+            return rc;
+        }
+    }
 
     for (i = 0; i < n; i++) {
+        if (ids[i] >= tfirst && ids[i] <= tlast && tfirst != 0) {
+            /* a sorted segment: found through its table file */
+            continue;
+        }
+
         if (i < n - 1) {
             rc = kv_load_hint(s, ids[i]);
 

@@ -78,6 +78,8 @@
 #define KV_TABLE_FMT     "%010u.kvsst"     /* sparse index and filter of a
                                               sorted segment */
 #define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
+#define KV_TABLES_FILE   "TABLES"          /* index=sorted: which segments
+                                              are sorted */
 #define KV_SEQ_FILE      "SEQ"             /* no sequence number at or below
                                               it is ever written again */
 #define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
@@ -218,6 +220,12 @@ typedef struct {
     uint64_t  expiring;        /* keys that have an expiry time */
     uint64_t  precond_failed;  /* writes refused by their conditions */
     kv_hist_t fsync_latency;   /* of kv_sync()'s flushes */
+    uint64_t  masks;           /* index=sorted: entries that hide a
+                                  deleted or expired key from the sorted
+                                  segments */
+    uint64_t  table_keys;      /* records in sorted segments */
+    uint64_t  table_bytes;     /* their size, and their table files' */
+    uint64_t  table_index_bytes;
     uint32_t  recovery_hints;  /* segments it loaded from hint files */
     uint32_t  recovery_scans;  /* segments it scanned */
 
@@ -255,6 +263,9 @@ typedef struct {
     uint32_t    compact_owed;  /* kv_compact_request() with no compaction
                                   completed since */
     uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
+    uint32_t    table_first;   /* index=sorted: the sorted segments are */
+    uint32_t    table_last;    /* the ids [first, last] (0, 0: none) */
+    uint32_t    tables_gen;    /* changes with them */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
@@ -275,6 +286,10 @@ typedef struct {
                         /* 0 in any of these three: the KV_*_DEFAULT */
     unsigned            read_only;          /* recovery changes nothing
                                                and takes no lock (tools) */
+    unsigned            sorted;             /* index=sorted: compaction
+                                               writes sorted segments and
+                                               the index holds only the
+                                               keys written since */
 } kv_conf_t;
 
 
@@ -300,6 +315,9 @@ typedef struct {
                                       append, for kv_durable() */
     uint32_t            compact_cancel;  /* kv_compact_cancel() was called;
                                             __atomic builtins only */
+    struct kv_table_s  *tables;    /* index=sorted: the sorted segments of */
+    uint32_t            ntables;   /* generation tables_gen, opened */
+    uint32_t            tables_gen;
 } kv_store_t;
 
 
