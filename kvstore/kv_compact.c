@@ -497,9 +497,7 @@ kv_compact_due(kv_store_t *s)
               || dead >= conf->compact_dead_bytes
               || (dead >= conf->segment_size
                   && dead * 100 >= conf->compact_dead_pct * (live + dead))
-              || (conf->sorted
-                  && sh->stats.keys + sh->stats.masks
-                     >= (uint64_t) sh->nbuckets / 4 * 3));
+              || (conf->sorted && kv_index_crowded(sh)));
 
     s->host->unlock(s->host->ctx);
 
@@ -1246,6 +1244,7 @@ kv_compact_outputs(kv_compact_t *c)
     size_t       i;
     uint32_t     id;
     kv_store_t  *s;
+    struct stat  st;
 
     s = c->s;
 
@@ -1308,6 +1307,12 @@ kv_compact_outputs(kv_compact_t *c)
             rc = kv_table_build(s, id);
             if (rc != KV_OK) {
                 return rc;
+            }
+
+            kv_table_path(s, id, path);
+
+            if (stat(path, &st) == 0) {
+                c->table_index_bytes += (uint64_t) st.st_size;
             }
         }
     }
@@ -1473,6 +1478,7 @@ kv_merge_swap(kv_compact_t *c)
                             ? sh->stats.table_bytes : sh->stats.live_bytes;
     sh->stats.table_bytes = bytes;
     sh->stats.table_keys = c->table_keys;
+    sh->stats.table_index_bytes = c->table_index_bytes;
     sh->table_first = c->out ? c->first_out : 0;
     sh->table_last = c->out;
     sh->tables_gen++;

@@ -441,6 +441,13 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
 }
 
 
+int
+kv_index_crowded(const kv_shared_t *sh)
+{
+    return sh->stats.keys + sh->stats.masks >= (uint64_t) sh->nbuckets / 2;
+}
+
+
 void
 kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e)

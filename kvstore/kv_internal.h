@@ -290,6 +290,13 @@ int kv_entry_expired(const kv_entry_t *e, uint64_t now);
 /* what kv_lookup() says of the entry's record (seq left 0) */
 void kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc);
 
+/*
+ * index=sorted: 1 once the index holds as many entries as half its
+ * buckets (a third of the memory with 16-byte keys), when a merge should
+ * begin, so that writes meanwhile still find room.
+ */
+int kv_index_crowded(const kv_shared_t *sh);
+
 /* Unlinks a live entry whose record a sorted segment now holds. */
 void kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);

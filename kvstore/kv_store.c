@@ -562,6 +562,8 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     }
 
     w->seq = rec.seq;
+    w->merge_due = s->conf.sorted && sh->compactor == 0
+                   && kv_index_crowded(sh);
 
     if (w->tombstone) {
         if (e != NULL) {
@@ -1120,6 +1122,7 @@ kv_stats(kv_store_t *s, kv_stats_t *stats)
     stats->durable_segment = (uint32_t) (sh->synced >> KV_LOC_OFFSET_BITS);
     stats->compacting = (sh->compactor != 0);
     stats->sync_failed = sh->sync_failed;
+    stats->tables = sh->table_last ? sh->table_last - sh->table_first + 1 : 0;
 
     s->host->unlock(s->host->ctx);
 }

@@ -238,6 +238,7 @@ typedef struct {
     uint32_t  durable_segment; /* the segment the durable part ends in */
     uint32_t  compacting;      /* a compaction runs, in any process */
     uint32_t  sync_failed;     /* a flush failed: appends are refused */
+    uint32_t  tables;          /* index=sorted: sorted segments */
 } kv_stats_t;
 
 
@@ -402,6 +403,8 @@ typedef struct {
                                         these */
     kv_cond_t         if_none_match; /* ... and none of these */
     uint64_t          seq;           /* set: the sequence number written */
+    unsigned          merge_due;     /* set: index=sorted wants a merge
+                                        (kv_compact_begin()) */
 } kv_write_t;
 
 /*
