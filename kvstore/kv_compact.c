@@ -168,8 +168,14 @@ typedef struct {
     size_t            index_keys_len;
     size_t            index_keys_cap;
     int              *in_fds;            /* per input, opened lazily */
-    uint32_t          table_first;       /* the tables among the inputs */
-    uint32_t          table_last;
+    uint8_t          *merge_key;         /* the key being merged */
+    uint64_t          kept_keys;         /* in the runs not merged */
+    uint64_t          kept_index_bytes;
+    kv_runs_t         next_runs;         /* the runs once committed */
+    kv_runs_t         runs;              /* the runs at the start */
+    uint32_t          merge_from;        /* runs [merge_from, n) are
+                                            inputs; 0: all, so tombstones
+                                            go */
     uint64_t          table_keys;        /* in the outputs */
     uint64_t          table_index_bytes;
     size_t            masks;             /* masks dropped */
@@ -245,6 +251,8 @@ kv_compact_count(kv_store_t *s, uint64_t created, uint64_t deleted)
 
 /* Creates path; unlike kv_create_file(), logs an existing file too. */
 static int kv_merge_drop_floor(kv_store_t *s);
+static void kv_merge_choose(kv_compact_t *c);
+static int kv_merge_takes(kv_compact_t *c, uint32_t id);
 
 
 static int
@@ -312,7 +320,8 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
 {
     int       rc;
     char      path[PATH_MAX];
-    uint32_t  first, last, id, tfirst, tlast, floor;
+    uint32_t   first, last, id, floor;
+    kv_runs_t  runs;
 
     *removed = 0;
 
@@ -325,9 +334,7 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
      * A sorted merge commits by writing TABLES, which then names its
      * outputs (or, with none, its floor): they stay, only MERGE goes.
      */
-    if (kv_level_load(s, &tfirst, &tlast, &floor) == KV_OK
-        && (tfirst != 0 ? tfirst == first : floor == first))
-    {
+    if (kv_level_load(s, &runs, &floor) == KV_OK && floor == first) {
         first = last + 1;
     }
 
@@ -436,9 +443,10 @@ kv_merge_drop_floor(kv_store_t *s)
 {
     int        rc;
     size_t     i, n;
-    uint32_t  *ids, first, last, floor, dropped;
+    uint32_t  *ids, floor, dropped;
+    kv_runs_t  runs;
 
-    rc = kv_level_load(s, &first, &last, &floor);
+    rc = kv_level_load(s, &runs, &floor);
     if (rc != KV_OK) {
         return rc == KV_EIO ? rc : KV_OK;
     }
@@ -451,6 +459,10 @@ kv_merge_drop_floor(kv_store_t *s)
     dropped = 0;
 
     for (i = 0; i < n && ids[i] < floor; i++) {
+        if (kv_level_has(&runs, ids[i])) {
+            continue;
+        }
+
         rc = kv_compact_drop(s, ids[i]);
         if (rc == KV_EIO) {
             break;
@@ -592,6 +604,68 @@ kv_compact_cancelled(kv_compact_t *c)
 
 
 /*
+ * index=sorted, with the lock held: which runs the merge takes besides
+ * the log segments the index points into.  The newest runs go in while
+ * the next older one is at most twice what is merged so far: run sizes
+ * then grow geometrically, and a record is rewritten a logarithmic number
+ * of times (size-tiered merging).  All of them when an operator asked for
+ * a compaction (to reclaim space: tombstones go only then), or when the
+ * runs would be too many.  The segments of the runs kept are not inputs.
+ */
+static void
+kv_merge_choose(kv_compact_t *c)
+{
+    size_t        i, j;
+    uint32_t      k;
+    uint64_t      sum;
+    kv_shared_t  *sh;
+
+    sh = c->s->sh;
+    k = c->runs.n;
+
+    sum = sh->stats.live_bytes > sh->stats.table_bytes
+          ? sh->stats.live_bytes - sh->stats.table_bytes : 1;
+
+    while (k > 0 && c->runs.run[k - 1].bytes <= 2 * sum) {
+        sum += c->runs.run[k - 1].bytes;
+        k--;
+    }
+
+    if (sh->compact_owed || k + 1 > KV_RUNS_MAX) {
+        k = 0;
+    }
+
+    c->merge_from = k;
+
+    for (i = 0, j = 0; i < c->nids; i++) {
+        if (!kv_level_has(&c->runs, c->ids[i])
+            || kv_merge_takes(c, c->ids[i]))
+        {
+            c->ids[j++] = c->ids[i];
+        }
+    }
+
+    c->nids = j;
+}
+
+
+/* 1 if id is a segment of a run the merge takes */
+static int
+kv_merge_takes(kv_compact_t *c, uint32_t id)
+{
+    uint32_t  r;
+
+    for (r = c->merge_from; r < c->runs.n; r++) {
+        if (id >= c->runs.run[r].first && id <= c->runs.run[r].last) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * Step 1, with the lock held: lists and measures the inputs, reserves the
  * output ids and rolls the log past them.
  */
@@ -617,8 +691,7 @@ kv_compact_start(kv_compact_t *c)
     c->first = sh->first_segment;
     c->seq = sh->seq;
     c->now = kv_now_ms(s->host);
-    c->table_first = sh->table_first;
-    c->table_last = sh->table_last;
+    c->runs = sh->runs;
 
     rc = kv_list_segments(s, &c->ids, &c->nids);
     if (rc != KV_OK) {
@@ -628,6 +701,10 @@ kv_compact_start(kv_compact_t *c)
     /* every id <= a exists: a segment is created, then made active */
     while (c->nids > 0 && c->ids[c->nids - 1] > a) {
         c->nids--;
+    }
+
+    if (s->conf.sorted) {
+        kv_merge_choose(c);
     }
 
     copy = 0;
@@ -1079,32 +1156,96 @@ kv_merge_fd(kv_compact_t *c, uint32_t id, int *fd)
 }
 
 
+/* a run read in key order: its tables one after the other */
+typedef struct {
+    kv_table_t       *tables;
+    uint32_t          n;
+    uint32_t          i;
+    int               rc;                /* KV_OK: it->pk is current */
+    kv_table_iter_t   it;
+} kv_merge_run_t;
+
+
+static void
+kv_merge_run_next(kv_merge_run_t *mr, int first)
+{
+    mr->rc = first ? KV_NOTFOUND : kv_table_iter_next(&mr->it);
+
+    if (first) {
+        mr->i = 0;
+
+        if (mr->n != 0) {
+            mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[0], NULL, 0);
+        }
+    }
+
+    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
+        mr->i++;
+        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
+    }
+}
+
+
+/* copies a record a run holds */
+static int
+kv_merge_copy_run(kv_compact_t *c, kv_merge_run_t *mr)
+{
+    return kv_compact_copy(c, mr->it.t->fd, mr->it.t->id, mr->it.pk.key,
+                           mr->it.pk.klen, mr->it.off, mr->it.pk.flen);
+}
+
+
+/* copies the record an index entry points at */
+static int
+kv_merge_copy_entry(kv_compact_t *c, kv_merge_entry_t *h)
+{
+    int       rc, fd;
+    uint32_t  seg;
+
+    seg = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
+
+    rc = kv_merge_fd(c, seg, &fd);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    return kv_compact_copy(c, fd, seg, c->index_keys + h->key, h->klen,
+                           h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1),
+                           h->flen);
+}
+
+
 /*
- * index=sorted, step 3: the outputs in key order, merging the inputs'
- * index entries (their keys' newest records) with the sorted segments
- * among the inputs (older; one level, read in order).  A key whose newest
- * record is a tombstone, a mask or expired is not written: every older
- * segment is an input, so nothing older of it survives.
+ * index=sorted, step 3: the outputs in key order.  For each key, the
+ * newest of its records in the inputs is written: the index entry's, else
+ * the newest merged run's.  When every run is merged (merge_from 0),
+ * nothing older of a key survives, so a tombstone, a mask or an expired
+ * record is dropped; otherwise it is written, to hide the key's records in
+ * the older runs (a mask as the tombstone or expired record it points at).
  */
 static int
 kv_merge_sorted(kv_compact_t *c)
 {
-    int                rc, cmp, trc;
-    int                fd;
+    int                rc, cmp, drop, dead;
     size_t             i, hi;
-    uint32_t           ti, seg;
+    uint32_t           r, nr, best;
     kv_store_t        *s;
+    const uint8_t     *key, *k;
+    size_t             klen;
+    kv_runs_t          runs;
     kv_merge_entry_t  *h;
-    kv_table_iter_t   *it;
-    const uint8_t     *hkey;
+    kv_merge_run_t    *mr;
 
     s = c->s;
+    drop = (c->merge_from == 0);
+    nr = c->runs.n - c->merge_from;
 
     c->in_fds = malloc(c->nids * sizeof(int) + 1);
-    it = malloc(sizeof(kv_table_iter_t));
+    c->merge_key = malloc(KV_MAX_KEY_LIMIT);
+    mr = calloc(nr ? nr : 1, sizeof(kv_merge_run_t));
 
-    if (c->in_fds == NULL || it == NULL) {
-        free(it);
+    if (c->in_fds == NULL || c->merge_key == NULL || mr == NULL) {
+        free(mr);
         kv_log(s->host, KV_LOG_ERR, errno, "no memory to merge \"%s\"",
                s->conf.dir);
         return KV_ENOMEM;
@@ -1122,21 +1263,29 @@ kv_merge_sorted(kv_compact_t *c)
     qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t), kv_merge_cmp,
             c->index_keys);
 
-    rc = kv_level_open(s, c->table_first, c->table_last, UINT32_MAX);
+    /* a handle of its own: any generation but the ones in use */
+    runs = c->runs;
+    runs.gen = UINT32_MAX;
+
+    rc = kv_level_open(s, &runs);
     if (rc != KV_OK) {
         goto done;
     }
 
-    ti = 0;
-    trc = KV_NOTFOUND;
-
-    while (ti < s->ntables) {
-        trc = kv_table_iter_seek(it, &s->tables[ti], NULL, 0);
-        if (trc != KV_NOTFOUND) {
-            break;
+    for (r = 0; r < c->merge_from; r++) {
+        for (i = r ? s->run_end[r - 1] : 0; i < s->run_end[r]; i++) {
+            c->kept_keys += s->tables[i].nkeys;
+            c->kept_index_bytes += s->tables[i].map_len;
         }
+    }
 
-        ti++;
+    /* mr[0] is the newest run merged */
+
+    for (r = 0; r < nr; r++) {
+        best = c->runs.n - 1 - r;
+        mr[r].tables = &s->tables[best ? s->run_end[best - 1] : 0];
+        mr[r].n = s->run_end[best] - (best ? s->run_end[best - 1] : 0);
+        kv_merge_run_next(&mr[r], 1);
     }
 
     hi = 0;
@@ -1147,41 +1296,62 @@ kv_merge_sorted(kv_compact_t *c)
             goto done;
         }
 
-        if (trc != KV_OK && trc != KV_NOTFOUND) {
-            rc = trc;
-            goto done;
-        }
+        /* the smallest key of all sources */
 
         h = hi < c->nindex ? &c->index[hi] : NULL;
+        key = h ? c->index_keys + h->key : NULL;
+        klen = h ? h->klen : 0;
 
-        if (h == NULL && trc != KV_OK) {
-            break;
-        }
-
-        hkey = h ? c->index_keys + h->key : NULL;
-
-        cmp = h == NULL ? 1
-              : trc != KV_OK ? -1
-              : kv_key_cmp(hkey, h->klen, it->pk.key, it->pk.klen);
-
-        if (cmp <= 0) {
-            /* the index entry is the newest record of its key */
-
-            if (!h->dead) {
-                seg = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
-
-                rc = kv_merge_fd(c, seg, &fd);
-                if (rc == KV_OK) {
-                    rc = kv_compact_copy(c, fd, seg, hkey, h->klen,
-                        h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1),
-                        h->flen);
-                }
-
-                if (rc != KV_OK) {
+        for (r = 0; r < nr; r++) {
+            if (mr[r].rc != KV_OK) {
+                if (mr[r].rc != KV_NOTFOUND) {
+                    rc = mr[r].rc;
                     goto done;
                 }
 
+                continue;
+            }
+
+            k = mr[r].it.pk.key;
+
+            if (key == NULL || kv_key_cmp(k, mr[r].it.pk.klen, key, klen) < 0)
+            {
+                key = k;
+                klen = mr[r].it.pk.klen;
+            }
+        }
+
+        if (key == NULL) {
+            break;
+        }
+
+        /* a copy: advancing a run refills the buffer key may point into */
+        memcpy(c->merge_key, key, klen);
+        key = c->merge_key;
+
+        /* the newest source that has it decides; the others are skipped */
+
+        best = UINT32_MAX;
+
+        for (r = nr; r-- > 0; ) {
+            if (mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                best = r;
+            }
+        }
+
+        cmp = h ? kv_key_cmp(c->index_keys + h->key, h->klen, key, klen) : 1;
+
+        if (cmp == 0) {
+            if (!h->dead) {
+                rc = kv_merge_copy_entry(c, h);
                 c->table_keys++;
+
+            } else if (!drop) {
+                rc = kv_merge_copy_entry(c, h);
+                c->masks++;
 
             } else {
                 c->masks++;
@@ -1189,32 +1359,36 @@ kv_merge_sorted(kv_compact_t *c)
 
             hi++;
 
-            if (cmp < 0) {
-                continue;
-            }
-
-        } else if (!it->pk.tombstone
-                   && (it->pk.expires_at_ms == 0
-                       || it->pk.expires_at_ms > c->now))
-        {
-            rc = kv_compact_copy(c, it->t->fd, it->t->id, it->pk.key,
-                                 it->pk.klen, it->off, it->pk.flen);
-            if (rc != KV_OK) {
-                goto done;
-            }
-
-            c->table_keys++;
-
         } else {
-            c->expired++;
+            dead = mr[best].it.pk.tombstone
+                   || (mr[best].it.pk.expires_at_ms != 0
+                       && mr[best].it.pk.expires_at_ms <= c->now);
+
+            if (!dead || !drop) {
+                rc = kv_merge_copy_run(c, &mr[best]);
+                c->table_keys += !dead;
+            }
+
+            c->expired += dead && drop;
         }
 
-        /* the next record of the tables */
+        if (rc != KV_OK) {
+            goto done;
+        }
 
-        trc = kv_table_iter_next(it);
+        /* past the key in every run (the key may point into one) */
 
-        while (trc == KV_NOTFOUND && ++ti < s->ntables) {
-            trc = kv_table_iter_seek(it, &s->tables[ti], NULL, 0);
+        for (r = nr; r-- > 0; ) {
+            if (r != best && mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                kv_merge_run_next(&mr[r], 0);
+            }
+        }
+
+        if (best != UINT32_MAX) {
+            kv_merge_run_next(&mr[best], 0);
         }
     }
 
@@ -1229,7 +1403,7 @@ done:
     }
 
     kv_level_close(s);
-    free(it);
+    free(mr);
 
     return rc;
 }
@@ -1243,6 +1417,7 @@ kv_compact_outputs(kv_compact_t *c)
     char         path[PATH_MAX];
     size_t       i;
     uint32_t     id;
+    kv_run_t    *r;
     kv_store_t  *s;
     struct stat  st;
 
@@ -1324,8 +1499,18 @@ kv_compact_outputs(kv_compact_t *c)
 
     /* a sorted merge commits here: see kv_merge_remove() and kv_level.c */
     if (s->conf.sorted) {
-        rc = kv_level_save(s, c->out ? c->first_out : 0, c->out,
-                           c->first_out);
+        c->next_runs = c->runs;
+        c->next_runs.n = c->merge_from;
+        c->next_runs.gen = c->runs.gen + 1;
+
+        if (c->out != 0) {
+            r = &c->next_runs.run[c->next_runs.n++];
+            r->first = c->first_out;
+            r->last = c->out;
+            r->bytes = c->out_bytes;
+        }
+
+        rc = kv_level_save(s, &c->next_runs, c->first_out);
         if (rc != KV_OK) {
             return rc;
         }
@@ -1472,16 +1657,24 @@ kv_merge_swap(kv_compact_t *c)
 
     host->lock(host->ctx);
 
-    bytes = c->out ? c->out_bytes : 0;
-    sh->stats.live_bytes += bytes;
-    sh->stats.live_bytes -= sh->stats.table_bytes < sh->stats.live_bytes
-                            ? sh->stats.table_bytes : sh->stats.live_bytes;
-    sh->stats.table_bytes = bytes;
-    sh->stats.table_keys = c->table_keys;
-    sh->stats.table_index_bytes = c->table_index_bytes;
-    sh->table_first = c->out ? c->first_out : 0;
-    sh->table_last = c->out;
-    sh->tables_gen++;
+    /* the bytes of the runs merged become the new run's */
+
+    bytes = 0;
+
+    for (i = c->merge_from; i < c->runs.n; i++) {
+        bytes += c->runs.run[i].bytes;
+    }
+
+    sh->stats.live_bytes -= bytes < sh->stats.live_bytes
+                            ? bytes : sh->stats.live_bytes;
+    sh->stats.table_bytes -= bytes < sh->stats.table_bytes
+                             ? bytes : sh->stats.table_bytes;
+    sh->stats.live_bytes += c->out_bytes;
+    sh->stats.table_bytes += c->out_bytes;
+    sh->stats.table_keys = c->table_keys + c->kept_keys;
+    sh->stats.table_index_bytes = c->table_index_bytes + c->kept_index_bytes;
+
+    sh->runs = c->next_runs;
 
     host->unlock(host->ctx);
 
@@ -1531,6 +1724,12 @@ kv_compact_drop_inputs(kv_compact_t *c, uint64_t *dropped)
 
     s->host->lock(s->host->ctx);
     s->sh->first_segment = c->first_out;
+
+    /* the runs a sorted merge kept are older than its outputs */
+    if (c->next_runs.n != 0 && c->next_runs.run[0].first < c->first_out) {
+        s->sh->first_segment = c->next_runs.run[0].first;
+    }
+
     s->host->unlock(s->host->ctx);
 
     *dropped = 0;
@@ -1684,6 +1883,7 @@ kv_compact(kv_store_t *s)
     free(c->index);
     free(c->index_keys);
     free(c->in_fds);
+    free(c->merge_key);
     free(c);
 
     /* descriptors of deleted inputs would keep their disk space */

@@ -525,7 +525,7 @@ void
 kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e, uint64_t loc, uint32_t flen)
 {
-    if (sh->table_last != 0) {
+    if (sh->runs.n != 0) {
         kv_index_mask(sh, e, loc, flen);
 
     } else {
@@ -635,7 +635,7 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     {
         e = kv_index_find(host, sh, rec->key, rec->klen, &link);
 
-        if (e == NULL && sh->table_last != 0) {
+        if (e == NULL && sh->runs.n != 0) {
             /* the sorted segments may hold the key: hide it */
             rc = kv_index_add_mask(host, sh, rec->key, rec->klen,
                                    KV_LOC(id, off), flen);

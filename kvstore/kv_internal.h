@@ -477,21 +477,19 @@ int kv_table_iter_next(kv_table_iter_t *it);
 
 /*
  * kv_level.c (index=sorted): the TABLES file; the handle's opened tables
- * of generation gen ([first, last], 0 0: none): KV_ESTALE if a newer merge
- * deleted one (look again); finding a live record in them (KV_NOTFOUND
- * for a tombstone or an expired record too).
+ * of a set of runs (KV_ESTALE if a newer merge deleted one: look again);
+ * finding a key's newest record in them (KV_NOTFOUND for a tombstone or
+ * an expired record too).
  */
-int kv_level_save(kv_store_t *s, uint32_t first, uint32_t last,
-    uint32_t floor);
-int kv_level_load(kv_store_t *s, uint32_t *first, uint32_t *last,
-    uint32_t *floor);
-int kv_level_open(kv_store_t *s, uint32_t first, uint32_t last,
-    uint32_t gen);
+int kv_level_save(kv_store_t *s, const kv_runs_t *runs, uint32_t floor);
+int kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor);
+int kv_level_has(const kv_runs_t *runs, uint32_t id);
+int kv_level_open(kv_store_t *s, const kv_runs_t *runs);
 void kv_level_close(kv_store_t *s);
 int kv_level_get(kv_store_t *s, const uint8_t *key, size_t klen,
     kv_loc_t *loc);
 int kv_level_lookup(kv_store_t *s, const uint8_t *key, size_t klen,
-    uint32_t first, uint32_t last, uint32_t gen, kv_loc_t *loc);
+    const kv_runs_t *runs, kv_loc_t *loc);
 
 
 /*

@@ -345,32 +345,27 @@ kv_skip_merge_outputs(kv_store_t *s, uint32_t *ids, size_t n)
 
 
 /*
- * index=sorted: the sorted segments TABLES names, opened (a damaged or
- * missing table file is built again, logged) and made the store's, before
- * the log segments are replayed: a tombstone then becomes a mask.  Sets
- * [*first, *last], 0 0 if there are none.  If one of them is missing, a
- * later compaction in index=hash took them as inputs: every segment is
- * then replayed, as in index=hash.
+ * index=sorted: the runs of sorted segments TABLES names, their tables
+ * opened (a damaged or missing table file is built again, logged) and
+ * made the store's before the log segments are replayed: a tombstone then
+ * becomes a mask.  If a segment of them is missing, a later compaction in
+ * index=hash took them as inputs: every segment is then replayed, as in
+ * index=hash, and *runs is empty.
  */
 static int
-kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, uint32_t *first,
-    uint32_t *last)
+kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
 {
     int           rc;
-    uint32_t      id, floor, i;
+    uint32_t      id, floor, r;
     uint64_t      keys, bytes, index_bytes;
     kv_table_t    t;
     kv_shared_t  *sh;
 
     sh = s->sh;
-    *first = 0;
-    *last = 0;
 
-    rc = kv_level_load(s, first, last, &floor);
+    rc = kv_level_load(s, runs, &floor);
 
-    if (rc == KV_NOTFOUND || *first == 0) {
-        *first = 0;
-        *last = 0;
+    if (rc == KV_NOTFOUND) {
         return KV_OK;
     }
 
@@ -378,45 +373,50 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, uint32_t *first,
         return rc;
     }
 
-    for (id = *first; id <= *last; id++) {
-        if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) == NULL) {
+    for (r = 0; r < runs->n; r++) {
+        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
+            if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) != NULL) {
+                continue;
+            }
+
             kv_log(s->host, KV_LOG_NOTICE, 0, "sorted segment %u of \"%s\" "
                    "is gone (compacted in index=hash): every segment is "
                    "replayed into the index", id, s->conf.dir);
-            *first = 0;
-            *last = 0;
+            runs->n = 0;
             return KV_OK;
         }
     }
 
     /* a damaged or missing table file is built again from its segment */
 
-    for (id = *first; id <= *last; id++) {
-        rc = kv_table_open(s, id, &t);
+    for (r = 0; r < runs->n; r++) {
+        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
+            rc = kv_table_open(s, id, &t);
 
-        if (rc == KV_OK) {
-            kv_table_close(&t);
-            continue;
+            if (rc == KV_OK) {
+                kv_table_close(&t);
+                continue;
+            }
+
+            if ((rc != KV_NOTFOUND && rc != KV_ECORRUPT)
+                || s->conf.read_only)
+            {
+                return rc;
+            }
+
+            rc = kv_table_build(s, id);
+            if (rc != KV_OK) {
+                return rc;
+            }
+
+            kv_log(s->host, KV_LOG_NOTICE, 0, "rebuilt the table file of "
+                   "sorted segment %u of \"%s\"", id, s->conf.dir);
         }
-
-        if (rc != KV_NOTFOUND && rc != KV_ECORRUPT) {
-            return rc;
-        }
-
-        if (s->conf.read_only) {
-            continue;
-        }
-
-        rc = kv_table_build(s, id);
-        if (rc != KV_OK) {
-            return rc;
-        }
-
-        kv_log(s->host, KV_LOG_NOTICE, 0, "rebuilt the table file of "
-               "sorted segment %u of \"%s\"", id, s->conf.dir);
     }
 
-    rc = kv_level_open(s, *first, *last, UINT32_MAX);
+    runs->gen = 1;
+
+    rc = kv_level_open(s, runs);
     if (rc != KV_OK) {
         return rc;
     }
@@ -425,18 +425,22 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, uint32_t *first,
     bytes = 0;
     index_bytes = 0;
 
-    for (i = 0; i < s->ntables; i++) {
-        keys += s->tables[i].nkeys;
-        bytes += s->tables[i].size;
-        index_bytes += s->tables[i].map_len;
+    for (r = 0; r < s->nruns; r++) {
+        runs->run[r].bytes = 0;
+
+        for (id = r ? s->run_end[r - 1] : 0; id < s->run_end[r]; id++) {
+            runs->run[r].bytes += s->tables[id].size;
+            keys += s->tables[id].nkeys;
+            index_bytes += s->tables[id].map_len;
+        }
+
+        bytes += runs->run[r].bytes;
     }
 
     kv_level_close(s);
 
     s->host->lock(s->host->ctx);
-    sh->table_first = *first;
-    sh->table_last = *last;
-    sh->tables_gen++;
+    sh->runs = *runs;
     sh->stats.table_keys = keys;
     sh->stats.table_bytes = bytes;
     sh->stats.table_index_bytes = index_bytes;
@@ -453,7 +457,8 @@ kv_recover(kv_store_t *s)
     int               rc;
     char              path[PATH_MAX];
     size_t            i, n;
-    uint32_t         *ids, hints, scans, tfirst, tlast;
+    uint32_t         *ids, hints, scans;
+    kv_runs_t         runs;
     uint64_t          records, keys, end, ms;
     kv_shared_t      *sh;
     struct timespec   t0, t1;
@@ -508,11 +513,10 @@ kv_recover(kv_store_t *s)
     hints = 0;
     scans = 0;
     end = 0;
-    tfirst = 0;
-    tlast = 0;
+    memset(&runs, 0, sizeof(kv_runs_t));
 
     if (s->conf.sorted && n > 0) {
-        rc = kv_recover_tables(s, ids, n, &tfirst, &tlast);
+        rc = kv_recover_tables(s, ids, n, &runs);
         if (rc != KV_OK) {
             free(ids);
             return rc;
@@ -520,7 +524,7 @@ kv_recover(kv_store_t *s)
     }
 
     for (i = 0; i < n; i++) {
-        if (ids[i] >= tfirst && ids[i] <= tlast && tfirst != 0) {
+        if (kv_level_has(&runs, ids[i])) {
             /* a sorted segment: found through its table file */
             continue;
         }

@@ -99,7 +99,7 @@ kv_store_sweep(kv_store_t *s)
 
     /* sorted segments a merge replaced: their space goes with the maps */
     if (s->tables != NULL
-        && s->tables_gen != __atomic_load_n(&s->sh->tables_gen,
+        && s->tables_gen != __atomic_load_n(&s->sh->runs.gen,
                                             __ATOMIC_RELAXED))
     {
         kv_level_close(s);
@@ -432,12 +432,11 @@ kv_table_current(kv_store_t *s, const uint8_t *key, size_t klen,
 
     sh = s->sh;
 
-    if (!s->conf.sorted || sh->table_last == 0) {
+    if (!s->conf.sorted || sh->runs.n == 0) {
         return KV_NOTFOUND;
     }
 
-    return kv_level_lookup(s, key, klen, sh->table_first, sh->table_last,
-                           sh->tables_gen, loc);
+    return kv_level_lookup(s, key, klen, &sh->runs, loc);
 }
 
 
@@ -594,8 +593,8 @@ int
 kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
 {
     int               rc, tries;
-    uint32_t          first, last, gen;
     kv_ref_t         *link;
+    kv_runs_t         runs;
     kv_entry_t       *e;
     const kv_host_t  *host;
 
@@ -627,20 +626,18 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
             break;
         }
 
-        if (!s->conf.sorted || s->sh->table_last == 0) {
+        if (!s->conf.sorted || s->sh->runs.n == 0) {
             rc = KV_NOTFOUND;
             break;
         }
 
         /* index=sorted: the sorted segments, read without the lock */
 
-        first = s->sh->table_first;
-        last = s->sh->table_last;
-        gen = s->sh->tables_gen;
+        runs = s->sh->runs;
 
         host->unlock(host->ctx);
 
-        rc = kv_level_lookup(s, key, klen, first, last, gen, loc);
+        rc = kv_level_lookup(s, key, klen, &runs, loc);
 
         /* a merge replaced the tables meanwhile: look again */
         if (rc != KV_ESTALE || tries == KV_LOOKUP_TRIES) {
@@ -1110,6 +1107,7 @@ kv_synced(kv_store_t *s, uint64_t *pos)
 void
 kv_stats(kv_store_t *s, kv_stats_t *stats)
 {
+    uint32_t      i;
     kv_shared_t  *sh;
 
     sh = s->sh;
@@ -1122,7 +1120,13 @@ kv_stats(kv_store_t *s, kv_stats_t *stats)
     stats->durable_segment = (uint32_t) (sh->synced >> KV_LOC_OFFSET_BITS);
     stats->compacting = (sh->compactor != 0);
     stats->sync_failed = sh->sync_failed;
-    stats->tables = sh->table_last ? sh->table_last - sh->table_first + 1 : 0;
+    stats->tables = 0;
+
+    for (i = 0; i < sh->runs.n; i++) {
+        stats->tables += sh->runs.run[i].last - sh->runs.run[i].first + 1;
+    }
+
+    stats->runs = sh->runs.n;
 
     s->host->unlock(s->host->ctx);
 }
@@ -1208,6 +1212,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->tables = NULL;
     s->ntables = 0;
     s->tables_gen = 0;
+    s->nruns = 0;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         s->fds[i].segment = 0;

@@ -239,7 +239,28 @@ typedef struct {
     uint32_t  compacting;      /* a compaction runs, in any process */
     uint32_t  sync_failed;     /* a flush failed: appends are refused */
     uint32_t  tables;          /* index=sorted: sorted segments */
+    uint32_t  runs;            /* and the runs they form */
 } kv_stats_t;
+
+
+/*
+ * index=sorted: the sorted segments form runs, oldest first; a run is
+ * the ids [first, last], each holding a range of keys that the next one's
+ * follows; a newer run's record of a key wins over an older one's.
+ */
+#define KV_RUNS_MAX  8
+
+typedef struct {
+    uint32_t    first;
+    uint32_t    last;
+    uint64_t    bytes;         /* of its segments */
+} kv_run_t;
+
+typedef struct {
+    uint32_t    n;
+    uint32_t    gen;           /* changes with every new set */
+    kv_run_t    run[KV_RUNS_MAX];
+} kv_runs_t;
 
 
 typedef struct {
@@ -264,9 +285,7 @@ typedef struct {
     uint32_t    compact_owed;  /* kv_compact_request() with no compaction
                                   completed since */
     uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
-    uint32_t    table_first;   /* index=sorted: the sorted segments are */
-    uint32_t    table_last;    /* the ids [first, last] (0, 0: none) */
-    uint32_t    tables_gen;    /* changes with them */
+    kv_runs_t   runs;          /* index=sorted: the sorted segments */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
@@ -317,8 +336,10 @@ typedef struct {
     uint32_t            compact_cancel;  /* kv_compact_cancel() was called;
                                             __atomic builtins only */
     struct kv_table_s  *tables;    /* index=sorted: the sorted segments of */
-    uint32_t            ntables;   /* generation tables_gen, opened */
-    uint32_t            tables_gen;
+    uint32_t            ntables;   /* generation tables_gen, opened, run */
+    uint32_t            tables_gen;     /* after run; run r's are those */
+    uint32_t            nruns;          /* before run_end[r] */
+    uint32_t            run_end[KV_RUNS_MAX];
 } kv_store_t;
 
 

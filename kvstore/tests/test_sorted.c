@@ -132,8 +132,8 @@ test_sorted_merge(void **state)
     assert_int_equal(st.keys, 0);
     assert_int_equal(st.masks, 0);
     assert_int_equal(st.table_keys, n - (n + 6) / 7);
-    assert_true(t.sh->table_last >= t.sh->table_first);
-    assert_true(t.sh->table_first != 0);
+    assert_int_equal(t.sh->runs.n, 1);
+    assert_true(t.sh->runs.run[0].last >= t.sh->runs.run[0].first);
     check(&t, round, n);
 
     /* a delete of a key only a sorted segment holds leaves a mask */
@@ -188,6 +188,9 @@ test_sorted_merge(void **state)
     assert_int_equal(st.masks, 0);
     check(&t, round, n);
 
+    /* the small merge made a second run, its tombstones hide the first's */
+    assert_int_equal(st.runs, 2);
+
     /* recovery: the tables, then the log with a mask */
     klen = key_of(600, key);
     assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
@@ -203,7 +206,7 @@ test_sorted_merge(void **state)
     check(&t, round, n);
 
     /* a damaged table file is built again at start-up, and logged */
-    kv_table_path(&t.s, t.sh->table_first, path);
+    kv_table_path(&t.s, t.sh->runs.run[0].first, path);
     {
         uint8_t  *data;
         size_t    len;
@@ -223,7 +226,7 @@ test_sorted_merge(void **state)
     check(&t, round, n);
 
     /* and a missing one */
-    kv_table_path(&t.s, t.sh->table_last, path);
+    kv_table_path(&t.s, t.sh->runs.run[t.sh->runs.n - 1].last, path);
     assert_int_equal(unlink(path), 0);
     kv_test_close(&t);
     open_sorted(&t, dir, ZONE, 1);
@@ -237,6 +240,17 @@ test_sorted_merge(void **state)
     kv_test_close(&t);
 
     /* and index=sorted again */
+    open_sorted(&t, dir, ZONE, 1);
+    check(&t, round, n);
+
+    /* an operator's compaction merges every run: the tombstones go */
+    kv_compact_request(&t.s);
+    merge(&t);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.runs, 1);
+    assert_int_equal(st.masks, 0);
+    check(&t, round, n);
+    kv_test_close(&t);
     open_sorted(&t, dir, ZONE, 1);
     check(&t, round, n);
 
@@ -269,8 +283,8 @@ test_sorted_commit(void **state)
     }
 
     merge(&t);
-    first = t.sh->table_first;
-    last = t.sh->table_last;
+    first = t.sh->runs.run[0].first;
+    last = t.sh->runs.run[0].last;
 
     /* as if killed between TABLES and removing MERGE */
     len = snprintf(text, sizeof(text), "outputs %u %u\ninputs 1\n", first,
@@ -279,7 +293,7 @@ test_sorted_commit(void **state)
 
     kv_test_close(&t);
     open_sorted(&t, dir, ZONE, 1);
-    assert_int_equal(t.sh->table_first, first);
+    assert_int_equal(t.sh->runs.run[t.sh->runs.n - 1].first, first);
     check(&t, round, n);
 
     /* a MERGE naming outputs TABLES does not name: they go */
@@ -357,8 +371,8 @@ test_sorted_beyond_memory(void **state)
 
     kv_stats(&t.s, &st);
     print_message("%u keys in a 256 KiB index: %u merges, %" PRIu64
-                  " keys in sorted segments, %" PRIu64 " in the index\n", n,
-                  merges, st.table_keys, st.keys);
+                  " keys in %u runs of sorted segments, %" PRIu64 " in the "
+                  "index\n", n, merges, st.table_keys, st.runs, st.keys);
     assert_true(merges > 2);
     assert_int_equal(st.table_keys + st.keys, n);
     check(&t, round, n);
