@@ -163,9 +163,11 @@ int kv_frame_peek(const uint8_t *frame, size_t avail, kv_peek_t *pk);
 static inline int
 kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
-    int  c;
+    int     c;
+    size_t  n;
 
-    c = memcmp(a, b, alen < blen ? alen : blen);
+    n = alen < blen ? alen : blen;
+    c = n ? memcmp(a, b, n) : 0;
 
     if (c != 0) {
         return c;

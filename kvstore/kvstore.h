@@ -521,6 +521,13 @@ int kv_iter_next(kv_iter_t *it, const uint8_t **key, size_t *klen,
 /* 1 if keys of the range sort after the page's last */
 int kv_iter_more(const kv_iter_t *it);
 
+/*
+ * With more: the key the next page starts after (its cursor), valid until
+ * kv_iter_close(); KV_NOTFOUND if there is no next page.  In index=sorted
+ * a page may hold fewer than limit keys and still have a next page.
+ */
+int kv_iter_resume(const kv_iter_t *it, const uint8_t **key, size_t *klen);
+
 void kv_iter_close(kv_iter_t *it);
 
 
