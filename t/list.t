@@ -122,7 +122,7 @@ Content-Type: application/octet-stream
 [201, 201, 200, 200]
 --- response_body eval
 ["", "",
- '{"keys":["a","b"],"values":[{"base64":"aGVsbG8=","etag":"\"1\""},{"size":5000,"etag":"\"2\""}]}',
+ '{"keys":["a","b"],"values":[{"value_base64":"aGVsbG8=","etag":"\"1\""},{"size":5000,"etag":"\"2\""}]}',
  ::page("a", "b")]
 
 
@@ -141,7 +141,7 @@ Content-Type: application/json
 --- error_code eval
 [201, 200]
 --- response_body eval
-["", '{"keys":["j"],"values":[{"json":{"n":[1,true,null],"s":"é"},"etag":"\"1\""}]}']
+["", '{"keys":["j"],"values":[{"value":{"n":[1,true,null],"s":"é"},"etag":"\"1\""}]}']
 
 
 
