@@ -1059,6 +1059,7 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
 
     sub = cJSON_AddObjectToObject(obj, "sorted_segments");
     cJSON_AddNumberToObject(sub, "count", st.tables);
+    cJSON_AddNumberToObject(sub, "runs", st.runs);
     cJSON_AddNumberToObject(sub, "keys", st.table_keys);
     cJSON_AddNumberToObject(sub, "bytes", st.table_bytes);
     cJSON_AddNumberToObject(sub, "table_file_bytes", st.table_index_bytes);
