@@ -410,7 +410,7 @@ int kv_filter_may_contain(const uint8_t *filter, size_t size, uint64_t h);
 
 
 /* kv_table.c: a sorted segment's table file, mapped */
-#define KV_TABLE_BLOCK  4096
+#define KV_TABLE_BLOCK  8192
 
 typedef struct kv_table_s {
     uint32_t        id;
