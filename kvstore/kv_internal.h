@@ -444,6 +444,13 @@ int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t);
 void kv_table_close(kv_table_t *t);
 
 /*
+ * Everything kv_table_open() trusts, on len bytes at map: 0, or -1 with
+ * the reason in why.  Pure: fuzz/table.c calls it on a heap buffer.
+ */
+int kv_table_check(const uint8_t *map, size_t len, uint32_t id, char *why,
+    size_t n);
+
+/*
  * Finds key in the table: KV_OK with loc and pk (the record's fields, a
  * tombstone too: the caller decides), KV_NOTFOUND, KV_EIO, KV_ECORRUPT.
  * Lock-free: a table never changes once written.
@@ -484,6 +491,9 @@ int kv_table_iter_next(kv_table_iter_t *it);
  * an expired record too).
  */
 int kv_level_save(kv_store_t *s, const kv_runs_t *runs, uint32_t floor);
+
+/* TABLES' text (NUL-terminated): 0, or -1 if malformed.  Pure, fuzzed. */
+int kv_level_parse(const char *text, kv_runs_t *runs, uint32_t *floor);
 int kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor);
 int kv_level_has(const kv_runs_t *runs, uint32_t id);
 int kv_level_open(kv_store_t *s, const kv_runs_t *runs);

@@ -65,11 +65,10 @@ kv_level_save(kv_store_t *s, const kv_runs_t *runs, uint32_t floor)
 int
 kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor)
 {
-    int        rc, fd, n;
-    char       path[PATH_MAX], text[33 + KV_RUNS_MAX * KV_RUN_LINE], *p;
+    int        rc, fd;
+    char       path[PATH_MAX], text[33 + KV_RUNS_MAX * KV_RUN_LINE];
     ssize_t    len;
     uint64_t   size;
-    uint32_t   first, last, prev;
 
     memset(runs, 0, sizeof(kv_runs_t));
 
@@ -89,19 +88,42 @@ kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor)
     }
 
     text[len] = '\0';
+
+    if (kv_level_parse(text, runs, floor) != 0) {
+        kv_log(s->host, KV_LOG_ERR, 0, "\"%s\" is damaged: \"%.60s\"", path,
+               text);
+        return KV_ECORRUPT;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_level_parse(const char *text, kv_runs_t *runs, uint32_t *floor)
+{
+    int          n;
+    uint32_t     first, last, prev;
+    const char  *p;
+
+    memset(runs, 0, sizeof(kv_runs_t));
     prev = 0;
 
-    if (sscanf(text, "floor %u\n%n", floor, &n) != 1 || text[n - 1] != '\n') {
-        goto bad;
+    if (sscanf(text, "floor %u\n%n", floor, &n) != 1 || n == 0
+        || text[n - 1] != '\n')
+    {
+        return -1;
     }
 
     for (p = text + n; *p != '\0'; p += n) {
+        n = 0;
+
         if (runs->n == KV_RUNS_MAX
             || sscanf(p, "run %u %u\n%n", &first, &last, &n) != 2
-            || p[n - 1] != '\n' || first == 0 || first > last
+            || n == 0 || p[n - 1] != '\n' || first == 0 || first > last
             || first <= prev)
         {
-            goto bad;
+            return -1;
         }
 
         runs->run[runs->n].first = first;
@@ -110,14 +132,7 @@ kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor)
         prev = last;
     }
 
-    return KV_OK;
-
-bad:
-
-    kv_log(s->host, KV_LOG_ERR, 0, "\"%s\" is damaged: \"%.60s\"", path,
-           text);
-
-    return KV_ECORRUPT;
+    return 0;
 }
 
 

@@ -74,8 +74,6 @@ typedef struct {
 static int kv_table_scan(void *ctx, const kv_record_t *rec, uint64_t off,
     uint32_t flen);
 static int kv_table_grow(void **p, size_t *cap, size_t need, size_t size);
-static int kv_table_check(const uint8_t *map, size_t len, uint32_t id,
-    char *why, size_t n);
 
 
 void
@@ -348,11 +346,7 @@ bad:
 }
 
 
-/*
- * Everything kv_table_open() trusts, on len bytes at map: 0, or -1 with
- * the reason in why.  Pure, for fuzz/table.c.
- */
-static int
+int
 kv_table_check(const uint8_t *map, size_t len, uint32_t id, char *why,
     size_t n)
 {
