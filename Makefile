@@ -391,6 +391,12 @@ $(BUILD)/bench/startup: bench/startup.c $(KV_SRCS) $(KV_HDRS) \
 	$(CC) $(BENCH_CFLAGS) -o $@ bench/startup.c $(KV_SRCS) \
 	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash -lpthread
 
+$(BUILD)/bench/sorted: bench/sorted.c $(KV_SRCS) $(KV_HDRS) \
+                       $(BUILD)/unit/proto/kv.pb-c.c
+	mkdir -p $(BUILD)/bench
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/sorted.c $(KV_SRCS) \
+	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash -lpthread
+
 bench: build $(BUILD)/bench/startup
 	@mkdir -p bench/out; set -o pipefail; rc=0; { \
 	    $(BUILD)/bench/startup $(BENCH_KEYS) || rc=1; \

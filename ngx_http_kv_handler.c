@@ -1068,6 +1068,7 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     cJSON_AddBoolToObject(sub, "running", st.compacting);
     cJSON_AddNumberToObject(sub, "runs", st.compactions);
     cJSON_AddNumberToObject(sub, "reclaimed_bytes", st.reclaimed_bytes);
+    cJSON_AddNumberToObject(sub, "written_bytes", st.compacted_bytes);
 
     sub = cJSON_AddObjectToObject(obj, "recovery");
     cJSON_AddNumberToObject(sub, "ms", st.recovery_ms);

@@ -42,7 +42,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     memcpy(map, data, size);
 
-    if (size >= 48) {
+    if (size >= 56) {
         kv_put_le(map + 8, 1, 4);
         kv_put_le(map + size - 8, XXH3_64bits(map, size - 8), 8);
     }
@@ -50,7 +50,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (kv_table_check(map, size, 1, why, sizeof(why)) == 0) {
         nblocks = kv_get_le32(map + 12);
         filter_len = kv_get_le32(map + 32);
-        keys = map + 40 + (size_t) nblocks * 16;
+        keys = map + 48 + (size_t) nblocks * 16;
         filter = keys + kv_get_le32(map + 36);
 
         if (filter + filter_len > map + size || filter_len % 64 != 0) {
@@ -58,7 +58,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
 
         for (i = 0; i < nblocks; i++) {
-            e = map + 40 + (size_t) i * 16;
+            e = map + 48 + (size_t) i * 16;
             klen = (size_t) e[12] | (size_t) e[13] << 8;
 
             (void) kv_filter_may_contain(filter, filter_len,

@@ -1836,6 +1836,7 @@ kv_compact(kv_store_t *s)
         sh->stats.dead_bytes -= sh->stats.dead_bytes < reclaimed
                                 ? sh->stats.dead_bytes : reclaimed;
         sh->stats.reclaimed_bytes += reclaimed;
+        sh->stats.compacted_bytes += c->out_bytes;
         sh->stats.compactions++;
         s->host->unlock(s->host->ctx);
 

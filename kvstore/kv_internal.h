@@ -410,7 +410,8 @@ int kv_filter_may_contain(const uint8_t *filter, size_t size, uint64_t h);
 
 
 /* kv_table.c: a sorted segment's table file, mapped */
-#define KV_TABLE_BLOCK  8192
+#define KV_TABLE_BLOCK      8192
+#define KV_TABLE_BLOCK_MAX  16384     /* what a reader accepts */
 
 typedef struct kv_table_s {
     uint32_t        id;
@@ -424,6 +425,7 @@ typedef struct kv_table_s {
     const uint8_t  *keys;
     const uint8_t  *filter;
     size_t          filter_len;
+    uint32_t        block;         /* the block size it was written with */
 } kv_table_t;
 
 void kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX]);

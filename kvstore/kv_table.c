@@ -8,9 +8,9 @@
  * what finds a key in it without an index entry per key (all integers
  * little-endian):
  *
- *   header   u32 magic "KSST", u32 version (1), u32 segment id,
+ *   header   u32 magic "KSST", u32 version (2), u32 segment id,
  *            u32 number of blocks, u64 number of keys, u64 segment size,
- *            u32 filter bytes, u32 key bytes
+ *            u32 filter bytes, u32 key bytes, u32 block size, u32 zero
  *   blocks   per block: u64 offset of its first frame, u32 offset of its
  *            first key in the keys part, u16 that key's length, u16 zero
  *   keys     the blocks' first keys, back to back
@@ -19,9 +19,10 @@
  *
  * A block is the run of frames from one block offset to the next (or to
  * the end): a new block begins at the first frame that starts
- * KV_TABLE_BLOCK bytes or more after the block's first, so every frame of
- * a block starts within its first KV_TABLE_BLOCK bytes, and one read of
- * KV_TABLE_BLOCK + KV_FRAME_PEEK(key) bytes finds any key in it.  A lookup
+ * the block size (KV_TABLE_BLOCK when written, recorded so that a reader
+ * built with another still reads it) or more after the block's first, so
+ * every frame of a block starts within its first block-size bytes, and
+ * one read of that and KV_FRAME_PEEK(key) bytes finds any key in it.  A lookup
  * is: the filter (one cache line), a binary search of the blocks, one
  * pread.
  *
@@ -47,8 +48,8 @@
 
 
 #define KV_TABLE_MAGIC    0x5453534bu    /* "KSST" */
-#define KV_TABLE_VERSION  1
-#define KV_TABLE_HEADER   40
+#define KV_TABLE_VERSION  2
+#define KV_TABLE_HEADER   48
 #define KV_TABLE_ENTRY    16
 #define KV_TABLE_TRAILER  8
 
@@ -131,6 +132,8 @@ kv_table_build(kv_store_t *s, uint32_t id)
     p = kv_put_le(p, size, 8);
     p = kv_put_le(p, filter_len, 4);
     p = kv_put_le(p, b.keys_len, 4);
+    p = kv_put_le(p, KV_TABLE_BLOCK, 4);
+    p = kv_put_le(p, 0, 4);
 
     if (b.nblocks) {
         memcpy(p, b.blocks, (size_t) b.nblocks * KV_TABLE_ENTRY);
@@ -313,6 +316,7 @@ kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t)
     t->blocks = t->map + KV_TABLE_HEADER;
     t->keys = t->blocks + (size_t) t->nblocks * KV_TABLE_ENTRY;
     t->filter = t->keys + kv_get_le32(t->map + 36);
+    t->block = kv_get_le32(t->map + 40);
 
     kv_segment_path(s, id, path);
 
@@ -378,6 +382,13 @@ kv_table_check(const uint8_t *map, size_t len, uint32_t id, char *why,
     nblocks = kv_get_le32(map + 12);
     filter_len = kv_get_le32(map + 32);
     keys_len = kv_get_le32(map + 36);
+
+    if (kv_get_le32(map + 40) < 512
+        || kv_get_le32(map + 40) > KV_TABLE_BLOCK_MAX)
+    {
+        snprintf(why, n, "a block size of %u bytes", kv_get_le32(map + 40));
+        return -1;
+    }
 
     body = (uint64_t) nblocks * KV_TABLE_ENTRY + keys_len + filter_len;
 
@@ -482,7 +493,7 @@ kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
     ssize_t         n;
     int64_t         b;
     uint64_t        start, end, base;
-    uint8_t         buf[KV_TABLE_BLOCK + KV_FRAME_PEEK(KV_MAX_KEY_LIMIT)];
+    uint8_t         buf[KV_TABLE_BLOCK_MAX + KV_FRAME_PEEK(KV_MAX_KEY_LIMIT)];
 
     if (t->nkeys == 0
         || !kv_filter_may_contain(t->filter, t->filter_len,
@@ -501,12 +512,12 @@ kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
           ? kv_table_block(t, (uint32_t) b + 1, NULL, NULL) : t->size;
 
     /*
-     * Every frame of the block starts in its first KV_TABLE_BLOCK bytes:
+     * Every frame of the block starts in its first t->block bytes:
      * read those and the first bytes of a frame with a key like ours; a
      * frame with a longer key is read again from where it starts.
      */
 
-    want = KV_TABLE_BLOCK + KV_FRAME_PEEK(klen);
+    want = t->block + KV_FRAME_PEEK(klen);
     base = start;
     got = 0;
 
@@ -559,7 +570,7 @@ kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
             return KV_OK;
         }
 
-        if (pos + pk->flen >= KV_TABLE_BLOCK) {
+        if (pos + pk->flen >= t->block) {
             break;
         }
     }

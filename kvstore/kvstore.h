@@ -215,6 +215,7 @@ typedef struct {
     uint64_t  fsyncs;          /* kv_sync() flushes */
     uint64_t  compactions;     /* completed */
     uint64_t  reclaimed_bytes; /* by compactions */
+    uint64_t  compacted_bytes; /* written by compactions (and merges) */
     uint64_t  recovery_ms;     /* duration of the last recovery */
     uint64_t  expired;         /* keys dropped because their time ran out */
     uint64_t  expiring;        /* keys that have an expiry time */
