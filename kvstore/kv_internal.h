@@ -10,13 +10,13 @@
  *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
  *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
  *   kv_index.c    the hash index in host memory, replaying a record into it
- *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
- *   kv_iter.c     listing keys in order
  *   kv_filter.c   the Bloom filter of a sorted segment
  *   kv_table.c    sorted segments: their table file (sparse index and
- *                 filter), building it, finding a key
+ *                 filter), building it, finding a key, reading in order
  *   kv_level.c    index=sorted: which sorted segments exist, lookups in
  *                 them, the TABLES file
+ *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
+ *   kv_iter.c     listing keys in order
  *   kv_hint.c     hint files: write and load
  *   kv_compact.c  compaction and the cleanup of an interrupted one
  *   kv_recover.c  opening a store: lock, cleanup, replay
