@@ -158,7 +158,7 @@ FUZZ_CFLAGS     := -std=c11 -g -O1 -Wall -Wextra -Werror \
                    -fsanitize=fuzzer,address,undefined \
                    -fno-sanitize-recover=all -I. -Ikvstore \
                    -I$(BUILD)/unit/proto
-FUZZ_ENGINE     := frame hint
+FUZZ_ENGINE     := frame hint table
 FUZZ_HTTP       := key json ttl etag cursor
 FUZZ_TARGETS    := $(FUZZ_ENGINE) $(FUZZ_HTTP)
 FUZZ_BINS       := $(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_TARGETS))
@@ -389,6 +389,12 @@ $(BUILD)/bench/startup: bench/startup.c $(KV_SRCS) $(KV_HDRS) \
                         $(BUILD)/unit/proto/kv.pb-c.c
 	mkdir -p $(BUILD)/bench
 	$(CC) $(BENCH_CFLAGS) -o $@ bench/startup.c $(KV_SRCS) \
+	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash -lpthread
+
+$(BUILD)/bench/sorted: bench/sorted.c $(KV_SRCS) $(KV_HDRS) \
+                       $(BUILD)/unit/proto/kv.pb-c.c
+	mkdir -p $(BUILD)/bench
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/sorted.c $(KV_SRCS) \
 	    $(BUILD)/unit/proto/kv.pb-c.c -lprotobuf-c -lxxhash -lpthread
 
 bench: build $(BUILD)/bench/startup

@@ -451,6 +451,16 @@ ngx_http_kv_written(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 
     rc = kv_write(&zone->store, key->data, key->len, w);
 
+    if (rc == KV_ENOMEM && zone->sorted) {
+        /* a merge moves the index's keys into sorted segments */
+        (void) ngx_http_kv_start_compaction(zone, 0);
+
+        return ngx_http_kv_send_error(r, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                      "the index memory is full until a "
+                                      "merge moves keys to sorted "
+                                      "segments; retry");
+    }
+
     if (rc == KV_EPRECOND) {
         return ngx_http_kv_send_error(r, NGX_HTTP_PRECONDITION_FAILED,
                                       "the key's ETag does not satisfy "
@@ -459,6 +469,10 @@ ngx_http_kv_written(ngx_http_request_t *r, ngx_http_kv_zone_t *zone,
 
     if (rc != KV_OK) {
         return ngx_http_kv_store_error(r, rc);
+    }
+
+    if (w->merge_due) {
+        (void) ngx_http_kv_start_compaction(zone, 0);
     }
 
     if (ngx_http_kv_set_etag(r, w->seq) != NGX_OK
@@ -1019,7 +1033,7 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
 
     cJSON_AddStringToObject(obj, "zone", (char *) name);
     cJSON_AddBoolToObject(obj, "open", st.open);
-    cJSON_AddNumberToObject(obj, "keys", st.keys);
+    cJSON_AddNumberToObject(obj, "keys", st.keys + st.table_keys);
     cJSON_AddNumberToObject(obj, "live_bytes", st.live_bytes);
     cJSON_AddNumberToObject(obj, "dead_bytes", st.dead_bytes);
     cJSON_AddNumberToObject(obj, "segments", st.segments);
@@ -1039,11 +1053,22 @@ ngx_http_kv_status_handler(ngx_http_request_t *r)
     cJSON_AddNumberToObject(sub, "used_bytes",
                             zone->shm_zone->shm.size - free_bytes);
     cJSON_AddNumberToObject(sub, "free_bytes", free_bytes);
+    cJSON_AddStringToObject(sub, "mode", zone->sorted ? "sorted" : "hash");
+    cJSON_AddNumberToObject(sub, "keys", st.keys);
+    cJSON_AddNumberToObject(sub, "masks", st.masks);
+
+    sub = cJSON_AddObjectToObject(obj, "sorted_segments");
+    cJSON_AddNumberToObject(sub, "count", st.tables);
+    cJSON_AddNumberToObject(sub, "runs", st.runs);
+    cJSON_AddNumberToObject(sub, "keys", st.table_keys);
+    cJSON_AddNumberToObject(sub, "bytes", st.table_bytes);
+    cJSON_AddNumberToObject(sub, "table_file_bytes", st.table_index_bytes);
 
     sub = cJSON_AddObjectToObject(obj, "compaction");
     cJSON_AddBoolToObject(sub, "running", st.compacting);
     cJSON_AddNumberToObject(sub, "runs", st.compactions);
     cJSON_AddNumberToObject(sub, "reclaimed_bytes", st.reclaimed_bytes);
+    cJSON_AddNumberToObject(sub, "written_bytes", st.compacted_bytes);
 
     sub = cJSON_AddObjectToObject(obj, "recovery");
     cJSON_AddNumberToObject(sub, "ms", st.recovery_ms);

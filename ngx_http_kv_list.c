@@ -204,16 +204,13 @@ ngx_http_kv_list_send(ngx_http_kv_list_ctx_t *ctx)
 
     cursor.len = 0;
 
-    if (kv_iter_more(ctx->it)) {
-        cursor.data = ngx_pnalloc(r->pool,
-                                  kv_http_cursor_len(items[n - 1].key.len));
+    if (kv_iter_resume(ctx->it, &key, &klen) == KV_OK) {
+        cursor.data = ngx_pnalloc(r->pool, kv_http_cursor_len(klen));
         if (cursor.data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        cursor.len = kv_http_encode_cursor(items[n - 1].key.data,
-                                           items[n - 1].key.len,
-                                           cursor.data);
+        cursor.len = kv_http_encode_cursor(key, klen, cursor.data);
     }
 
     return ngx_http_kv_send_object(r, NGX_HTTP_OK,

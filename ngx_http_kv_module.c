@@ -288,6 +288,7 @@ ngx_http_kv_postconfiguration(ngx_conf_t *cf)
  * kv_zone zone=NAME:SIZE path=DIR [max_key=SIZE] [max_value=SIZE]
  *         [segment_size=SIZE] [fsync=off|interval:TIME|always]
  *         [compact_ratio=PERCENT] [compact_dead=SIZE] [default_ttl=TIME]
+ *         [index=hash|sorted]
  */
 
 static char *
@@ -399,6 +400,24 @@ ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         } else if (ngx_strncmp(value[i].data, "fsync=", 6) == 0) {
             rv = ngx_http_kv_zone_fsync(cf, &value[i], ctx);
+
+        } else if (value[i].len == 10
+                   && ngx_strncmp(value[i].data, "index=hash", 10) == 0)
+        {
+            ctx->sorted = 0;
+            continue;
+
+        } else if (value[i].len == 12
+                   && ngx_strncmp(value[i].data, "index=sorted", 12) == 0)
+        {
+            ctx->sorted = 1;
+            continue;
+
+        } else if (ngx_strncmp(value[i].data, "index=", 6) == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\", it must be \"index=hash\" "
+                               "or \"index=sorted\"", &value[i]);
+            return NGX_CONF_ERROR;
 
         } else if (ngx_strncmp(value[i].data, "default_ttl=", 12) == 0) {
             s.data = value[i].data + 12;
@@ -707,6 +726,18 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             return NGX_ERROR;
         }
 
+        /* the workers of both generations must look keys up alike */
+
+        if (octx->sorted != ctx->sorted) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "kv_zone \"%V\" cannot change its index from "
+                          "\"%s\" to \"%s\" on reload, restart nginx "
+                          "instead", &ctx->name,
+                          octx->sorted ? "sorted" : "hash",
+                          ctx->sorted ? "sorted" : "hash");
+            return NGX_ERROR;
+        }
+
         /*
          * A reload may bring a new build of the module (a package
          * upgrade replaces the .so): it must not read a zone laid out by
@@ -881,6 +912,7 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.compact_dead_pct = ctx->compact_ratio;
         conf.compact_dead_bytes = ctx->compact_dead;
         conf.read_only = 0;
+        conf.sorted = ctx->sorted;
 
         /* the master usually runs as root, the workers as "user" */
 

@@ -90,6 +90,7 @@ struct ngx_http_kv_zone_s {
     ngx_uint_t               compact_ratio;
     size_t                   compact_dead;
     time_t                   default_ttl; /* seconds, 0: none */
+    ngx_uint_t               sorted;      /* index=sorted */
     ngx_shm_zone_t          *shm_zone;
     ngx_slab_pool_t         *shpool;
     ngx_http_kv_shctx_t     *shctx;

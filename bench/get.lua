@@ -2,11 +2,12 @@
 --
 --   wrk -t2 -c64 -d10s -s bench/get.lua http://127.0.0.1:PORT/db/ -- ARGS
 --
--- GETs a random key of [0, keys), named as kv.lua names them ("k" and the
--- key's number, zero-padded to klen bytes).  ARGS: keys=N (1000000),
--- klen=N (8).  wrk counts answers other than 2xx and 3xx ("Non-2xx").
+-- GETs a random key of [from, from + keys), named as kv.lua names them
+-- ("k" and the key's number, zero-padded to klen bytes).  ARGS: keys=N
+-- (1000000), klen=N (8), from=N (0).  wrk counts answers other than 2xx
+-- and 3xx ("Non-2xx").
 
-local cfg = { keys = 1000000, klen = 8 }
+local cfg = { keys = 1000000, klen = 8, from = 0 }
 local keyfmt
 
 function init(args)
@@ -21,5 +22,6 @@ end
 
 function request()
   return wrk.format("GET", string.format(keyfmt,
-                                         math.random(0, cfg.keys - 1)))
+                                         cfg.from
+                                         + math.random(0, cfg.keys - 1)))
 end

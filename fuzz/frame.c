@@ -6,7 +6,9 @@
  * A record that decodes must encode again into a frame that verifies and
  * decodes to the same record.  kv_frame_verify_pieces(), which checks a
  * frame sent from its file, must agree with kv_frame_verify() on every
- * input.
+ * input.  kv_frame_peek(), which sorted segments read keys with, meets the
+ * input as it is, and must read from a re-encoded frame, whole or cut to
+ * KV_FRAME_PEEK() bytes, what kv_record_decode() reads.
  */
 
 #define _GNU_SOURCE
@@ -18,6 +20,8 @@
 
 
 static void kv_fuzz_same(const kv_record_t *a, const kv_record_t *b);
+static void kv_fuzz_peek(const kv_record_t *rec, const uint8_t *frame,
+    size_t flen, size_t avail);
 static int kv_fuzz_read(void *ctx, uint8_t *buf, size_t len, uint64_t off);
 
 
@@ -29,6 +33,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t            *flat;
     uint64_t            seq;
+    kv_peek_t           pk;
     kv_record_t         rec, again;
     static kv_frame_t   f;
 
@@ -39,6 +44,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     (void) kv_frame_seq(data, size, &seq);
+    (void) kv_frame_peek(data, size, &pk);
 
     if (size <= KV_FRAME_HEADER
         || kv_record_decode(&rec, data + KV_FRAME_HEADER,
@@ -80,6 +86,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
+    /* the store writes no record without a seq or a key */
+    if (rec.seq != 0 && rec.klen != 0) {
+        kv_fuzz_peek(&rec, flat, f.flen, f.flen);
+        kv_fuzz_peek(&rec, flat, f.flen, KV_FRAME_PEEK(rec.klen));
+    }
+
     kv_record_free(&again);
     kv_record_free(&rec);
     free(flat);
@@ -109,4 +121,36 @@ kv_fuzz_read(void *ctx, uint8_t *buf, size_t len, uint64_t off)
     memcpy(buf, (const uint8_t *) ctx + off, len);
 
     return KV_OK;
+}
+
+
+/* kv_frame_peek() of avail bytes of a frame of rec reads rec's fields */
+static void
+kv_fuzz_peek(const kv_record_t *rec, const uint8_t *frame, size_t flen,
+    size_t avail)
+{
+    uint8_t    *copy;
+    kv_peek_t   pk;
+
+    avail = avail < flen ? avail : flen;
+
+    /* a heap copy of exactly avail bytes: ASan sees a read past them */
+    copy = malloc(avail);
+    if (copy == NULL) {
+        abort();
+    }
+
+    memcpy(copy, frame, avail);
+
+    if (kv_frame_peek(copy, avail, &pk) != 0
+        || pk.flen != flen || pk.seq != rec->seq || pk.klen != rec->klen
+        || memcmp(pk.key, rec->key, rec->klen) != 0
+        || pk.vlen != rec->vlen || pk.type != rec->type
+        || pk.tombstone != rec->tombstone
+        || pk.expires_at_ms != rec->expires_at_ms)
+    {
+        abort();
+    }
+
+    free(copy);
 }

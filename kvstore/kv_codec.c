@@ -289,3 +289,136 @@ kv_frame_seq(const uint8_t *frame, size_t len, uint64_t *seq)
 
     return KV_ECORRUPT;
 }
+
+
+/* a varint at *p (before end): 0, -1 if malformed, 1 if it runs past end */
+static int
+kv_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    int  shift;
+
+    *v = 0;
+
+    for (shift = 0; shift < 64; shift += 7) {
+        if (*p == end) {
+            return 1;
+        }
+
+        *v |= (uint64_t) (**p & 0x7f) << shift;
+
+        if ((*(*p)++ & 0x80) == 0) {
+            return 0;
+        }
+    }
+
+    return -1;
+}
+
+
+int
+kv_frame_peek(const uint8_t *frame, size_t avail, kv_peek_t *pk)
+{
+    int             rc;
+    uint64_t        v, plen;
+    const uint8_t  *p, *end, *pend;
+
+    if (avail < KV_FRAME_HEADER) {
+        return 1;
+    }
+
+    plen = kv_get_le32(frame);
+    if (plen == 0 || KV_FRAME_HEADER + plen > KV_FRAME_MAX) {
+        return -1;
+    }
+
+    memset(pk, 0, sizeof(kv_peek_t));
+    pk->flen = (uint32_t) (KV_FRAME_HEADER + plen);
+
+    p = frame + KV_FRAME_HEADER;
+    pend = frame + pk->flen;
+    end = avail < pk->flen ? frame + avail : pend;
+
+    /* protobuf-c writes fields in number order: 1, 2, then 3-5, then 15 */
+
+    if (p == end) {
+        return 1;
+    }
+
+    if (*p++ != 0x08) {
+        return -1;
+    }
+
+    rc = kv_varint(&p, end, &pk->seq);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (p == end) {
+        return p == pend ? -1 : 1;
+    }
+
+    if (*p++ != 0x12) {
+        return -1;
+    }
+
+    rc = kv_varint(&p, end, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (v == 0 || v > KV_MAX_KEY_LIMIT || v > (uint64_t) (pend - p)) {
+        return -1;
+    }
+
+    if (v > (uint64_t) (end - p)) {
+        return 1;
+    }
+
+    pk->key = p;
+    pk->klen = (size_t) v;
+    p += v;
+
+    while (p < pend) {
+        if (p == end) {
+            return 1;
+        }
+
+        switch (*p++) {
+
+        case 0x18:
+            rc = kv_varint(&p, end, &v);
+            pk->tombstone = (v != 0);
+            break;
+
+        case 0x20:
+            rc = kv_varint(&p, end, &v);
+            if (rc == 0 && v > KV_TYPE_JSON) {
+                return -1;
+            }
+            pk->type = (unsigned) v;
+            break;
+
+        case 0x28:
+            rc = kv_varint(&p, end, &pk->expires_at_ms);
+            break;
+
+        case 0x7a:
+            rc = kv_varint(&p, end, &v);
+            if (rc == 0 && v != (uint64_t) (pend - p)) {
+                return -1;
+            }
+            pk->vlen = (uint32_t) v;
+            p = pend;
+            break;
+
+        default:
+            return -1;
+        }
+
+        if (rc != 0) {
+            return rc == 1 && p == pend ? -1 : rc;
+        }
+    }
+
+    return p == pend ? 0 : -1;
+}

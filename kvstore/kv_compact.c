@@ -111,6 +111,16 @@ typedef struct {
 } kv_swap_t;
 
 
+/* index=sorted: an index entry of an input, at the merge's start */
+typedef struct {
+    uint64_t          key;               /* offset in index_keys */
+    uint64_t          loc;
+    uint32_t          flen;
+    uint16_t          klen;
+    uint8_t           dead;              /* a mask, or expired */
+} kv_merge_entry_t;
+
+
 typedef struct {
     kv_store_t       *s;
 
@@ -148,6 +158,27 @@ typedef struct {
     size_t            nbatch;
     uint8_t          *keys;              /* KV_SWAP_KEYS bytes */
     size_t            keys_len;
+
+    /* index=sorted */
+    kv_merge_entry_t *index;             /* the entries of the inputs,
+                                            by key */
+    size_t            nindex;
+    size_t            index_cap;
+    uint8_t          *index_keys;
+    size_t            index_keys_len;
+    size_t            index_keys_cap;
+    int              *in_fds;            /* per input, opened lazily */
+    uint8_t          *merge_key;         /* the key being merged */
+    uint64_t          kept_keys;         /* in the runs not merged */
+    uint64_t          kept_index_bytes;
+    kv_runs_t         next_runs;         /* the runs once committed */
+    kv_runs_t         runs;              /* the runs at the start */
+    uint32_t          merge_from;        /* runs [merge_from, n) are
+                                            inputs; 0: all, so tombstones
+                                            go */
+    uint64_t          table_keys;        /* in the outputs */
+    uint64_t          table_index_bytes;
+    size_t            masks;             /* masks dropped */
 } kv_compact_t;
 
 
@@ -177,8 +208,8 @@ kv_compact_unlink(kv_store_t *s, const char *path)
 
 
 /*
- * Unlinks a segment and its hint, the hint first: a hint never outlives
- * its segment.  Returns what unlinking the segment did.
+ * Unlinks a segment, its hint and its table file, those first: neither
+ * outlives its segment.  Returns what unlinking the segment did.
  */
 static int
 kv_compact_drop(kv_store_t *s, uint32_t id)
@@ -186,6 +217,12 @@ kv_compact_drop(kv_store_t *s, uint32_t id)
     char  path[PATH_MAX];
 
     kv_hint_path(s, id, "", path);
+
+    if (kv_compact_unlink(s, path) == KV_EIO) {
+        return KV_EIO;
+    }
+
+    kv_table_path(s, id, path);
 
     if (kv_compact_unlink(s, path) == KV_EIO) {
         return KV_EIO;
@@ -213,6 +250,11 @@ kv_compact_count(kv_store_t *s, uint64_t created, uint64_t deleted)
 
 
 /* Creates path; unlike kv_create_file(), logs an existing file too. */
+static int kv_merge_drop_floor(kv_store_t *s);
+static void kv_merge_choose(kv_compact_t *c);
+static int kv_merge_takes(kv_compact_t *c, uint32_t id);
+
+
 static int
 kv_compact_create(kv_store_t *s, const char *path)
 {
@@ -278,13 +320,22 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
 {
     int       rc;
     char      path[PATH_MAX];
-    uint32_t  first, last, id;
+    uint32_t   first, last, id, floor;
+    kv_runs_t  runs;
 
     *removed = 0;
 
     rc = kv_merge_outputs(s, &first, &last);
     if (rc != KV_OK) {
         return rc;
+    }
+
+    /*
+     * A sorted merge commits by writing TABLES, which then names its
+     * outputs (or, with none, its floor): they stay, only MERGE goes.
+     */
+    if (kv_level_load(s, &runs, &floor) == KV_OK && floor == first) {
+        first = last + 1;
     }
 
     for (id = first; id <= last; id++) {
@@ -311,7 +362,7 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
         rc = kv_flush(s, -1, s->conf.dir);
     }
 
-    if (rc == KV_OK) {
+    if (rc == KV_OK && first <= last) {
         kv_log(s->host, level, 0, "removed the outputs of an "
                "interrupted compaction in \"%s\" (segments %u to %u, %"
                PRIu64 " files)", s->conf.dir, first, last, *removed);
@@ -374,7 +425,66 @@ kv_compact_cleanup(kv_store_t *s)
         rc = kv_flush(s, -1, s->conf.dir);
     }
 
+    if (rc == KV_OK && s->conf.sorted) {
+        rc = kv_merge_drop_floor(s);
+    }
+
     return rc;
+}
+
+
+/*
+ * index=sorted: the inputs of the last sorted merge that a crash left
+ * behind (ids below the floor TABLES records) go, oldest first, as the
+ * merge would have deleted them.
+ */
+static int
+kv_merge_drop_floor(kv_store_t *s)
+{
+    int        rc;
+    size_t     i, n;
+    uint32_t  *ids, floor, dropped;
+    kv_runs_t  runs;
+
+    rc = kv_level_load(s, &runs, &floor);
+    if (rc != KV_OK) {
+        return rc == KV_EIO ? rc : KV_OK;
+    }
+
+    rc = kv_list_segments(s, &ids, &n);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    dropped = 0;
+
+    for (i = 0; i < n && ids[i] < floor; i++) {
+        if (kv_level_has(&runs, ids[i])) {
+            continue;
+        }
+
+        rc = kv_compact_drop(s, ids[i]);
+        if (rc == KV_EIO) {
+            break;
+        }
+
+        rc = kv_flush(s, -1, s->conf.dir);
+        if (rc != KV_OK) {
+            break;
+        }
+
+        dropped++;
+    }
+
+    free(ids);
+
+    if (dropped) {
+        kv_log(s->host, KV_LOG_WARN, 0, "removed %u segments of \"%s\" below "
+               "%u, inputs of a merge that had committed", dropped,
+               s->conf.dir, floor);
+    }
+
+    return rc == KV_NOTFOUND ? KV_OK : rc;
 }
 
 
@@ -398,7 +508,8 @@ kv_compact_due(kv_store_t *s)
           && (sh->compact_owed
               || dead >= conf->compact_dead_bytes
               || (dead >= conf->segment_size
-                  && dead * 100 >= conf->compact_dead_pct * (live + dead)));
+                  && dead * 100 >= conf->compact_dead_pct * (live + dead))
+              || (conf->sorted && kv_index_crowded(sh)));
 
     s->host->unlock(s->host->ctx);
 
@@ -493,6 +604,68 @@ kv_compact_cancelled(kv_compact_t *c)
 
 
 /*
+ * index=sorted, with the lock held: which runs the merge takes besides
+ * the log segments the index points into.  The newest runs go in while
+ * the next older one is at most twice what is merged so far: run sizes
+ * then grow geometrically, and a record is rewritten a logarithmic number
+ * of times (size-tiered merging).  All of them when an operator asked for
+ * a compaction (to reclaim space: tombstones go only then), or when the
+ * runs would be too many.  The segments of the runs kept are not inputs.
+ */
+static void
+kv_merge_choose(kv_compact_t *c)
+{
+    size_t        i, j;
+    uint32_t      k;
+    uint64_t      sum;
+    kv_shared_t  *sh;
+
+    sh = c->s->sh;
+    k = c->runs.n;
+
+    sum = sh->stats.live_bytes > sh->stats.table_bytes
+          ? sh->stats.live_bytes - sh->stats.table_bytes : 1;
+
+    while (k > 0 && c->runs.run[k - 1].bytes <= 2 * sum) {
+        sum += c->runs.run[k - 1].bytes;
+        k--;
+    }
+
+    if (sh->compact_owed || k + 1 > KV_RUNS_MAX) {
+        k = 0;
+    }
+
+    c->merge_from = k;
+
+    for (i = 0, j = 0; i < c->nids; i++) {
+        if (!kv_level_has(&c->runs, c->ids[i])
+            || kv_merge_takes(c, c->ids[i]))
+        {
+            c->ids[j++] = c->ids[i];
+        }
+    }
+
+    c->nids = j;
+}
+
+
+/* 1 if id is a segment of a run the merge takes */
+static int
+kv_merge_takes(kv_compact_t *c, uint32_t id)
+{
+    uint32_t  r;
+
+    for (r = c->merge_from; r < c->runs.n; r++) {
+        if (id >= c->runs.run[r].first && id <= c->runs.run[r].last) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * Step 1, with the lock held: lists and measures the inputs, reserves the
  * output ids and rolls the log past them.
  */
@@ -518,6 +691,7 @@ kv_compact_start(kv_compact_t *c)
     c->first = sh->first_segment;
     c->seq = sh->seq;
     c->now = kv_now_ms(s->host);
+    c->runs = sh->runs;
 
     rc = kv_list_segments(s, &c->ids, &c->nids);
     if (rc != KV_OK) {
@@ -527,6 +701,10 @@ kv_compact_start(kv_compact_t *c)
     /* every id <= a exists: a segment is created, then made active */
     while (c->nids > 0 && c->ids[c->nids - 1] > a) {
         c->nids--;
+    }
+
+    if (s->conf.sorted) {
+        kv_merge_choose(c);
     }
 
     copy = 0;
@@ -694,10 +872,13 @@ kv_output_next(kv_compact_t *c)
 }
 
 
-/* Appends the frame at off of the current input, byte for byte. */
+/*
+ * Appends the frame at off of input id (open as fd), byte for byte; key
+ * names it in a log line.
+ */
 static int
-kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
-    uint32_t flen)
+kv_compact_copy(kv_compact_t *c, int fd, uint32_t id, const uint8_t *key,
+    size_t klen, uint64_t off, uint32_t flen)
 {
     int        rc;
     char       path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
@@ -730,7 +911,7 @@ kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
         c->buf_cap = flen;
     }
 
-    if (c->nmoved == c->moved_cap) {
+    if (!c->s->conf.sorted && c->nmoved == c->moved_cap) {
         cap = 2 * c->moved_cap + 4096;
 
         m = realloc(c->moved, cap * sizeof(uint64_t));
@@ -742,30 +923,31 @@ kv_compact_copy(kv_compact_t *c, const kv_record_t *rec, uint64_t off,
         c->moved_cap = cap;
     }
 
-    n = kv_pread_full(c->in_fd, c->buf + c->buf_len, flen, off);
+    n = kv_pread_full(fd, c->buf + c->buf_len, flen, off);
 
     if (n != (ssize_t) flen
         || kv_frame_verify(c->buf + c->buf_len, flen) != KV_OK)
     {
-        kv_segment_path(c->s, c->scan, path);
+        kv_segment_path(c->s, id, path);
         kv_log(c->s->host, KV_LOG_ERR, n == -1 ? errno : 0, "re-reading the "
                "record of key \"%s\" in \"%s\" at offset %" PRIu64 " (%u "
-               "bytes) failed", kv_key_str(rec->key, rec->klen, kbuf), path,
-               off, flen);
+               "bytes) failed", kv_key_str(key, klen, kbuf), path, off, flen);
         return n == -1 ? KV_EIO : KV_ECORRUPT;
     }
 
     c->buf_len += flen;
     c->out_size += flen;
-    c->moved[c->nmoved++] = KV_LOC(c->scan, off);
+
+    if (!c->s->conf.sorted) {
+        c->moved[c->nmoved++] = KV_LOC(id, off);
+    }
 
     return KV_OK;
 
 nomem:
 
     kv_log(c->s->host, KV_LOG_ERR, errno, "no memory to copy the record of "
-           "key \"%s\" (%u bytes)", kv_key_str(rec->key, rec->klen, kbuf),
-           flen);
+           "key \"%s\" (%u bytes)", kv_key_str(key, klen, kbuf), flen);
 
     return KV_EIO;
 }
@@ -810,7 +992,9 @@ kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
 
     host->unlock(host->ctx);
 
-    return live ? kv_compact_copy(c, rec, off, flen) : KV_OK;
+    return live ? kv_compact_copy(c, c->in_fd, c->scan, rec->key, rec->klen,
+                                  off, flen)
+                : KV_OK;
 }
 
 
@@ -836,6 +1020,395 @@ kv_compact_scan(kv_compact_t *c, uint32_t id, kv_scan_pt fn)
 }
 
 
+/*
+ * index=sorted, step 3: the index entries of the inputs, by key.  The
+ * index is walked a few thousand buckets per hold of the lock; a write
+ * meanwhile goes to a segment past the inputs, so what is collected is
+ * each key's newest record among the inputs, unless a newer one replaces
+ * it later (the swap then leaves that entry alone).
+ */
+static int
+kv_merge_collect(kv_compact_t *c)
+{
+    int                ret;
+    void              *p;
+    uint32_t           i, end, seg, last;
+    kv_ref_t          *buckets, ref;
+    kv_entry_t        *e;
+    kv_shared_t       *sh;
+    kv_merge_entry_t  *m;
+    const kv_host_t   *host;
+
+    sh = c->s->sh;
+    host = c->s->host;
+    last = c->first_out - 1;
+    ret = KV_OK;
+
+    for (i = 0; ret == KV_OK; i = end) {
+        host->lock(host->ctx);
+
+        if (i == sh->nbuckets) {
+            host->unlock(host->ctx);
+            break;
+        }
+
+        buckets = kv_ptr(host, sh->buckets);
+        end = sh->nbuckets - i > 4096 ? i + 4096 : sh->nbuckets;
+
+        for ( /* void */ ; i < end && ret == KV_OK; i++) {
+            for (ref = buckets[i]; ref != 0; ref = e->next) {
+                e = kv_ptr(host, ref);
+                seg = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+
+                if (seg < c->first || seg > last) {
+                    continue;
+                }
+
+                if (c->nindex == c->index_cap) {
+                    c->index_cap = 2 * c->index_cap + 4096;
+                    p = realloc(c->index,
+                                c->index_cap * sizeof(kv_merge_entry_t));
+                    if (p == NULL) {
+                        ret = KV_ENOMEM;
+                        break;
+                    }
+
+                    c->index = p;
+                }
+
+                if (c->index_keys_cap - c->index_keys_len < e->klen) {
+                    c->index_keys_cap = 2 * c->index_keys_cap + 65536;
+                    p = realloc(c->index_keys, c->index_keys_cap);
+                    if (p == NULL) {
+                        ret = KV_ENOMEM;
+                        break;
+                    }
+
+                    c->index_keys = p;
+                }
+
+                m = &c->index[c->nindex++];
+                m->key = c->index_keys_len;
+                m->klen = e->klen;
+                m->loc = e->loc;
+                m->flen = e->flen;
+                m->dead = (e->flags & KV_ENTRY_MASK)
+                          || kv_entry_expired(e, c->now);
+
+                memcpy(c->index_keys + c->index_keys_len, e->key, e->klen);
+                c->index_keys_len += e->klen;
+            }
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    if (ret != KV_OK) {
+        kv_log(host, KV_LOG_ERR, errno, "no memory for the index entries "
+               "of the merge of \"%s\"", c->s->conf.dir);
+    }
+
+    return ret;
+}
+
+
+static int
+kv_merge_cmp(const void *a, const void *b, void *arg)
+{
+    const uint8_t           *keys = arg;
+    const kv_merge_entry_t  *x = a, *y = b;
+
+    return kv_key_cmp(keys + x->key, x->klen, keys + y->key, y->klen);
+}
+
+
+/* input id's descriptor, opened once */
+static int
+kv_merge_fd(kv_compact_t *c, uint32_t id, int *fd)
+{
+    char     path[PATH_MAX];
+    uint32_t  *i;
+
+    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
+    if (i == NULL) {
+        kv_log(c->s->host, KV_LOG_ERR, 0, "an index entry of \"%s\" points "
+               "at segment %u, which the merge did not list", c->s->conf.dir,
+               id);
+        return KV_ECORRUPT;
+    }
+
+    *fd = c->in_fds[i - c->ids];
+
+    if (*fd == -1) {
+        kv_segment_path(c->s, id, path);
+
+        *fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (*fd == -1) {
+            kv_log(c->s->host, KV_LOG_ERR, errno, "open(\"%s\") failed",
+                   path);
+            return KV_EIO;
+        }
+
+        c->in_fds[i - c->ids] = *fd;
+    }
+
+    return KV_OK;
+}
+
+
+/* a run read in key order: its tables one after the other */
+typedef struct {
+    kv_table_t       *tables;
+    uint32_t          n;
+    uint32_t          i;
+    int               rc;                /* KV_OK: it->pk is current */
+    kv_table_iter_t   it;
+} kv_merge_run_t;
+
+
+static void
+kv_merge_run_next(kv_merge_run_t *mr, int first)
+{
+    mr->rc = first ? KV_NOTFOUND : kv_table_iter_next(&mr->it);
+
+    if (first) {
+        mr->i = 0;
+
+        if (mr->n != 0) {
+            mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[0], NULL, 0);
+        }
+    }
+
+    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
+        mr->i++;
+        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
+    }
+}
+
+
+/* copies a record a run holds */
+static int
+kv_merge_copy_run(kv_compact_t *c, kv_merge_run_t *mr)
+{
+    return kv_compact_copy(c, mr->it.t->fd, mr->it.t->id, mr->it.pk.key,
+                           mr->it.pk.klen, mr->it.off, mr->it.pk.flen);
+}
+
+
+/* copies the record an index entry points at */
+static int
+kv_merge_copy_entry(kv_compact_t *c, kv_merge_entry_t *h)
+{
+    int       rc, fd;
+    uint32_t  seg;
+
+    seg = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
+
+    rc = kv_merge_fd(c, seg, &fd);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    return kv_compact_copy(c, fd, seg, c->index_keys + h->key, h->klen,
+                           h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1),
+                           h->flen);
+}
+
+
+/*
+ * index=sorted, step 3: the outputs in key order.  For each key, the
+ * newest of its records in the inputs is written: the index entry's, else
+ * the newest merged run's.  When every run is merged (merge_from 0),
+ * nothing older of a key survives, so a tombstone, a mask or an expired
+ * record is dropped; otherwise it is written, to hide the key's records in
+ * the older runs (a mask as the tombstone or expired record it points at).
+ */
+static int
+kv_merge_sorted(kv_compact_t *c)
+{
+    int                rc, cmp, drop, dead;
+    size_t             i, hi;
+    uint32_t           r, nr, best;
+    kv_store_t        *s;
+    const uint8_t     *key, *k;
+    size_t             klen;
+    kv_runs_t          runs;
+    kv_merge_entry_t  *h;
+    kv_merge_run_t    *mr;
+
+    s = c->s;
+    drop = (c->merge_from == 0);
+    nr = c->runs.n - c->merge_from;
+
+    c->in_fds = malloc(c->nids * sizeof(int) + 1);
+    c->merge_key = malloc(KV_MAX_KEY_LIMIT);
+    mr = calloc(nr ? nr : 1, sizeof(kv_merge_run_t));
+
+    if (c->in_fds == NULL || c->merge_key == NULL || mr == NULL) {
+        free(mr);
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to merge \"%s\"",
+               s->conf.dir);
+        return KV_ENOMEM;
+    }
+
+    for (i = 0; i < c->nids; i++) {
+        c->in_fds[i] = -1;
+    }
+
+    rc = kv_merge_collect(c);
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t), kv_merge_cmp,
+            c->index_keys);
+
+    /* a handle of its own: any generation but the ones in use */
+    runs = c->runs;
+    runs.gen = UINT32_MAX;
+
+    rc = kv_level_open(s, &runs);
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    for (r = 0; r < c->merge_from; r++) {
+        for (i = r ? s->run_end[r - 1] : 0; i < s->run_end[r]; i++) {
+            c->kept_keys += s->tables[i].nkeys;
+            c->kept_index_bytes += s->tables[i].map_len;
+        }
+    }
+
+    /* mr[0] is the newest run merged */
+
+    for (r = 0; r < nr; r++) {
+        best = c->runs.n - 1 - r;
+        mr[r].tables = &s->tables[best ? s->run_end[best - 1] : 0];
+        mr[r].n = s->run_end[best] - (best ? s->run_end[best - 1] : 0);
+        kv_merge_run_next(&mr[r], 1);
+    }
+
+    hi = 0;
+
+    for ( ;; ) {
+        if (kv_compact_cancelled(c)) {
+            rc = KV_ECANCELED;
+            goto done;
+        }
+
+        /* the smallest key of all sources */
+
+        h = hi < c->nindex ? &c->index[hi] : NULL;
+        key = h ? c->index_keys + h->key : NULL;
+        klen = h ? h->klen : 0;
+
+        for (r = 0; r < nr; r++) {
+            if (mr[r].rc != KV_OK) {
+                if (mr[r].rc != KV_NOTFOUND) {
+                    rc = mr[r].rc;
+                    goto done;
+                }
+
+                continue;
+            }
+
+            k = mr[r].it.pk.key;
+
+            if (key == NULL || kv_key_cmp(k, mr[r].it.pk.klen, key, klen) < 0)
+            {
+                key = k;
+                klen = mr[r].it.pk.klen;
+            }
+        }
+
+        if (key == NULL) {
+            break;
+        }
+
+        /* a copy: advancing a run refills the buffer key may point into */
+        memcpy(c->merge_key, key, klen);
+        key = c->merge_key;
+
+        /* the newest source that has it decides; the others are skipped */
+
+        best = UINT32_MAX;
+
+        for (r = nr; r-- > 0; ) {
+            if (mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                best = r;
+            }
+        }
+
+        cmp = h ? kv_key_cmp(c->index_keys + h->key, h->klen, key, klen) : 1;
+
+        if (cmp == 0) {
+            if (!h->dead) {
+                rc = kv_merge_copy_entry(c, h);
+                c->table_keys++;
+
+            } else if (!drop) {
+                rc = kv_merge_copy_entry(c, h);
+                c->masks++;
+
+            } else {
+                c->masks++;
+            }
+
+            hi++;
+
+        } else {
+            dead = mr[best].it.pk.tombstone
+                   || (mr[best].it.pk.expires_at_ms != 0
+                       && mr[best].it.pk.expires_at_ms <= c->now);
+
+            if (!dead || !drop) {
+                rc = kv_merge_copy_run(c, &mr[best]);
+                c->table_keys += !dead;
+            }
+
+            c->expired += dead && drop;
+        }
+
+        if (rc != KV_OK) {
+            goto done;
+        }
+
+        /* past the key in every run (the key may point into one) */
+
+        for (r = nr; r-- > 0; ) {
+            if (r != best && mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                kv_merge_run_next(&mr[r], 0);
+            }
+        }
+
+        if (best != UINT32_MAX) {
+            kv_merge_run_next(&mr[best], 0);
+        }
+    }
+
+    rc = KV_OK;
+
+done:
+
+    for (i = 0; i < c->nids; i++) {
+        if (c->in_fds[i] != -1) {
+            close(c->in_fds[i]);
+        }
+    }
+
+    kv_level_close(s);
+    free(mr);
+
+    return rc;
+}
+
+
 /* Steps 3 and 4: the outputs, complete and durable, then MERGE removed. */
 static int
 kv_compact_outputs(kv_compact_t *c)
@@ -844,7 +1417,9 @@ kv_compact_outputs(kv_compact_t *c)
     char         path[PATH_MAX];
     size_t       i;
     uint32_t     id;
+    kv_run_t    *r;
     kv_store_t  *s;
+    struct stat  st;
 
     s = c->s;
 
@@ -856,7 +1431,7 @@ kv_compact_outputs(kv_compact_t *c)
         return KV_EIO;
     }
 
-    for (i = 0; i < c->nids; i++) {
+    for (i = 0; !s->conf.sorted && i < c->nids; i++) {
         if (c->ids[i] < c->first) {
             continue;
         }
@@ -880,6 +1455,13 @@ kv_compact_outputs(kv_compact_t *c)
         }
     }
 
+    if (s->conf.sorted) {
+        rc = kv_merge_sorted(c);
+        if (rc != KV_OK) {
+            return rc;
+        }
+    }
+
     if (c->out_fd != -1) {
         rc = kv_output_close(c);
         if (rc != KV_OK) {
@@ -894,11 +1476,44 @@ kv_compact_outputs(kv_compact_t *c)
         }
 
         (void) kv_write_hint(s, id);
+
+        /* a sorted segment is found through its table file: it must exist */
+        if (s->conf.sorted) {
+            rc = kv_table_build(s, id);
+            if (rc != KV_OK) {
+                return rc;
+            }
+
+            kv_table_path(s, id, path);
+
+            if (stat(path, &st) == 0) {
+                c->table_index_bytes += (uint64_t) st.st_size;
+            }
+        }
     }
 
     rc = kv_flush(s, -1, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
+    }
+
+    /* a sorted merge commits here: see kv_merge_remove() and kv_level.c */
+    if (s->conf.sorted) {
+        c->next_runs = c->runs;
+        c->next_runs.n = c->merge_from;
+        c->next_runs.gen = c->runs.gen + 1;
+
+        if (c->out != 0) {
+            r = &c->next_runs.run[c->next_runs.n++];
+            r->first = c->first_out;
+            r->last = c->out;
+            r->bytes = c->out_bytes;
+        }
+
+        rc = kv_level_save(s, &c->next_runs, c->first_out);
+        if (rc != KV_OK) {
+            return rc;
+        }
     }
 
     kv_compact_path(s, KV_MERGE_FILE, path);
@@ -1020,6 +1635,81 @@ kv_compact_swap(kv_compact_t *c)
 
 
 /*
+ * index=sorted, step 5: the outputs become the store's sorted segments,
+ * then the index entries they took over go (a batch per hold of the
+ * lock): in that order, a lookup that misses an entry finds the new
+ * tables.  An entry replaced meanwhile stays, being newer.
+ */
+static void
+kv_merge_swap(kv_compact_t *c)
+{
+    size_t              i, n, moved;
+    uint64_t            bytes;
+    kv_ref_t           *link;
+    kv_entry_t         *e;
+    kv_shared_t        *sh;
+    kv_merge_entry_t   *m;
+    const kv_host_t    *host;
+
+    sh = c->s->sh;
+    host = c->s->host;
+    moved = 0;
+
+    host->lock(host->ctx);
+
+    /* the bytes of the runs merged become the new run's */
+
+    bytes = 0;
+
+    for (i = c->merge_from; i < c->runs.n; i++) {
+        bytes += c->runs.run[i].bytes;
+    }
+
+    sh->stats.live_bytes -= bytes < sh->stats.live_bytes
+                            ? bytes : sh->stats.live_bytes;
+    sh->stats.table_bytes -= bytes < sh->stats.table_bytes
+                             ? bytes : sh->stats.table_bytes;
+    sh->stats.live_bytes += c->out_bytes;
+    sh->stats.table_bytes += c->out_bytes;
+    sh->stats.table_keys = c->table_keys + c->kept_keys;
+    sh->stats.table_index_bytes = c->table_index_bytes + c->kept_index_bytes;
+
+    sh->runs = c->next_runs;
+
+    host->unlock(host->ctx);
+
+    for (i = 0; i < c->nindex; i = n) {
+        n = c->nindex - i > KV_SWAP_BATCH ? i + KV_SWAP_BATCH : c->nindex;
+
+        host->lock(host->ctx);
+
+        for ( /* void */ ; i < n; i++) {
+            m = &c->index[i];
+            e = kv_index_find(host, sh, c->index_keys + m->key, m->klen,
+                              &link);
+
+            if (e == NULL || e->loc != m->loc) {
+                c->stale++;
+                continue;
+            }
+
+            if (m->dead) {
+                kv_index_remove(host, sh, link, e);
+
+            } else {
+                kv_index_moved(host, sh, link, e);
+                moved++;
+            }
+        }
+
+        host->unlock(host->ctx);
+    }
+
+    c->nmoved = moved;
+}
+
+
+/*
  * Step 6: the inputs go, oldest first and one directory flush each, so
  * those left after a crash are always the newest ones (see the top).
  */
@@ -1034,6 +1724,12 @@ kv_compact_drop_inputs(kv_compact_t *c, uint64_t *dropped)
 
     s->host->lock(s->host->ctx);
     s->sh->first_segment = c->first_out;
+
+    /* the runs a sorted merge kept are older than its outputs */
+    if (c->next_runs.n != 0 && c->next_runs.run[0].first < c->first_out) {
+        s->sh->first_segment = c->next_runs.run[0].first;
+    }
+
     s->host->unlock(s->host->ctx);
 
     *dropped = 0;
@@ -1117,7 +1813,10 @@ kv_compact(kv_store_t *s)
         }
     }
 
-    if (rc == KV_OK) {
+    if (rc == KV_OK && s->conf.sorted) {
+        kv_merge_swap(c);
+
+    } else if (rc == KV_OK) {
         rc = kv_compact_swap(c);
     }
 
@@ -1137,16 +1836,31 @@ kv_compact(kv_store_t *s)
         sh->stats.dead_bytes -= sh->stats.dead_bytes < reclaimed
                                 ? sh->stats.dead_bytes : reclaimed;
         sh->stats.reclaimed_bytes += reclaimed;
+        sh->stats.compacted_bytes += c->out_bytes;
         sh->stats.compactions++;
         s->host->unlock(s->host->ctx);
 
-        kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u of "
-               "\"%s\" into %u segments: %zu records kept (%zu overwritten "
-               "meanwhile), %" PRIu64 " expired keys dropped, %" PRIu64
-               " of %" PRIu64 " bytes reclaimed", c->first_out - 1,
-               s->conf.dir, c->out ? c->out - c->first_out + 1 : 0,
-               c->nmoved, c->stale, c->expired, c->in_bytes - c->out_bytes,
-               c->in_bytes);
+        if (s->conf.sorted) {
+            kv_log(s->host, KV_LOG_NOTICE, 0, "merged segments up to %u of "
+                   "\"%s\" into %u sorted segments: %" PRIu64 " keys, %zu "
+                   "of them taken from the index (%zu entries written "
+                   "meanwhile kept), %zu deleted keys and %" PRIu64
+                   " expired ones dropped, %" PRIu64 " of %" PRIu64 " bytes "
+                   "reclaimed", c->first_out - 1, s->conf.dir,
+                   c->out ? c->out - c->first_out + 1 : 0, c->table_keys,
+                   c->nmoved, c->stale, c->masks, c->expired,
+                   c->in_bytes - c->out_bytes, c->in_bytes);
+
+        } else {
+            kv_log(s->host, KV_LOG_NOTICE, 0, "compacted segments up to %u "
+                   "of \"%s\" into %u segments: %zu records kept (%zu "
+                   "overwritten meanwhile), %" PRIu64 " expired keys "
+                   "dropped, %" PRIu64 " of %" PRIu64 " bytes reclaimed",
+                   c->first_out - 1, s->conf.dir,
+                   c->out ? c->out - c->first_out + 1 : 0, c->nmoved,
+                   c->stale, c->expired, c->in_bytes - c->out_bytes,
+                   c->in_bytes);
+        }
 
     } else if (rc == KV_ECANCELED) {
         kv_log(s->host, KV_LOG_NOTICE, 0, "compaction of \"%s\" cancelled; "
@@ -1167,6 +1881,10 @@ kv_compact(kv_store_t *s)
     free(c->buf);
     free(c->moved);
     free(c->keys);
+    free(c->index);
+    free(c->index_keys);
+    free(c->in_fds);
+    free(c->merge_key);
     free(c);
 
     /* descriptors of deleted inputs would keep their disk space */

@@ -214,6 +214,10 @@ kv_entry_expired(const kv_entry_t *e, uint64_t now)
 {
     uint64_t  t;
 
+    if (e->flags & KV_ENTRY_MASK) {
+        return 0;
+    }
+
     t = kv_entry_expiry(e);
 
     return t != 0 && t <= now;
@@ -365,7 +369,12 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     e = slot->e;
     old = slot->old;
 
-    if (old != NULL) {
+    if (old != NULL && (old->flags & KV_ENTRY_MASK)) {
+        /* a key written again after a delete: the mask becomes its entry */
+        sh->stats.masks--;
+        sh->stats.keys++;
+
+    } else if (old != NULL) {
         sh->stats.live_bytes -= old->flen;
         sh->stats.dead_bytes += old->flen;
         sh->stats.expiring -= (kv_entry_expiry(old) != 0);
@@ -375,7 +384,7 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     e->loc = loc;
     e->vlen = vlen;
     e->type = (uint8_t) type;
-    e->flags &= (uint8_t) ~KV_ENTRY_VERIFIED;
+    e->flags &= (uint8_t) ~(KV_ENTRY_VERIFIED | KV_ENTRY_MASK);
 
     if (e->flags & KV_ENTRY_EXPIRES) {
         kv_entry_set_expiry(e, expires_at_ms);
@@ -418,9 +427,35 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
 {
     *link = e->next;
 
+    if (e->flags & KV_ENTRY_MASK) {
+        sh->stats.masks--;
+
+    } else {
+        sh->stats.keys--;
+        sh->stats.live_bytes -= e->flen;
+        sh->stats.dead_bytes += e->flen;
+        sh->stats.expiring -= (kv_entry_expiry(e) != 0);
+    }
+
+    kv_entry_free(host, sh, e);
+}
+
+
+int
+kv_index_crowded(const kv_shared_t *sh)
+{
+    return sh->stats.keys + sh->stats.masks >= (uint64_t) sh->nbuckets / 2;
+}
+
+
+void
+kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e)
+{
+    *link = e->next;
+
     sh->stats.keys--;
     sh->stats.live_bytes -= e->flen;
-    sh->stats.dead_bytes += e->flen;
     sh->stats.expiring -= (kv_entry_expiry(e) != 0);
 
     kv_entry_free(host, sh, e);
@@ -428,10 +463,82 @@ kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
 
 
 void
+kv_index_mask(kv_shared_t *sh, kv_entry_t *e, uint64_t loc, uint32_t flen)
+{
+    if (!(e->flags & KV_ENTRY_MASK)) {
+        sh->stats.keys--;
+        sh->stats.masks++;
+        sh->stats.live_bytes -= e->flen;
+        sh->stats.dead_bytes += e->flen;
+        sh->stats.expiring -= (kv_entry_expiry(e) != 0);
+    }
+
+    e->loc = loc;
+    e->flen = flen;
+    e->vlen = 0;
+    e->flags |= KV_ENTRY_MASK;
+    e->flags &= (uint8_t) ~KV_ENTRY_VERIFIED;
+}
+
+
+void
+kv_index_set_mask(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
+    uint64_t loc, uint32_t flen)
+{
+    kv_ref_t    *head;
+    kv_entry_t  *e;
+
+    e = slot->e;
+    e->loc = loc;
+    e->flen = flen;
+    e->vlen = 0;
+    e->type = 0;
+    e->flags |= KV_ENTRY_MASK;
+
+    head = kv_bucket(host, sh, e->key, e->klen);
+    e->next = *head;
+    *head = kv_ref(host, e);
+
+    sh->stats.masks++;
+}
+
+
+int
+kv_index_add_mask(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, uint64_t loc, uint32_t flen)
+{
+    int        rc;
+    kv_slot_t  slot;
+
+    rc = kv_index_reserve(host, sh, key, klen, 0, &slot);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    kv_index_set_mask(host, sh, &slot, loc, flen);
+
+    return KV_OK;
+}
+
+
+void
+kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e, uint64_t loc, uint32_t flen)
+{
+    if (sh->runs.n != 0) {
+        kv_index_mask(sh, e, loc, flen);
+
+    } else {
+        kv_index_remove(host, sh, link, e);
+    }
+}
+
+
+void
 kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e)
 {
-    kv_index_remove(host, sh, link, e);
+    kv_index_drop(host, sh, link, e, e->loc, e->flen);
     sh->stats.expired++;
 }
 
@@ -528,10 +635,16 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     {
         e = kv_index_find(host, sh, rec->key, rec->klen, &link);
 
-        if (rec->tombstone) {
-            if (e != NULL) {
-                kv_index_remove(host, sh, link, e);
+        if (e == NULL && sh->runs.n != 0) {
+            /* the sorted segments may hold the key: hide it */
+            rc = kv_index_add_mask(host, sh, rec->key, rec->klen,
+                                   KV_LOC(id, off), flen);
+            if (rc != KV_OK) {
+                goto full;
             }
+
+        } else if (e != NULL && rec->tombstone) {
+            kv_index_drop(host, sh, link, e, KV_LOC(id, off), flen);
 
         } else if (e != NULL) {
             kv_index_expire(host, sh, link, e);
@@ -543,12 +656,7 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
         rc = kv_index_reserve(host, sh, rec->key, rec->klen,
                               rec->expires_at_ms, &slot);
         if (rc != KV_OK) {
-            kv_segment_path(s, id, path);
-            kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys "
-                   "in \"%s\" (full at key \"%s\" in \"%s\" at offset %"
-                   PRIu64 ")", s->conf.dir,
-                   kv_key_str(rec->key, rec->klen, kbuf), path, off);
-            return rc;
+            goto full;
         }
 
         kv_index_set(host, sh, &slot, KV_LOC(id, off), flen,
@@ -562,6 +670,15 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     sh->stats.recovered_records++;
 
     return KV_OK;
+
+full:
+
+    kv_segment_path(s, id, path);
+    kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys in \"%s\" "
+           "(full at key \"%s\" in \"%s\" at offset %" PRIu64 ")",
+           s->conf.dir, kv_key_str(rec->key, rec->klen, kbuf), path, off);
+
+    return rc;
 }
 
 

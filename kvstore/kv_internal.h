@@ -10,6 +10,11 @@
  *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
  *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
  *   kv_index.c    the hash index in host memory, replaying a record into it
+ *   kv_filter.c   the Bloom filter of a sorted segment
+ *   kv_table.c    sorted segments: their table file (sparse index and
+ *                 filter), building it, finding a key, reading in order
+ *   kv_level.c    index=sorted: which sorted segments exist, lookups in
+ *                 them, the TABLES file
  *   kv_store.c    appends, lookups, reads, flushes (the kvstore.h calls)
  *   kv_iter.c     listing keys in order
  *   kv_hint.c     hint files: write and load
@@ -21,6 +26,7 @@
 #define KV_INTERNAL_H
 
 #include <limits.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "kvstore.h"
@@ -37,7 +43,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  3
+#define KV_SHARED_VERSION  4
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -60,6 +66,12 @@
 #define KV_ENTRY_EXPIRES   0x01
 /* kv_open_value() checked the frame the entry points at */
 #define KV_ENTRY_VERIFIED  0x02
+/*
+ * index=sorted: the key is deleted (or expired), and the entry, which
+ * points at the tombstone (or the expired record), hides what the sorted
+ * segments hold of it until a merge drops both
+ */
+#define KV_ENTRY_MASK      0x04
 
 /* an escaped key in a log message: at most 64 key bytes as \xNN and "..." */
 #define KV_KEY_SHOWN    64
@@ -119,8 +131,50 @@ void kv_record_free(kv_record_t *rec);
  */
 int kv_frame_seq(const uint8_t *frame, size_t len, uint64_t *seq);
 
+/*
+ * What a frame says of its record, read from its first bytes without
+ * decoding it and without its checksum (the caller verifies the frame
+ * when it needs to trust it): a sorted segment's lookup reads keys this
+ * way.  The fields are in the order protobuf-c writes them.
+ */
+typedef struct {
+    uint64_t        seq;
+    const uint8_t  *key;           /* into the frame */
+    size_t          klen;
+    uint32_t        flen;          /* header included */
+    uint32_t        vlen;
+    unsigned        type;
+    unsigned        tombstone;
+    uint64_t        expires_at_ms;
+} kv_peek_t;
+
+/* 0, -1 if the bytes are no frame, 1 if avail is too short to say */
+int kv_frame_peek(const uint8_t *frame, size_t avail, kv_peek_t *pk);
+
+/* the bytes of a frame that kv_frame_peek() needs at most */
+#define KV_FRAME_PEEK(klen)  (KV_FRAME_HEADER + 11 + 4 + (klen) + 2 + 2 \
+                              + 11 + 6)
+
 /* the bytes of a frame that kv_frame_seq() needs at most */
 #define KV_FRAME_SEQ_LEN  (KV_FRAME_HEADER + 1 + 10)
+
+
+/* byte-wise order, the shorter first: the order of keys everywhere */
+static inline int
+kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    int     c;
+    size_t  n;
+
+    n = alen < blen ? alen : blen;
+    c = n ? memcmp(a, b, n) : 0;
+
+    if (c != 0) {
+        return c;
+    }
+
+    return (alen > blen) - (alen < blen);
+}
 
 
 /* kv_segment.c: logging and the segment files */
@@ -238,6 +292,39 @@ int kv_entry_expired(const kv_entry_t *e, uint64_t now);
 /* what kv_lookup() says of the entry's record (seq left 0) */
 void kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc);
 
+/*
+ * index=sorted: 1 once the index holds as many entries as half its
+ * buckets (a third of the memory with 16-byte keys), when a merge should
+ * begin, so that writes meanwhile still find room.
+ */
+int kv_index_crowded(const kv_shared_t *sh);
+
+/* Unlinks a live entry whose record a sorted segment now holds. */
+void kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e);
+
+/*
+ * Makes e a mask (KV_ENTRY_MASK) pointing at the tombstone or expired
+ * record at loc: what the sorted segments hold of the key stays hidden.
+ */
+void kv_index_mask(kv_shared_t *sh, kv_entry_t *e, uint64_t loc,
+    uint32_t flen);
+
+/* links a reserved slot of a key the index does not hold as a mask */
+void kv_index_set_mask(const kv_host_t *host, kv_shared_t *sh,
+    kv_slot_t *slot, uint64_t loc, uint32_t flen);
+
+/* a mask for a key the index does not hold: KV_OK or KV_ENOMEM */
+int kv_index_add_mask(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, uint64_t loc, uint32_t flen);
+
+/*
+ * A delete's change to the index: e becomes a mask if sorted segments
+ * exist (they may hold the key), else it is removed.
+ */
+void kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e, uint64_t loc, uint32_t flen);
+
 /* Drops an expired entry found through link, counting it as expired. */
 void kv_index_expire(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e);
@@ -306,6 +393,117 @@ int kv_hint_check(const uint8_t *map, size_t len, uint32_t id, uint64_t size,
  */
 const uint8_t *kv_hint_entry(const uint8_t *p, const uint8_t *end,
     kv_record_t *rec, uint32_t *flen);
+
+
+/*
+ * kv_filter.c: a blocked Bloom filter of KV_FILTER_BITS_PER_KEY bits per
+ * key (about 1.2% false positives), KV_FILTER_PROBES bits per key in one
+ * 64-byte block.
+ */
+#define KV_FILTER_BITS_PER_KEY  10
+#define KV_FILTER_PROBES        7
+
+size_t kv_filter_size(uint64_t nkeys);
+uint64_t kv_filter_hash(const uint8_t *key, size_t klen);
+void kv_filter_add(uint8_t *filter, size_t size, uint64_t h);
+int kv_filter_may_contain(const uint8_t *filter, size_t size, uint64_t h);
+
+
+/* kv_table.c: a sorted segment's table file, mapped */
+#define KV_TABLE_BLOCK      8192
+#define KV_TABLE_BLOCK_MAX  16384     /* what a reader accepts */
+
+typedef struct kv_table_s {
+    uint32_t        id;
+    int             fd;            /* the segment's */
+    uint64_t        size;          /* the segment's */
+    uint64_t        nkeys;
+    uint32_t        nblocks;
+    uint8_t        *map;
+    size_t          map_len;
+    const uint8_t  *blocks;
+    const uint8_t  *keys;
+    const uint8_t  *filter;
+    size_t          filter_len;
+    uint32_t        block;         /* the block size it was written with */
+} kv_table_t;
+
+void kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX]);
+
+/*
+ * Writes the table file of segment id, which must be sorted (KV_ECORRUPT,
+ * logged, if it is not or has a bad frame).
+ */
+int kv_table_build(kv_store_t *s, uint32_t id);
+
+/*
+ * Maps segment id's table file and opens the segment: KV_OK, KV_NOTFOUND
+ * if there is no table file, KV_ECORRUPT (logged) if it is damaged or
+ * stale (then kv_table_build() writes it again), KV_ESTALE if the segment
+ * is gone, KV_EIO.
+ */
+int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t);
+void kv_table_close(kv_table_t *t);
+
+/*
+ * Everything kv_table_open() trusts, on len bytes at map: 0, or -1 with
+ * the reason in why.  Pure: fuzz/table.c calls it on a heap buffer.
+ */
+int kv_table_check(const uint8_t *map, size_t len, uint32_t id, char *why,
+    size_t n);
+
+/*
+ * Finds key in the table: KV_OK with loc and pk (the record's fields, a
+ * tombstone too: the caller decides), KV_NOTFOUND, KV_EIO, KV_ECORRUPT.
+ * Lock-free: a table never changes once written.
+ */
+int kv_table_get(const kv_table_t *t, const uint8_t *key, size_t klen,
+    kv_loc_t *loc, kv_peek_t *pk);
+
+
+/*
+ * Reading a sorted segment in key order (merges, listing): pk describes
+ * the current record, which is at off; its key points into buf.
+ */
+#define KV_TABLE_ITER_BUF  (64 * 1024 + KV_FRAME_PEEK(KV_MAX_KEY_LIMIT))
+
+typedef struct {
+    const kv_table_t  *t;
+    uint64_t           off;
+    kv_peek_t          pk;
+    uint64_t           base;       /* buf holds len bytes from base */
+    size_t             len;
+    uint8_t            buf[KV_TABLE_ITER_BUF];
+} kv_table_iter_t;
+
+/*
+ * Positions it at the first record at or after key (NULL: the first):
+ * KV_OK, KV_NOTFOUND if there is none, KV_EIO, KV_ECORRUPT.
+ */
+int kv_table_iter_seek(kv_table_iter_t *it, const kv_table_t *t,
+    const uint8_t *key, size_t klen);
+
+/* the next record: KV_OK, KV_NOTFOUND after the last, KV_EIO... */
+int kv_table_iter_next(kv_table_iter_t *it);
+
+/*
+ * kv_level.c (index=sorted): the TABLES file; the handle's opened tables
+ * of a set of runs (KV_ESTALE if a newer merge deleted one: look again);
+ * finding a key's newest record in them (KV_NOTFOUND for a tombstone or
+ * an expired record too).
+ */
+int kv_level_save(kv_store_t *s, const kv_runs_t *runs, uint32_t floor);
+
+/* TABLES' text (NUL-terminated): 0, or -1 if malformed.  Pure, fuzzed. */
+int kv_level_parse(const char *text, kv_runs_t *runs, uint32_t *floor);
+int kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor);
+int kv_level_has(const kv_runs_t *runs, uint32_t id);
+int kv_level_open(kv_store_t *s, const kv_runs_t *runs);
+void kv_level_close(kv_store_t *s);
+int kv_level_get(kv_store_t *s, const uint8_t *key, size_t klen,
+    kv_loc_t *loc);
+int kv_level_lookup(kv_store_t *s, const uint8_t *key, size_t klen,
+    const kv_runs_t *runs, kv_loc_t *loc);
 
 
 /*

@@ -11,6 +11,15 @@
  * (buckets never move), so it is seen; paging by the last key returned
  * (exclusive) then lists every key that exists for a whole walk exactly
  * once.
+ *
+ * index=sorted: the pass keeps masks and expired entries too, as keys
+ * that hide the sorted segments' records; then the page is a merge of
+ * those entries with every run read from the range's start (newest
+ * first wins), up to limit + 1 keys or the largest entry kept, past which
+ * the index was not looked at: the next page resumes there.  A merge
+ * publishes its tables before it drops the entries they took over, so a
+ * key that exists for the whole pass is in the index or in the runs read
+ * after it.
  */
 
 #include <stdlib.h>
@@ -34,6 +43,7 @@ typedef struct {
     size_t            klen;
     size_t            cap;
     kv_loc_t          loc;
+    unsigned          dead;     /* index=sorted: a mask or expired */
 } kv_iter_item_t;
 
 
@@ -43,18 +53,32 @@ struct kv_iter_s {
     uint32_t          max;      /* limit + 1 */
     uint32_t          next;     /* kv_iter_next()'s position */
     unsigned          more;
+    kv_iter_item_t    resume;   /* with more: the next page starts after
+                                   its key */
 };
+
+
+/* a run read from the range's start */
+typedef struct {
+    kv_table_t       *tables;
+    uint32_t          n;
+    uint32_t          i;
+    int               rc;       /* KV_OK: it.pk is current */
+    kv_table_iter_t   it;
+} kv_iter_run_t;
 
 
 static int kv_iter_walk(kv_store_t *s, const kv_range_t *range,
     kv_iter_t *it);
 static int kv_iter_in_range(const kv_range_t *range, const uint8_t *key,
     size_t klen);
-static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e);
+static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e, unsigned dead);
+static int kv_iter_copy(kv_iter_item_t *item, const uint8_t *key,
+    size_t klen);
+static int kv_iter_sorted(kv_store_t *s, const kv_range_t *range,
+    kv_iter_t *it, const kv_runs_t *runs);
 static void kv_iter_sift_down(kv_iter_t *it, uint32_t i);
 static int kv_iter_cmp_items(const void *a, const void *b);
-static int kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b,
-    size_t blen);
 
 
 int
@@ -62,6 +86,7 @@ kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
 {
     int         rc;
     kv_iter_t  *it;
+    kv_runs_t   runs;
 
     if (range->limit == 0 || range->limit > KV_ITER_MAX) {
         return KV_EINVAL;
@@ -88,12 +113,49 @@ kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
 
     qsort(it->items, it->n, sizeof(kv_iter_item_t), kv_iter_cmp_items);
 
+    if (s->conf.sorted) {
+        s->host->lock(s->host->ctx);
+        runs = s->sh->runs;
+        s->host->unlock(s->host->ctx);
+
+        rc = kv_iter_sorted(s, range, it, &runs);
+        if (rc != KV_OK) {
+            kv_iter_close(it);
+            return rc;
+        }
+
+        *itp = it;
+        return KV_OK;
+    }
+
     if (it->n == it->max) {
         it->more = 1;
         it->n--;
     }
 
+    if (it->more
+        && kv_iter_copy(&it->resume, it->items[it->n - 1].key,
+                        it->items[it->n - 1].klen) != KV_OK)
+    {
+        kv_iter_close(it);
+        return KV_ENOMEM;
+    }
+
     *itp = it;
+
+    return KV_OK;
+}
+
+
+int
+kv_iter_resume(const kv_iter_t *it, const uint8_t **key, size_t *klen)
+{
+    if (!it->more) {
+        return KV_NOTFOUND;
+    }
+
+    *key = it->resume.key;
+    *klen = it->resume.klen;
 
     return KV_OK;
 }
@@ -138,6 +200,8 @@ kv_iter_close(kv_iter_t *it)
         free(it->items[i].key);
     }
 
+    free(it->resume.key);
+
     free(it->items);
     free(it);
 }
@@ -149,6 +213,7 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     int               rc;
     uint32_t          i, end;
     uint64_t          now;
+    unsigned          dead;
     kv_ref_t         *buckets, ref;
     kv_entry_t       *e;
     kv_shared_t      *sh;
@@ -189,10 +254,16 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
             for (ref = buckets[i]; ref != 0; ref = e->next) {
                 e = kv_ptr(host, ref);
 
-                if (kv_iter_in_range(range, e->key, e->klen)
-                    && !kv_entry_expired(e, now))
-                {
-                    rc = kv_iter_take(it, e);
+                if (!kv_iter_in_range(range, e->key, e->klen)) {
+                    continue;
+                }
+
+                dead = (e->flags & KV_ENTRY_MASK)
+                       || kv_entry_expired(e, now);
+
+                /* index=sorted: what hides a sorted segment's record */
+                if (!dead || s->conf.sorted) {
+                    rc = kv_iter_take(it, e, dead);
                     if (rc != KV_OK) {
                         break;
                     }
@@ -234,9 +305,8 @@ kv_iter_in_range(const kv_range_t *range, const uint8_t *key, size_t klen)
  * held, so once the heap is full a key that loses costs one comparison.
  */
 static int
-kv_iter_take(kv_iter_t *it, const kv_entry_t *e)
+kv_iter_take(kv_iter_t *it, const kv_entry_t *e, unsigned dead)
 {
-    uint8_t         *key;
     uint32_t         i, parent;
     kv_iter_item_t  *slot, item;
 
@@ -251,20 +321,12 @@ kv_iter_take(kv_iter_t *it, const kv_entry_t *e)
         slot = &it->items[it->n];
     }
 
-    if (slot->cap < e->klen) {
-        key = malloc(e->klen);
-        if (key == NULL) {
-            return KV_ENOMEM;
-        }
-
-        free(slot->key);
-        slot->key = key;
-        slot->cap = e->klen;
+    if (kv_iter_copy(slot, e->key, e->klen) != KV_OK) {
+        return KV_ENOMEM;
     }
 
-    memcpy(slot->key, e->key, e->klen);
-    slot->klen = e->klen;
     kv_entry_loc(e, &slot->loc);
+    slot->dead = dead;
 
     if (slot == &it->items[0] && it->n == it->max) {
         kv_iter_sift_down(it, 0);
@@ -286,6 +348,29 @@ kv_iter_take(kv_iter_t *it, const kv_entry_t *e)
         it->items[parent] = it->items[i];
         it->items[i] = item;
     }
+
+    return KV_OK;
+}
+
+
+static int
+kv_iter_copy(kv_iter_item_t *item, const uint8_t *key, size_t klen)
+{
+    uint8_t  *p;
+
+    if (item->cap < klen) {
+        p = malloc(klen);
+        if (p == NULL) {
+            return KV_ENOMEM;
+        }
+
+        free(item->key);
+        item->key = p;
+        item->cap = klen;
+    }
+
+    memcpy(item->key, key, klen);
+    item->klen = klen;
 
     return KV_OK;
 }
@@ -337,16 +422,266 @@ kv_iter_cmp_items(const void *a, const void *b)
 }
 
 
-static int
-kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+
+/* positions a run at the first record at or after key (NULL: its first) */
+static void
+kv_iter_run_seek(kv_iter_run_t *mr, const uint8_t *key, size_t klen)
 {
-    int  c;
+    uint32_t  lo, hi, mid;
+    size_t    flen;
 
-    c = memcmp(a, b, alen < blen ? alen : blen);
+    /* the last table whose first key is at or before key */
 
-    if (c != 0) {
-        return c;
+    lo = 0;
+    hi = mr->n;
+
+    while (key != NULL && hi - lo > 1) {
+        mid = lo + (hi - lo) / 2;
+        flen = mr->tables[mid].nblocks == 0 ? 0
+               : (size_t) mr->tables[mid].blocks[12]
+                 | (size_t) mr->tables[mid].blocks[13] << 8;
+
+        if (flen == 0
+            || kv_key_cmp(mr->tables[mid].keys, flen, key, klen) <= 0)
+        {
+            lo = mid;
+
+        } else {
+            hi = mid;
+        }
     }
 
-    return (alen > blen) - (alen < blen);
+    mr->i = lo;
+    mr->rc = mr->n ? kv_table_iter_seek(&mr->it, &mr->tables[lo], key, klen)
+                   : KV_NOTFOUND;
+
+    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
+        mr->i++;
+        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
+    }
+}
+
+
+static void
+kv_iter_run_next(kv_iter_run_t *mr)
+{
+    mr->rc = kv_table_iter_next(&mr->it);
+
+    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
+        mr->i++;
+        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
+    }
+}
+
+
+/*
+ * index=sorted: merges the index's page (it->items, sorted, masks
+ * included) with the runs into the page proper.
+ */
+static int
+kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
+    const kv_runs_t *runs)
+{
+    int              rc, full, c;
+    size_t           klen, slen;
+    uint32_t         r, nr, hi, n, best, first;
+    uint64_t         now;
+    kv_store_t       h;
+    kv_iter_run_t   *mr;
+    kv_iter_item_t  *out, *item, *hmax;
+    const uint8_t   *key, *start;
+
+    /* a handle of its own: a listing runs in a thread */
+    kv_store_init(&h, s->sh, s->host, &s->conf);
+
+    mr = NULL;
+    out = calloc(it->max, sizeof(kv_iter_item_t));
+    if (out == NULL) {
+        return KV_ENOMEM;
+    }
+
+    rc = kv_level_open(&h, runs);
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    nr = h.nruns;
+    mr = calloc(nr ? nr : 1, sizeof(kv_iter_run_t));
+    if (mr == NULL) {
+        rc = KV_ENOMEM;
+        goto done;
+    }
+
+    /* where the range starts: the larger of its prefix and from */
+
+    start = range->prefix;
+    slen = range->plen;
+
+    if (range->from != NULL
+        && kv_key_cmp(range->from, range->flen, start, slen) > 0)
+    {
+        start = range->from;
+        slen = range->flen;
+    }
+
+    for (r = 0; r < nr; r++) {
+        first = h.nruns - 1 - r;
+        mr[r].tables = &h.tables[first ? h.run_end[first - 1] : 0];
+        mr[r].n = h.run_end[first] - (first ? h.run_end[first - 1] : 0);
+        kv_iter_run_seek(&mr[r], slen ? start : NULL, slen);
+    }
+
+    full = (it->n == it->max);
+    hmax = it->n ? &it->items[it->n - 1] : NULL;
+    now = kv_now_ms(s->host);
+    hi = 0;
+    n = 0;
+    rc = KV_OK;
+
+    for ( ;; ) {
+        key = hi < it->n ? it->items[hi].key : NULL;
+        klen = hi < it->n ? it->items[hi].klen : 0;
+
+        for (r = 0; r < nr; r++) {
+            if (mr[r].rc != KV_OK) {
+                if (mr[r].rc != KV_NOTFOUND) {
+                    rc = mr[r].rc;
+                    goto done;
+                }
+
+                continue;
+            }
+
+            if (key == NULL
+                || kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   < 0)
+            {
+                key = mr[r].it.pk.key;
+                klen = mr[r].it.pk.klen;
+            }
+        }
+
+        if (key == NULL || !kv_iter_in_range(range, key, klen)) {
+            /* past the prefix (runs are read from the range's start) */
+            if (key != NULL
+                && kv_key_cmp(key, klen, start, slen) > 0
+                && (range->plen == 0 || klen < range->plen
+                    || memcmp(key, range->prefix, range->plen) != 0))
+            {
+                key = NULL;
+            }
+
+            if (key == NULL) {
+                break;
+            }
+        }
+
+        /* past what the index's page covers: the next page goes on */
+        if (full && kv_key_cmp(key, klen, hmax->key, hmax->klen) > 0) {
+            it->more = 1;
+            rc = kv_iter_copy(&it->resume, hmax->key, hmax->klen);
+            goto done;
+        }
+
+        item = &out[n];
+
+        if (kv_iter_copy(item, key, klen) != KV_OK) {
+            rc = KV_ENOMEM;
+            goto done;
+        }
+
+        key = item->key;
+
+        /* the newest source of the key decides */
+
+        best = UINT32_MAX;
+
+        for (r = nr; r-- > 0; ) {
+            if (mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                best = r;
+            }
+        }
+
+        c = hi < it->n ? kv_key_cmp(it->items[hi].key, it->items[hi].klen,
+                                    key, klen)
+                       : 1;
+
+        if (!kv_iter_in_range(range, key, klen)) {
+            item->dead = 1;
+
+        } else if (c == 0) {
+            item->loc = it->items[hi].loc;
+            item->dead = it->items[hi].dead;
+
+        } else {
+            item->dead = mr[best].it.pk.tombstone
+                         || (mr[best].it.pk.expires_at_ms != 0
+                             && mr[best].it.pk.expires_at_ms <= now);
+            item->loc.segment = mr[best].it.t->id;
+            item->loc.offset = mr[best].it.off;
+            item->loc.flen = mr[best].it.pk.flen;
+            item->loc.vlen = mr[best].it.pk.vlen;
+            item->loc.type = mr[best].it.pk.type;
+            item->loc.expires_at_ms = mr[best].it.pk.expires_at_ms;
+            item->loc.seq = mr[best].it.pk.seq;
+            item->loc.verified = 0;
+        }
+
+        /* every source past the key */
+
+        if (c == 0) {
+            hi++;
+        }
+
+        for (r = 0; r < nr; r++) {
+            if (mr[r].rc == KV_OK
+                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
+                   == 0)
+            {
+                kv_iter_run_next(&mr[r]);
+            }
+        }
+
+        if (item->dead) {
+            continue;
+        }
+
+        if (++n == it->max) {
+            it->more = 1;
+            n--;
+            rc = kv_iter_copy(&it->resume, out[n - 1].key, out[n - 1].klen);
+            break;
+        }
+    }
+
+done:
+
+    if (rc == KV_OK) {
+        /* the page replaces the index's */
+
+        for (r = 0; r < it->max; r++) {
+            free(it->items[r].key);
+        }
+
+        free(it->items);
+        it->items = out;
+        it->n = n;
+        out = NULL;
+    }
+
+    if (out != NULL) {
+        for (r = 0; r < it->max; r++) {
+            free(out[r].key);
+        }
+
+        free(out);
+    }
+
+    free(mr);
+    kv_store_close(&h);
+
+    return rc;
 }

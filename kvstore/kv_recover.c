@@ -344,6 +344,113 @@ kv_skip_merge_outputs(kv_store_t *s, uint32_t *ids, size_t n)
 }
 
 
+/*
+ * index=sorted: the runs of sorted segments TABLES names, their tables
+ * opened (a damaged or missing table file is built again, logged) and
+ * made the store's before the log segments are replayed: a tombstone then
+ * becomes a mask.  If a segment of them is missing, a later compaction in
+ * index=hash took them as inputs: every segment is then replayed, as in
+ * index=hash, and *runs is empty.
+ */
+static int
+kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
+{
+    int           rc;
+    uint32_t      id, floor, r;
+    uint64_t      keys, bytes, index_bytes;
+    kv_table_t    t;
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+
+    rc = kv_level_load(s, runs, &floor);
+
+    if (rc == KV_NOTFOUND) {
+        return KV_OK;
+    }
+
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    for (r = 0; r < runs->n; r++) {
+        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
+            if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) != NULL) {
+                continue;
+            }
+
+            kv_log(s->host, KV_LOG_NOTICE, 0, "sorted segment %u of \"%s\" "
+                   "is gone (compacted in index=hash): every segment is "
+                   "replayed into the index", id, s->conf.dir);
+            runs->n = 0;
+            return KV_OK;
+        }
+    }
+
+    /* a damaged or missing table file is built again from its segment */
+
+    for (r = 0; r < runs->n; r++) {
+        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
+            rc = kv_table_open(s, id, &t);
+
+            if (rc == KV_OK) {
+                kv_table_close(&t);
+                continue;
+            }
+
+            if ((rc != KV_NOTFOUND && rc != KV_ECORRUPT)
+                || s->conf.read_only)
+            {
+                return rc;
+            }
+
+            rc = kv_table_build(s, id);
+            if (rc != KV_OK) {
+                return rc;
+            }
+
+            kv_log(s->host, KV_LOG_NOTICE, 0, "rebuilt the table file of "
+                   "sorted segment %u of \"%s\"", id, s->conf.dir);
+        }
+    }
+
+    runs->gen = 1;
+
+    rc = kv_level_open(s, runs);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    keys = 0;
+    bytes = 0;
+    index_bytes = 0;
+
+    for (r = 0; r < s->nruns; r++) {
+        runs->run[r].bytes = 0;
+
+        for (id = r ? s->run_end[r - 1] : 0; id < s->run_end[r]; id++) {
+            runs->run[r].bytes += s->tables[id].size;
+            keys += s->tables[id].nkeys;
+            index_bytes += s->tables[id].map_len;
+        }
+
+        bytes += runs->run[r].bytes;
+    }
+
+    kv_level_close(s);
+
+    s->host->lock(s->host->ctx);
+    sh->runs = *runs;
+    sh->stats.table_keys = keys;
+    sh->stats.table_bytes = bytes;
+    sh->stats.table_index_bytes = index_bytes;
+    sh->stats.live_bytes += bytes;
+    s->host->unlock(s->host->ctx);
+
+    return KV_OK;
+}
+
+
 int
 kv_recover(kv_store_t *s)
 {
@@ -351,6 +458,7 @@ kv_recover(kv_store_t *s)
     char              path[PATH_MAX];
     size_t            i, n;
     uint32_t         *ids, hints, scans;
+    kv_runs_t         runs;
     uint64_t          records, keys, end, ms;
     kv_shared_t      *sh;
     struct timespec   t0, t1;
@@ -405,8 +513,22 @@ kv_recover(kv_store_t *s)
     hints = 0;
     scans = 0;
     end = 0;
+    memset(&runs, 0, sizeof(kv_runs_t));
+
+    if (s->conf.sorted && n > 0) {
+        rc = kv_recover_tables(s, ids, n, &runs);
+        if (rc != KV_OK) {
+            free(ids);
+            return rc;
+        }
+    }
 
     for (i = 0; i < n; i++) {
+        if (kv_level_has(&runs, ids[i])) {
+            /* a sorted segment: found through its table file */
+            continue;
+        }
+
         if (i < n - 1) {
             rc = kv_load_hint(s, ids[i]);
 

@@ -17,6 +17,10 @@
 #include "kv_internal.h"
 
 
+/* lookups in sorted segments that a merge replaced meanwhile */
+#define KV_LOOKUP_TRIES  8
+
+
 /* The return code for a failed write's errno. */
 static int
 kv_write_rc(int err)
@@ -92,6 +96,14 @@ kv_store_sweep(kv_store_t *s)
     uint32_t   i, first;
 
     first = __atomic_load_n(&s->sh->first_segment, __ATOMIC_RELAXED);
+
+    /* sorted segments a merge replaced: their space goes with the maps */
+    if (s->tables != NULL
+        && s->tables_gen != __atomic_load_n(&s->sh->runs.gen,
+                                            __ATOMIC_RELAXED))
+    {
+        kv_level_close(s);
+    }
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         f = &s->fds[i];
@@ -365,16 +377,20 @@ kv_cond_holds(const kv_cond_t *c, uint64_t seq)
 
 
 /*
- * Evaluates If-Match, then If-None-Match, against the key's entry e (NULL:
- * absent), as RFC 9110 orders them: KV_OK or KV_EPRECOND.
+ * Evaluates If-Match, then If-None-Match, against the key's current
+ * record: its entry e, or (index=sorted) its record in a sorted segment
+ * at tloc, or none (both NULL), as RFC 9110 orders them: KV_OK or
+ * KV_EPRECOND.
  */
 static int
-kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_write_t *w)
+kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_loc_t *tloc,
+    const kv_write_t *w)
 {
-    int       rc;
+    int       rc, exists;
     uint64_t  seq;
 
-    seq = 0;
+    seq = tloc != NULL ? tloc->seq : 0;
+    exists = (e != NULL || tloc != NULL);
 
     if (e != NULL
         && ((w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
@@ -388,13 +404,13 @@ kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_write_t *w)
     }
 
     if (w->if_match.n != 0
-        && (e == NULL || !kv_cond_holds(&w->if_match, seq)))
+        && (!exists || !kv_cond_holds(&w->if_match, seq)))
     {
         return KV_EPRECOND;
     }
 
     if (w->if_none_match.n != 0
-        && e != NULL && kv_cond_holds(&w->if_none_match, seq))
+        && exists && kv_cond_holds(&w->if_none_match, seq))
     {
         return KV_EPRECOND;
     }
@@ -403,14 +419,36 @@ kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_write_t *w)
 }
 
 
+/*
+ * index=sorted, locked: the key's live record in the sorted segments, for
+ * a write whose key the index does not hold.  KV_OK, KV_NOTFOUND, or an
+ * error reading the tables.
+ */
+static int
+kv_table_current(kv_store_t *s, const uint8_t *key, size_t klen,
+    kv_loc_t *loc)
+{
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+
+    if (!s->conf.sorted || sh->runs.n == 0) {
+        return KV_NOTFOUND;
+    }
+
+    return kv_level_lookup(s, key, klen, &sh->runs, loc);
+}
+
+
 int
 kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
 {
-    int               rc;
+    int               rc, masked;
     char              kbuf[KV_KEY_STR_LEN];
     uint32_t          flen, max_key, max_value;
     uint64_t          loc;
     kv_ref_t         *link;
+    kv_loc_t          tloc, *cur;
     kv_slot_t         slot;
     kv_entry_t       *e;
     kv_record_t       rec;
@@ -420,6 +458,7 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     sh = s->sh;
     host = s->host;
     slot.e = NULL;
+    cur = NULL;
 
     host->lock(host->ctx);
 
@@ -448,27 +487,52 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
 
     if (e != NULL && kv_entry_expired(e, kv_now_ms(host))) {
         kv_index_expire(host, sh, link, e);
-        e = NULL;
+        e = kv_index_find(host, sh, key, klen, &link);
     }
 
-    if (e == NULL && w->tombstone) {
+    /* a mask: deleted or expired, whatever the sorted segments hold */
+    masked = (e != NULL && (e->flags & KV_ENTRY_MASK));
+
+    if (masked) {
+        e = NULL;
+
+    } else if (e == NULL) {
+        rc = kv_table_current(s, key, klen, &tloc);
+
+        if (rc == KV_OK) {
+            cur = &tloc;
+
+        } else if (rc != KV_NOTFOUND) {
+            goto done;
+        }
+    }
+
+    if (e == NULL && cur == NULL && w->tombstone) {
         rc = KV_NOTFOUND;
         goto done;
     }
 
-    rc = kv_cond_check(s, e, w);
+    rc = kv_cond_check(s, e, cur, w);
     if (rc != KV_OK) {
         sh->stats.precond_failed += (rc == KV_EPRECOND);
         goto done;
     }
 
-    /* allocate first: on a full index nothing must reach the log */
-    if (!w->tombstone) {
-        rc = kv_index_reserve(host, sh, key, klen, w->expires_at_ms, &slot);
+    /*
+     * allocate first: on a full index nothing must reach the log; a
+     * delete of a key that only a sorted segment holds needs a mask
+     */
+    if (!w->tombstone || cur != NULL) {
+        rc = kv_index_reserve(host, sh, key, klen,
+                              w->tombstone ? 0 : w->expires_at_ms, &slot);
         if (rc != KV_OK) {
-            kv_log(host, KV_LOG_WARN, 0, "the index is full: cannot add key "
-                   "\"%s\" to the store in \"%s\"",
-                   kv_key_str(key, klen, kbuf), s->conf.dir);
+            kv_log(host, KV_LOG_WARN, 0, "the index is full: cannot %s key "
+                   "\"%s\" %s the store in \"%s\"%s",
+                   w->tombstone ? "delete" : "add",
+                   kv_key_str(key, klen, kbuf),
+                   w->tombstone ? "from" : "to", s->conf.dir,
+                   s->conf.sorted ? " until a merge moves keys to sorted "
+                                    "segments" : "");
             goto done;
         }
     }
@@ -497,9 +561,17 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     }
 
     w->seq = rec.seq;
+    w->merge_due = s->conf.sorted && sh->compactor == 0
+                   && kv_index_crowded(sh);
 
     if (w->tombstone) {
-        kv_index_remove(host, sh, link, e);
+        if (e != NULL) {
+            kv_index_drop(host, sh, link, e, loc, flen);
+
+        } else {
+            kv_index_set_mask(host, sh, &slot, loc, flen);
+        }
+
         sh->stats.dead_bytes += flen;
         sh->stats.deletes++;
 
@@ -520,35 +592,58 @@ done:
 int
 kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
 {
-    int               rc;
+    int               rc, tries;
     kv_ref_t         *link;
+    kv_runs_t         runs;
     kv_entry_t       *e;
     const kv_host_t  *host;
 
     host = s->host;
 
-    host->lock(host->ctx);
+    for (tries = 0; ; tries++) {
+        host->lock(host->ctx);
 
-    rc = kv_check_open(s);
-    if (rc != KV_OK) {
-        goto done;
+        rc = kv_check_open(s);
+        if (rc != KV_OK) {
+            break;
+        }
+
+        e = kv_index_find(host, s->sh, key, klen, &link);
+
+        if (e != NULL && kv_entry_expired(e, kv_now_ms(host))) {
+            kv_index_expire(host, s->sh, link, e);
+            rc = KV_NOTFOUND;
+            break;
+        }
+
+        if (e != NULL) {
+            if (e->flags & KV_ENTRY_MASK) {
+                rc = KV_NOTFOUND;
+                break;
+            }
+
+            kv_entry_loc(e, loc);
+            break;
+        }
+
+        if (!s->conf.sorted || s->sh->runs.n == 0) {
+            rc = KV_NOTFOUND;
+            break;
+        }
+
+        /* index=sorted: the sorted segments, read without the lock */
+
+        runs = s->sh->runs;
+
+        host->unlock(host->ctx);
+
+        rc = kv_level_lookup(s, key, klen, &runs, loc);
+
+        /* a merge replaced the tables meanwhile: look again */
+        if (rc != KV_ESTALE || tries == KV_LOOKUP_TRIES) {
+            return rc;
+        }
     }
-
-    e = kv_index_find(host, s->sh, key, klen, &link);
-
-    if (e != NULL && kv_entry_expired(e, kv_now_ms(host))) {
-        kv_index_expire(host, s->sh, link, e);
-        e = NULL;
-    }
-
-    if (e == NULL) {
-        rc = KV_NOTFOUND;
-        goto done;
-    }
-
-    kv_entry_loc(e, loc);
-
-done:
 
     host->unlock(host->ctx);
 
@@ -1012,6 +1107,7 @@ kv_synced(kv_store_t *s, uint64_t *pos)
 void
 kv_stats(kv_store_t *s, kv_stats_t *stats)
 {
+    uint32_t      i;
     kv_shared_t  *sh;
 
     sh = s->sh;
@@ -1024,6 +1120,13 @@ kv_stats(kv_store_t *s, kv_stats_t *stats)
     stats->durable_segment = (uint32_t) (sh->synced >> KV_LOC_OFFSET_BITS);
     stats->compacting = (sh->compactor != 0);
     stats->sync_failed = sh->sync_failed;
+    stats->tables = 0;
+
+    for (i = 0; i < sh->runs.n; i++) {
+        stats->tables += sh->runs.run[i].last - sh->runs.run[i].first + 1;
+    }
+
+    stats->runs = sh->runs.n;
 
     s->host->unlock(s->host->ctx);
 }
@@ -1106,6 +1209,10 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->fd_next = 0;
     s->written = 0;
     s->compact_cancel = 0;
+    s->tables = NULL;
+    s->ntables = 0;
+    s->tables_gen = 0;
+    s->nruns = 0;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         s->fds[i].segment = 0;
@@ -1128,4 +1235,6 @@ kv_store_close(kv_store_t *s)
     }
 
     s->fd_next = 0;
+
+    kv_level_close(s);
 }

@@ -75,7 +75,11 @@
 #define KV_LOCK_FILE     "LOCK"
 #define KV_SEGMENT_FMT   "%010u.kvlog"     /* ids from 1, in write order */
 #define KV_HINT_FMT      "%010u.kvhint"    /* index of an immutable segment */
+#define KV_TABLE_FMT     "%010u.kvsst"     /* sparse index and filter of a
+                                              sorted segment */
 #define KV_MERGE_FILE    "MERGE"           /* a compaction is incomplete */
+#define KV_TABLES_FILE   "TABLES"          /* index=sorted: which segments
+                                              are sorted */
 #define KV_SEQ_FILE      "SEQ"             /* no sequence number at or below
                                               it is ever written again */
 #define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
@@ -211,11 +215,18 @@ typedef struct {
     uint64_t  fsyncs;          /* kv_sync() flushes */
     uint64_t  compactions;     /* completed */
     uint64_t  reclaimed_bytes; /* by compactions */
+    uint64_t  compacted_bytes; /* written by compactions (and merges) */
     uint64_t  recovery_ms;     /* duration of the last recovery */
     uint64_t  expired;         /* keys dropped because their time ran out */
     uint64_t  expiring;        /* keys that have an expiry time */
     uint64_t  precond_failed;  /* writes refused by their conditions */
     kv_hist_t fsync_latency;   /* of kv_sync()'s flushes */
+    uint64_t  masks;           /* index=sorted: entries that hide a
+                                  deleted or expired key from the sorted
+                                  segments */
+    uint64_t  table_keys;      /* records in sorted segments */
+    uint64_t  table_bytes;     /* their size, and their table files' */
+    uint64_t  table_index_bytes;
     uint32_t  recovery_hints;  /* segments it loaded from hint files */
     uint32_t  recovery_scans;  /* segments it scanned */
 
@@ -228,7 +239,29 @@ typedef struct {
     uint32_t  durable_segment; /* the segment the durable part ends in */
     uint32_t  compacting;      /* a compaction runs, in any process */
     uint32_t  sync_failed;     /* a flush failed: appends are refused */
+    uint32_t  tables;          /* index=sorted: sorted segments */
+    uint32_t  runs;            /* and the runs they form */
 } kv_stats_t;
+
+
+/*
+ * index=sorted: the sorted segments form runs, oldest first; a run is
+ * the ids [first, last], each holding a range of keys that the next one's
+ * follows; a newer run's record of a key wins over an older one's.
+ */
+#define KV_RUNS_MAX  8
+
+typedef struct {
+    uint32_t    first;
+    uint32_t    last;
+    uint64_t    bytes;         /* of its segments */
+} kv_run_t;
+
+typedef struct {
+    uint32_t    n;
+    uint32_t    gen;           /* changes with every new set */
+    kv_run_t    run[KV_RUNS_MAX];
+} kv_runs_t;
 
 
 typedef struct {
@@ -253,6 +286,7 @@ typedef struct {
     uint32_t    compact_owed;  /* kv_compact_request() with no compaction
                                   completed since */
     uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
+    kv_runs_t   runs;          /* index=sorted: the sorted segments */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
@@ -273,6 +307,10 @@ typedef struct {
                         /* 0 in any of these three: the KV_*_DEFAULT */
     unsigned            read_only;          /* recovery changes nothing
                                                and takes no lock (tools) */
+    unsigned            sorted;             /* index=sorted: compaction
+                                               writes sorted segments and
+                                               the index holds only the
+                                               keys written since */
 } kv_conf_t;
 
 
@@ -298,6 +336,11 @@ typedef struct {
                                       append, for kv_durable() */
     uint32_t            compact_cancel;  /* kv_compact_cancel() was called;
                                             __atomic builtins only */
+    struct kv_table_s  *tables;    /* index=sorted: the sorted segments of */
+    uint32_t            ntables;   /* generation tables_gen, opened, run */
+    uint32_t            tables_gen;     /* after run; run r's are those */
+    uint32_t            nruns;          /* before run_end[r] */
+    uint32_t            run_end[KV_RUNS_MAX];
 } kv_store_t;
 
 
@@ -382,6 +425,8 @@ typedef struct {
                                         these */
     kv_cond_t         if_none_match; /* ... and none of these */
     uint64_t          seq;           /* set: the sequence number written */
+    unsigned          merge_due;     /* set: index=sorted wants a merge
+                                        (kv_compact_begin()) */
 } kv_write_t;
 
 /*
@@ -476,6 +521,13 @@ int kv_iter_next(kv_iter_t *it, const uint8_t **key, size_t *klen,
 
 /* 1 if keys of the range sort after the page's last */
 int kv_iter_more(const kv_iter_t *it);
+
+/*
+ * With more: the key the next page starts after (its cursor), valid until
+ * kv_iter_close(); KV_NOTFOUND if there is no next page.  In index=sorted
+ * a page may hold fewer than limit keys and still have a next page.
+ */
+int kv_iter_resume(const kv_iter_t *it, const uint8_t **key, size_t *klen);
 
 void kv_iter_close(kv_iter_t *it);
 

@@ -89,6 +89,60 @@ kvtool_check_segment(const kvtool_segment_t *seg, int last,
 }
 
 
+/*
+ * index=sorted: the table file of every sorted segment TABLES names, as
+ * the store opens it (checksum, bounds, the segment's size).  Prints a
+ * line per run; returns how many are damaged or missing.
+ */
+static uint32_t
+kvtool_check_tables(kvtool_store_t *t)
+{
+    int          rc;
+    uint32_t     r, id, bad, floor, nbad;
+    kv_runs_t    runs;
+    kv_table_t   tb;
+    uint64_t     keys, bytes;
+
+    rc = kv_level_load(&t->s, &runs, &floor);
+
+    if (rc == KV_NOTFOUND) {
+        return 0;
+    }
+
+    if (rc != KV_OK) {
+        printf("TABLES: damaged\n");
+        return 1;
+    }
+
+    nbad = 0;
+
+    for (r = 0; r < runs.n; r++) {
+        bad = 0;
+        keys = 0;
+        bytes = 0;
+
+        for (id = runs.run[r].first; id <= runs.run[r].last; id++) {
+            if (kv_table_open(&t->s, id, &tb) != KV_OK) {
+                bad++;
+                continue;
+            }
+
+            keys += tb.nkeys;
+            bytes += tb.map_len;
+            kv_table_close(&tb);
+        }
+
+        printf("sorted run %u: segments %u to %u, %" PRIu64 " records, "
+               "table files %" PRIu64 " bytes, %u damaged or missing\n",
+               r + 1, runs.run[r].first, runs.run[r].last, keys, bytes, bad);
+
+        nbad += bad;
+    }
+
+    return nbad;
+}
+
+
 int
 kvtool_check(const char *dir)
 {
@@ -101,6 +155,7 @@ kvtool_check(const char *dir)
     kvtool_check_t    c;
     kvtool_store_t    t;
     kvtool_segment_t  seg;
+    uint32_t          tables_bad;
 
     if (stat(dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
         kvtool_error("\"%s\" is not a directory", dir);
@@ -184,7 +239,15 @@ kvtool_check(const char *dir)
            c.hints[KVTOOL_HINT_NONE], c.hints[KVTOOL_HINT_BAD],
            c.hints[KVTOOL_HINT_UNCHECKED], c.bad);
 
+    tables_bad = kvtool_check_tables(&t);
+
     kvtool_close(&t);
+
+    if (tables_bad) {
+        printf("result: DAMAGED table files: the next start builds them "
+               "again from their sorted segments\n");
+        return KVTOOL_FAIL;
+    }
 
     if (c.bad) {
         printf("result: DAMAGED: the store does not start; stop nginx and "

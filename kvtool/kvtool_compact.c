@@ -83,6 +83,9 @@ kvtool_compact(const char *dir, uint64_t segment_size)
     rc = kv_compact_begin(&t.s);
 
     if (rc == KV_OK) {
+        /* index=sorted: every run is merged, so tombstones go too */
+        kv_compact_request(&t.s);
+
         kvtool_compacting = &t.s;
         kvtool_compact_signals(kvtool_compact_signal);
 

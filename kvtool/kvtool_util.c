@@ -77,6 +77,7 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
 {
     int          rc;
     long         pid;
+    char         path[PATH_MAX];
     uint64_t     size, nbuckets;
     kv_conf_t    conf;
     struct stat  st;
@@ -114,6 +115,15 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
     conf.compact_dead_pct = KV_COMPACT_DEAD_PCT_DEFAULT;
     conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
     conf.read_only = mode == KVTOOL_SCAN || mode == KVTOOL_READ;
+
+    /*
+     * A store that has sorted segments is written as index=sorted would:
+     * its merges keep them sorted.  Reading replays every segment.
+     */
+    if (mode == KVTOOL_WRITE) {
+        snprintf(path, sizeof(path), "%s/" KV_TABLES_FILE, dir);
+        conf.sorted = (access(path, F_OK) == 0);
+    }
 
     /* run as root, files go to the directory's owner, as nginx's would */
     conf.owner_uid = (uid_t) -1;

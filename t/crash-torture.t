@@ -3,7 +3,9 @@
 # SIGKILL of every nginx process at a random moment (sometimes right after
 # a compaction starts), restart, and
 # a check of every key against a reference map of acknowledged operations.
-# Cycles alternate fsync=always and fsync=off.
+# Cycles alternate fsync=always and fsync=off, and index=sorted (two cycles
+# of three) with index=hash on the same directory: a sorted merge's
+# outputs, masks and tombstones are then replayed by the hash index too.
 #
 # Reference map: each key belongs to one client process, which journals an
 # operation before sending it and its acknowledgement (with the time) after
@@ -26,6 +28,7 @@
 #
 #   KV_TORTURE_CYCLES   number of kill/restart cycles (default 24)
 #   KV_TORTURE_SECONDS  longest load before the kill in a cycle (default 1.5)
+#   KV_TORTURE_INDEX    hash, sorted, or both (default: both, in turns)
 
 use strict;
 use warnings;
@@ -36,6 +39,7 @@ use KvTest qw(read_file none_ok);
 
 my $CYCLES  = $ENV{KV_TORTURE_CYCLES}  || 24;
 my $SECONDS = $ENV{KV_TORTURE_SECONDS} || 1.5;
+my $INDEX   = $ENV{KV_TORTURE_INDEX}   || 'both';
 $SECONDS = 0.3 if $SECONDS < 0.3;
 $CYCLES = 3 if $CYCLES < 3;      # every third cycle is an automatic-only one
 
@@ -174,9 +178,10 @@ my $t_start = time;
 for my $cycle (1 .. $CYCLES + 1) {
     my $last = $cycle > $CYCLES;
     my $mode = $cycle % 2 ? 'always' : 'off';
+    my $index = $INDEX ne 'both' ? $INDEX : $cycle % 3 ? 'sorted' : 'hash';
     $srv->set(zone_extra => "segment_size=64k compact_ratio=25 "
-                            . "compact_dead=256k fsync=$mode");
-    my $tag = "cycle $cycle (fsync=$mode)";
+                            . "compact_dead=256k fsync=$mode index=$index");
+    my $tag = "cycle $cycle (fsync=$mode, index=$index)";
     my $mark = $srv->log_size;
     if (!$srv->start_ok("$tag: started")) {
         diag $srv->log_tail;

@@ -89,18 +89,21 @@ walk(kv_test_store_t *t, const uint8_t *prefix, size_t plen,
         }
 
         more = kv_iter_more(it);
-        kv_iter_close(it);
 
         if (more) {
-            assert_true(n > 0);
-            last = out[n - 1];
+            assert_int_equal(kv_iter_resume(it, &key, &klen), KV_OK);
+            assert_true(klen <= sizeof(last.key));
+            memcpy(last.key, key, klen);
+            last.klen = klen;
             r.from = last.key;
             r.flen = last.klen;
             r.from_excl = 1;
-            /* the stack copy outlives the call: r.from points into it */
-            memcpy(&out[room - 1], &last, sizeof(last));
-            r.from = out[room - 1].key;
+
+        } else {
+            assert_int_equal(kv_iter_resume(it, &key, &klen), KV_NOTFOUND);
         }
+
+        kv_iter_close(it);
 
     } while (more);
 
@@ -290,6 +293,7 @@ static kv_test_store_t  *churn_t;
 static void            (*churn_unlock)(void *ctx);
 static int               churn_busy;
 static uint32_t          churn_n;
+static uint32_t          churn_merges;
 
 static void
 churn(void *ctx)
@@ -318,24 +322,34 @@ churn(void *ctx)
     (void) kv_delete(&churn_t->s, (uint8_t *) key, len);
     churn_n++;
 
+    /* index=sorted: now and then a merge moves keys under the walk */
+    if (churn_t->s.conf.sorted && churn_n % 25 == 0) {
+        assert_int_equal(kv_compact_begin(&churn_t->s), KV_OK);
+        assert_int_equal(kv_compact(&churn_t->s), KV_OK);
+        churn_merges++;
+    }
+
     churn_busy = 0;
 }
 
 
 static void
-test_iter_while_writing(void **state)
+while_writing(unsigned sorted)
 {
     char              dir[PATH_MAX], key[32];
     size_t            n, i, seen_k, seen_x;
     uint32_t          j;
     int               len;
     key_t_           *got;
+    kv_conf_t         conf;
     kv_test_store_t   t;
 
-    (void) state;
-
     kv_test_mkdtemp(dir);
-    assert_int_equal(kv_test_open(&t, dir, ZONE, NBUCKETS), KV_OK);
+    kv_test_conf(&conf, dir);
+    conf.segment_size = 64 * 1024;
+    conf.sorted = sorted;
+    assert_int_equal(kv_test_open_conf(&t, &conf, ZONE, NBUCKETS), KV_OK);
+    churn_merges = 0;
 
     for (j = 0; j < 2000; j++) {
         len = snprintf(key, sizeof(key), "k%04u", j);
@@ -386,8 +400,120 @@ test_iter_while_writing(void **state)
     /* strictly ascending, so each k key once; all 2000 of them */
     assert_int_equal(seen_k, 2000);
     assert_int_equal(seen_x, 0);
+    assert_true(!sorted || churn_merges > 3);
 
     free(got);
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+static void
+test_iter_while_writing(void **state)
+{
+    (void) state;
+
+    while_writing(0);
+}
+
+
+/* index=sorted, with merges between the steps of the passes */
+static void
+test_iter_while_merging(void **state)
+{
+    (void) state;
+
+    while_writing(1);
+}
+
+
+/*
+ * index=sorted: keys in two runs of sorted segments and in the index,
+ * some deleted in each place (tombstones in a run, masks in the index).
+ */
+static void
+test_iter_sorted(void **state)
+{
+    char              dir[PATH_MAX];
+    size_t            n, m, i, p, l;
+    char             *alive;
+    key_t_           *ref, *got, *live;
+    kv_conf_t         conf;
+    kv_test_store_t   t;
+    static const uint32_t   limits[] = { 1, 7, 1000 };
+    static const uint8_t    prefixes[][2] = { "", "a", "b\377" };
+    static const size_t     plens[] = { 0, 1, 2 };
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_test_conf(&conf, dir);
+    conf.segment_size = 64 * 1024;
+    conf.sorted = 1;
+    assert_int_equal(kv_test_open_conf(&t, &conf, ZONE, NBUCKETS), KV_OK);
+
+    ref = calloc(NKEYS + 1, sizeof(key_t_));
+    got = calloc(NKEYS + 1, sizeof(key_t_));
+    live = calloc(NKEYS + 1, sizeof(key_t_));
+    assert_non_null(ref);
+    assert_non_null(got);
+    assert_non_null(live);
+
+    fill(&t);
+    m = expected(ref, (const uint8_t *) "", 0);
+
+    assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    assert_int_equal(kv_compact(&t.s), KV_OK);
+
+    alive = malloc(m);
+    assert_non_null(alive);
+    memset(alive, 1, m);
+
+    for (i = 0; i < m; i += 5) {
+        assert_int_equal(kv_delete(&t.s, ref[i].key, ref[i].klen), KV_OK);
+        alive[i] = 0;
+    }
+
+    assert_int_equal(kv_compact_begin(&t.s), KV_OK);
+    assert_int_equal(kv_compact(&t.s), KV_OK);
+
+    for (i = 1; i < m; i += 7) {
+        assert_int_equal(kv_put(&t.s, ref[i].key, ref[i].klen,
+                                (const uint8_t *) "w", 1, 0), KV_OK);
+        alive[i] = 1;
+    }
+
+    for (i = 2; i < m; i += 11) {
+        assert_int_equal(kv_delete(&t.s, ref[i].key, ref[i].klen),
+                         alive[i] ? KV_OK : KV_NOTFOUND);
+        alive[i] = 0;
+    }
+
+    for (p = 0; p < 3; p++) {
+        for (i = 0, n = 0; i < m; i++) {
+            if (alive[i] && ref[i].klen >= plens[p]
+                && memcmp(ref[i].key, prefixes[p], plens[p]) == 0)
+            {
+                live[n++] = ref[i];
+            }
+        }
+
+        assert_true(n > 0);
+
+        for (l = 0; l < 3; l++) {
+            assert_int_equal(walk(&t, prefixes[p], plens[p], limits[l], got,
+                                  NKEYS + 1), n);
+
+            for (i = 0; i < n; i++) {
+                assert_int_equal(cmp_keys(&got[i], &live[i]), 0);
+            }
+        }
+    }
+
+    free(ref);
+    free(got);
+    free(live);
+    free(alive);
     kv_test_close(&t);
     kv_test_rmdir(dir);
 }
@@ -400,6 +526,8 @@ main(void)
         cmocka_unit_test(test_iter_pages),
         cmocka_unit_test(test_iter_bounds),
         cmocka_unit_test(test_iter_while_writing),
+        cmocka_unit_test(test_iter_sorted),
+        cmocka_unit_test(test_iter_while_merging),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

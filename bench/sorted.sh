@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# sorted.sh: index=sorted through nginx at KEYS keys (default 10,000,000;
+# issue 12 sets its targets at 50,000,000), beside index=hash on the same
+# data in the same run (issue 12).
+#
+#   1. build/bench/sorted KEYS DIR: the store, loaded in the engine with a
+#      64m zone's index (its own figures: load, write amplification,
+#      memory per key, start-up, lookups without HTTP);
+#   2. nginx, index=sorted, kv_zone 64m on DIR: start-up (recovery ms),
+#      random GET hits and misses (wrk, get.lua), a listing page of 1000;
+#   3. nginx, index=hash on the same DIR, a zone big enough for every key:
+#      the same GETs;
+#   4. SET 100 B (fsync=off) for SET_SECONDS over the KEYS keys, in each
+#      mode: index=sorted merges meanwhile, index=hash does not.
+# Ratios are printed with PASS/FAIL against the targets; warm page cache.
+# Environment: KEYS, DURATION (wrk seconds per GET run, 10), SET_SECONDS
+# (30), and those of lib.sh.
+
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KEYS=${KEYS:-10000000}
+DURATION=${DURATION:-10}
+SET_SECONDS=${SET_SECONDS:-30}
+THREADS=2
+
+need wrk curl jq awk
+
+out=$(out_dir sorted)
+data=$KV_TMP/kv-sorted-bench-$$
+trap 'kv_stop; rm -rf "$data" "$data-hash"' EXIT
+
+echo "sorted: $(date -u '+%F %T UTC')"
+machine
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+mkdir -p "$data"
+"$repo_dir/build/bench/sorted" "$KEYS" "$data" | tee "$out/engine.txt" \
+    || true
+
+# rps FILE: wrk's requests per second
+rps() { awk '/Requests\/sec/ { print $2 }' "$1"; }
+
+get_run() {
+    local name=$1 from=$2
+    wrk -t$THREADS -c64 -d${DURATION}s --latency -s "$bench_dir/get.lua" \
+        "$kv_url/db/" -- keys="$KEYS" klen=16 from="$from" \
+        > "$out/wrk-$name.txt"
+    if grep -q "Non-2xx" "$out/wrk-$name.txt" && [[ $from == 0 ]]; then
+        die "$name: some GETs of present keys failed"
+    fi
+    echo "  GET $name: $(rps "$out/wrk-$name.txt") req/s, p99 $(awk \
+        '/^ +99%/ { print $2 }' "$out/wrk-$name.txt")"
+}
+
+set_run() {
+    local name=$1
+    wrk -t$THREADS -c16 -d${SET_SECONDS}s --latency -s "$bench_dir/kv.lua" \
+        "$kv_url/db/" -- op=set keys="$KEYS" klen=16 vsize=100 \
+        nthreads=$THREADS > "$out/wrk-$name.txt"
+    echo "  SET $name: $(rps "$out/wrk-$name.txt") req/s, p99 $(awk \
+        '/^ +99%/ { print $2 }' "$out/wrk-$name.txt"), non-2xx: $(awk \
+        '/Non-2xx/ { print $4 }' "$out/wrk-$name.txt")"
+}
+
+echo "index=sorted, kv_zone 64m:"
+KV_ZONE=64m KV_DATA=$data KV_SERVER_EXTRA="kv_list on;" \
+    kv_start off index=sorted
+echo "  start-up: $(kv_status .recovery.ms) ms; $(kv_status \
+    .sorted_segments.count) sorted segments in $(kv_status \
+    .sorted_segments.runs) runs, $(kv_status .sorted_segments.keys) keys," \
+    "table files $(kv_status .sorted_segments.table_file_bytes) bytes"
+start_ms=$(kv_status .recovery.ms)
+get_run sorted-hit 0
+get_run sorted-miss "$KEYS"
+page=$(curl -s -o /dev/null -w '%{time_total}' \
+       "$kv_url/db/?limit=1000&start=k$(printf %015d $((KEYS / 2)))")
+echo "  a listing page of 1000 keys: $(awk -v t="$page" \
+    'BEGIN { printf "%.1f", t * 1000 }') ms"
+set_run sorted
+echo "  during it: $(kv_status .compaction.runs) merges, $(kv_status \
+    .compaction.written_bytes) bytes written by them"
+kv_stop
+
+zone=$(( (KEYS * 80 / 1048576) + 256 ))m
+echo "index=hash, kv_zone $zone:"
+KV_ZONE=$zone KV_DATA=$data kv_start off index=hash
+echo "  start-up: $(kv_status .recovery.ms) ms"
+get_run hash-hit 0
+get_run hash-miss "$KEYS"
+set_run hash
+kv_stop
+
+ratio() {
+    awk -v a="$(rps "$out/wrk-$1.txt")" -v b="$(rps "$out/wrk-$2.txt")" \
+        -v t="$3" -v name="$4" 'BEGIN { r = a / b;
+        printf "target %s >= %.1fx: %.2f %s\n", name, t, r,
+               (r >= t ? "PASS" : "FAIL") }'
+}
+
+ratio sorted-hit hash-hit 0.7 "GET hits, sorted/hash"
+ratio sorted-miss hash-miss 0.9 "GET misses, sorted/hash"
+ratio sorted hash 0.8 "SET with merges, sorted/hash"
+awk -v p="$page" 'BEGIN { printf "target listing page < 10 ms: %.1f %s\n",
+    p * 1000, (p < 0.010 ? "PASS" : "FAIL") }'
+awk -v s="$start_ms" 'BEGIN { printf "target start-up < 2000 ms: %d %s\n",
+    s, (s < 2000 ? "PASS" : "FAIL") }'
+echo "raw output: $out"

@@ -1,0 +1,400 @@
+#define _GNU_SOURCE
+
+/*
+ * index=sorted: merges into sorted segments, lookups that fall through
+ * the index to them, deletes and expiry that masks what they hold,
+ * conditional writes on their keys, recovery (tables loaded, masks
+ * replayed, a damaged or missing table file rebuilt, a crash at the
+ * merge's commit), index=hash opening the same directory, and more keys
+ * than the index memory holds.
+ */
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+
+#define SEG     (64 * 1024)
+#define ZONE    (4 * 1024 * 1024)
+
+
+static void
+open_sorted(kv_test_store_t *t, const char *dir, size_t zone, unsigned sorted)
+{
+    kv_conf_t  conf;
+
+    kv_test_conf(&conf, dir);
+    conf.segment_size = SEG;
+    conf.sorted = sorted;
+
+    assert_int_equal(kv_test_open_conf(t, &conf, zone, 1024), KV_OK);
+}
+
+
+static void
+merge(kv_test_store_t *t)
+{
+    assert_int_equal(kv_compact_begin(&t->s), KV_OK);
+    assert_int_equal(kv_compact(&t->s), KV_OK);
+}
+
+
+/* the value of key i in round r */
+static int
+value_of(uint32_t i, uint32_t r, char *buf)
+{
+    return sprintf(buf, "value %u of round %u %.*s", i, r, (int) (i % 50),
+                   "..................................................");
+}
+
+
+static int
+key_of(uint32_t i, char *buf)
+{
+    return sprintf(buf, "k%07u", (i * 7919) % 100000);
+}
+
+
+static void
+put(kv_test_store_t *t, uint32_t i, uint32_t r)
+{
+    char  key[32], value[128];
+    int   klen, vlen;
+
+    klen = key_of(i, key);
+    vlen = value_of(i, r, value);
+
+    assert_int_equal(kv_put(&t->s, (uint8_t *) key, klen, (uint8_t *) value,
+                            vlen, KV_TYPE_OCTET), KV_OK);
+}
+
+
+/* round[i]: the round of key i's value, 0: deleted, or never written */
+static void
+check(kv_test_store_t *t, const uint32_t *round, uint32_t n)
+{
+    char       key[32], value[128];
+    int        klen, vlen;
+    uint32_t   i;
+    kv_loc_t   loc;
+
+    for (i = 0; i < n; i++) {
+        klen = key_of(i, key);
+
+        if (round[i] == 0) {
+            assert_int_equal(kv_lookup(&t->s, (uint8_t *) key, klen, &loc),
+                             KV_NOTFOUND);
+            continue;
+        }
+
+        vlen = value_of(i, round[i], value);
+        kv_test_expect(t, key, klen, value, vlen);
+    }
+}
+
+
+static void
+test_sorted_merge(void **state)
+{
+    char              dir[PATH_MAX], key[32], path[PATH_MAX];
+    int               klen;
+    uint32_t          i, n, round[3000];
+    uint64_t          seq;
+    kv_loc_t          loc;
+    kv_write_t        w;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 3000;
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, ZONE, 1);
+
+    for (i = 0; i < n; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    for (i = 0; i < n; i += 7) {
+        klen = key_of(i, key);
+        assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+        round[i] = 0;
+    }
+
+    merge(&t);
+
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.keys, 0);
+    assert_int_equal(st.masks, 0);
+    assert_int_equal(st.table_keys, n - (n + 6) / 7);
+    assert_int_equal(t.sh->runs.n, 1);
+    assert_true(t.sh->runs.run[0].last >= t.sh->runs.run[0].first);
+    check(&t, round, n);
+
+    /* a delete of a key only a sorted segment holds leaves a mask */
+    klen = key_of(1, key);
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_NOTFOUND);
+    round[1] = 0;
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.masks, 1);
+    check(&t, round, n);
+
+    /* written again, then overwritten: the index wins */
+    put(&t, 1, 2);
+    round[1] = 2;
+    put(&t, 2, 2);
+    round[2] = 2;
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.masks, 0);
+    check(&t, round, n);
+
+    /* conditions see a sorted segment's record and its sequence number */
+    klen = key_of(3, key);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) key, klen, &loc), KV_OK);
+    seq = loc.seq;
+    assert_true(seq != 0);
+    memset(&w, 0, sizeof(w));
+    w.value = (const uint8_t *) "x";
+    w.vlen = 1;
+    w.if_none_match.n = KV_COND_ANY;
+    assert_int_equal(kv_write(&t.s, (uint8_t *) key, klen, &w), KV_EPRECOND);
+    w.if_none_match.n = 0;
+    w.if_match.n = 1;
+    w.if_match.seqs = &seq;
+    assert_int_equal(kv_write(&t.s, (uint8_t *) key, klen, &w), KV_OK);
+    assert_int_equal(kv_write(&t.s, (uint8_t *) key, klen, &w), KV_EPRECOND);
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+    round[3] = 0;
+
+    /* a second merge: masks and overwrites win over the first's tables */
+    for (i = 10; i < 400; i++) {
+        put(&t, i, 3);
+        round[i] = 3;
+    }
+
+    klen = key_of(500, key);
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+    round[500] = 0;
+
+    merge(&t);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.keys, 0);
+    assert_int_equal(st.masks, 0);
+    check(&t, round, n);
+
+    /* the small merge made a second run, its tombstones hide the first's */
+    assert_int_equal(st.runs, 2);
+
+    /* recovery: the tables, then the log with a mask */
+    klen = key_of(600, key);
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+    round[600] = 0;
+    put(&t, 601, 4);
+    round[601] = 4;
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.masks, 1);
+    assert_int_equal(st.keys, 1);
+    check(&t, round, n);
+
+    /* a damaged table file is built again at start-up, and logged */
+    kv_table_path(&t.s, t.sh->runs.run[0].first, path);
+    {
+        uint8_t  *data;
+        size_t    len;
+
+        data = kv_test_read_file(path, &len);
+        data[len - 3] ^= 1;
+        kv_test_write_file(path, data, len);
+        free(data);
+    }
+
+    kv_test_close(&t);
+    kv_test_log_reset();
+    open_sorted(&t, dir, ZONE, 1);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_NOTICE], "rebuilt")
+                    ? kv_test_log_msg[KV_LOG_NOTICE]
+                    : strstr(kv_test_log_msg[KV_LOG_WARN], "damaged"));
+    check(&t, round, n);
+
+    /* and a missing one */
+    kv_table_path(&t.s, t.sh->runs.run[t.sh->runs.n - 1].last, path);
+    assert_int_equal(unlink(path), 0);
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    assert_int_equal(access(path, F_OK), 0);
+    check(&t, round, n);
+
+    /* index=hash opens the same directory: every segment replayed */
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 0);
+    check(&t, round, n);
+    kv_test_close(&t);
+
+    /* and index=sorted again */
+    open_sorted(&t, dir, ZONE, 1);
+    check(&t, round, n);
+
+    /* an operator's compaction merges every run: the tombstones go */
+    kv_compact_request(&t.s);
+    merge(&t);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.runs, 1);
+    assert_int_equal(st.masks, 0);
+    check(&t, round, n);
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    check(&t, round, n);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+/*
+ * A merge whose TABLES was written but whose MERGE file a crash left:
+ * committed, the outputs stay.  One whose TABLES was not written: undone.
+ */
+static void
+test_sorted_commit(void **state)
+{
+    char              dir[PATH_MAX], text[64];
+    int               len;
+    uint32_t          i, n, round[500], first, last;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 500;
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, ZONE, 1);
+
+    for (i = 0; i < n; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    merge(&t);
+    first = t.sh->runs.run[0].first;
+    last = t.sh->runs.run[0].last;
+
+    /* as if killed between TABLES and removing MERGE */
+    len = snprintf(text, sizeof(text), "outputs %u %u\ninputs 1\n", first,
+                   last);
+    assert_int_equal(kv_replace_file(&t.s, KV_MERGE_FILE, text, len), KV_OK);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    assert_int_equal(t.sh->runs.run[t.sh->runs.n - 1].first, first);
+    check(&t, round, n);
+
+    /* a MERGE naming outputs TABLES does not name: they go */
+    for (i = 0; i < n; i++) {
+        put(&t, i, 2);
+        round[i] = 2;
+    }
+
+    len = snprintf(text, sizeof(text), "outputs %u %u\ninputs 1\n",
+                   t.sh->segment + 1, t.sh->segment + 1);
+    assert_int_equal(kv_replace_file(&t.s, KV_MERGE_FILE, text, len), KV_OK);
+    {
+        char   path[PATH_MAX];
+        FILE  *f;
+
+        kv_test_segment(dir, t.sh->segment + 1, path);
+        f = fopen(path, "w");
+        assert_non_null(f);
+        fputs("partial", f);
+        fclose(f);
+    }
+
+    kv_test_close(&t);
+    kv_test_log_reset();
+    open_sorted(&t, dir, ZONE, 1);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_WARN], "removed the "
+                                                          "outputs"));
+    check(&t, round, n);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
+/*
+ * The index memory holds a few thousand keys; merging whenever it is
+ * full, the store takes many more, all readable.
+ */
+static void
+test_sorted_beyond_memory(void **state)
+{
+    int               rc;
+    char              dir[PATH_MAX], key[32], value[128];
+    int               klen, vlen;
+    uint32_t          i, n, merges, *round;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 30000;
+    round = calloc(n, sizeof(uint32_t));
+    assert_non_null(round);
+
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, 256 * 1024, 1);
+    merges = 0;
+
+    for (i = 0; i < n; i++) {
+        klen = sprintf(key, "k%07u", (i * 7919) % 100000);
+        vlen = value_of(i, 1, value);
+
+        rc = kv_put(&t.s, (uint8_t *) key, klen, (uint8_t *) value, vlen, 0);
+
+        if (rc == KV_ENOMEM) {
+            merge(&t);
+            merges++;
+            rc = kv_put(&t.s, (uint8_t *) key, klen, (uint8_t *) value, vlen,
+                        0);
+        }
+
+        assert_int_equal(rc, KV_OK);
+        round[i] = 1;
+    }
+
+    kv_stats(&t.s, &st);
+    print_message("%u keys in a 256 KiB index: %u merges, %" PRIu64
+                  " keys in %u runs of sorted segments, %" PRIu64 " in the "
+                  "index\n", n, merges, st.table_keys, st.runs, st.keys);
+    assert_true(merges > 2);
+    assert_int_equal(st.table_keys + st.keys, n);
+    check(&t, round, n);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, 256 * 1024, 1);
+    check(&t, round, n);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+    free(round);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_sorted_merge),
+        cmocka_unit_test(test_sorted_commit),
+        cmocka_unit_test(test_sorted_beyond_memory),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

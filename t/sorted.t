@@ -1,0 +1,146 @@
+# index=sorted through HTTP: a zone that holds a few thousand keys takes
+# many times more (merges into sorted segments instead of 507), every key
+# is read back, deletes and overwrites win over the sorted segments,
+# listing walks them all, and all of it survives a restart; /kv/status
+# says where the keys are.
+
+use strict;
+use warnings;
+
+use Test::More;
+use JSON::PP ();
+use KvTest qw(http_req http_pipelined);
+
+my $N = 40000;
+
+my $srv = KvTest->new(name => 'sorted', workers => 2, zone_size => '256k',
+                      endpoints => 1,
+                      zone_extra => 'index=sorted segment_size=1m',
+                      http_extra => '    kv_list on;');
+$srv->start_ok or BAIL_OUT("cannot start nginx");
+my $port = $srv->port;
+
+sub key { sprintf "key:%06d", $_[0] }
+sub val { "value of $_[0] round $_[1]" }
+
+# writes in pipelined batches; a 507 (the index full while a merge runs)
+# is retried after a pause, as a client would
+my %want;
+my $retried = 0;
+
+sub write_all {
+    my ($round, @ids) = @_;
+    while (@ids) {
+        my @batch = splice @ids, 0, 200;
+        my @todo = @batch;
+        for my $try (1 .. 50) {
+            my @rs = http_pipelined($port, map {
+                $round ? ['PUT', '/db/' . key($_), val($_, $round),
+                          'application/octet-stream']
+                       : ['DELETE', '/db/' . key($_)]
+            } @todo);
+            my @again;
+            for my $i (0 .. $#todo) {
+                my $st = $rs[$i] ? $rs[$i]{status} : 0;
+                if ($st == 507 || $st == 0) {
+                    push @again, $todo[$i];
+                } elsif ($st == ($round ? 201 : 200)) {
+                    if ($round) { $want{key($todo[$i])} = val($todo[$i], $round) }
+                    else        { delete $want{key($todo[$i])} }
+                } else {
+                    die "unexpected $st for " . key($todo[$i]);
+                }
+            }
+            $retried += @again;
+            last unless @again;
+            @todo = @again;
+            select(undef, undef, undef, 0.05);
+        }
+    }
+}
+
+write_all(1, 0 .. $N - 1);
+is(scalar keys %want, $N, "$N keys written through a 256k zone");
+
+my $st = $srv->status;
+is($st->{index}{mode}, 'sorted', 'status: index=sorted');
+ok($st->{sorted_segments}{count} > 0, 'status: sorted segments exist ('
+   . $st->{sorted_segments}{count} . ')');
+ok($st->{index}{keys} < $N / 4, "status: the index holds $st->{index}{keys}"
+   . " keys of $N");
+diag("writes retried after a 507: $retried");
+
+# overwrite and delete some of them, some in the index and some not
+write_all(2, grep { $_ % 7 == 0 } 0 .. $N - 1);
+write_all(0, grep { $_ % 5 == 0 } 0 .. $N - 1);
+
+sub check_all {
+    my ($tag) = @_;
+    my ($bad, $n) = (0, 0);
+    my @ids = (0 .. $N - 1);
+    while (my @batch = splice @ids, 0, 500) {
+        my @rs = http_pipelined($port, map { ['GET', '/db/' . key($_)] }
+                                       @batch);
+        for my $i (0 .. $#batch) {
+            my $k = key($batch[$i]);
+            my $r = $rs[$i];
+            if (exists $want{$k}) {
+                $bad++ unless $r && $r->{status} == 200
+                              && $r->{body} eq $want{$k};
+            } else {
+                $bad++ unless $r && $r->{status} == 404;
+            }
+            $n++;
+        }
+    }
+    is($bad, 0, "$tag: each of $n keys holds its last value or is gone");
+}
+
+sub walk {
+    my ($limit) = @_;
+    my (@keys, $cursor, $pages);
+    $pages = 0;
+    do {
+        my $r = http_req($port, 'GET', "/db/?limit=$limit"
+                         . (defined $cursor ? "&cursor=$cursor" : ''));
+        die "listing: $r->{status}" unless $r->{status} == 200;
+        my $page = JSON::PP::decode_json($r->{body});
+        push @keys, @{ $page->{keys} };
+        $cursor = $page->{cursor};
+        $pages++;
+    } while (defined $cursor);
+    return (\@keys, $pages);
+}
+
+sub check_list {
+    my ($tag) = @_;
+    my ($keys, $pages) = walk(1000);
+    is_deeply($keys, [sort keys %want],
+              "$tag: a walk by cursor lists exactly the live keys, in order "
+              . "($pages pages)");
+}
+
+check_all('after merges');
+check_list('after merges');
+
+$srv->stop;
+$srv->start_ok('restarted') or BAIL_OUT("cannot restart nginx");
+like($srv->log_text, qr/recovered \d+ records/, 'recovery logged');
+
+check_all('after a restart');
+check_list('after a restart');
+
+# an operator's compaction merges every run into one
+my $runs = $srv->status->{compaction}{runs};
+is($srv->compact->{status}, 202, 'POST /kv/compact');
+ok(KvTest::wait_until(sub {
+    my $s = $srv->status;
+    return $s && !$s->{compaction}{running}
+           && $s->{compaction}{runs} > $runs;
+}, 60, 0.05), 'the full merge ended');
+is($srv->status->{sorted_segments}{runs}, 1, 'one run left');
+check_all('after a full merge');
+check_list('after a full merge');
+
+$srv->stop;
+done_testing();
