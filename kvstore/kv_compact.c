@@ -1260,8 +1260,10 @@ kv_merge_sorted(kv_compact_t *c)
         goto done;
     }
 
-    qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t), kv_merge_cmp,
-            c->index_keys);
+    if (c->nindex > 1) {
+        qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t),
+                kv_merge_cmp, c->index_keys);
+    }
 
     /* a handle of its own: any generation but the ones in use */
     runs = c->runs;

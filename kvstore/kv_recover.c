@@ -383,7 +383,10 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
                    "is gone (compacted in index=hash): every segment is "
                    "replayed into the index", id, s->conf.dir);
             runs->n = 0;
-            return KV_OK;
+
+            /* the runs are no more: TABLES says so, the floor stays */
+            return s->conf.read_only ? KV_OK
+                                     : kv_level_save(s, runs, floor);
         }
     }
 

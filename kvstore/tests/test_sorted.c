@@ -243,6 +243,32 @@ test_sorted_merge(void **state)
     open_sorted(&t, dir, ZONE, 1);
     check(&t, round, n);
 
+    /* index=hash compacts the runs into log segments: TABLES is emptied */
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 0);
+    merge(&t);
+    check(&t, round, n);
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    assert_int_equal(t.sh->runs.n, 0);
+    {
+        size_t    len;
+        uint8_t  *text;
+
+        kv_test_path(dir, KV_TABLES_FILE, path);
+        text = kv_test_read_file(path, &len);
+        assert_null(memmem(text, len, "run", 3));
+        free(text);
+    }
+
+    check(&t, round, n);
+    merge(&t);
+    assert_int_equal(t.sh->runs.n, 1);
+    check(&t, round, n);
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    check(&t, round, n);
+
     /* an operator's compaction merges every run: the tombstones go */
     kv_compact_request(&t.s);
     merge(&t);
