@@ -146,15 +146,18 @@ ngx_http_kv_list_event(ngx_event_t *ev)
 {
     ngx_http_kv_list_ctx_t  *ctx = ev->data;
 
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = ctx->request;
+    c = r->connection;
 
     r->main->blocked--;
     r->aio = 0;
 
+    /* finalizing may free r */
     ngx_http_finalize_request(r, ngx_http_kv_list_send(ctx));
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
 
 #endif
@@ -460,13 +463,12 @@ ngx_http_kv_list_page(ngx_http_request_t *r, ngx_http_kv_item_t *items,
         }
     }
 
-    if (cursor->len
-        && (s = ngx_http_kv_string(r, cursor->data, cursor->len, 0)) == NULL)
-    {
-        goto failed;
-    }
-
     if (cursor->len) {
+        s = ngx_http_kv_string(r, cursor->data, cursor->len, 0);
+        if (s == NULL) {
+            goto failed;
+        }
+
         cJSON_AddItemToObject(obj, "cursor", s);
     }
 
