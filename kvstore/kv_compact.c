@@ -146,7 +146,7 @@ typedef struct {
     size_t            buf_cap;
 
     uint32_t          scan;              /* the segment being scanned */
-    int               in_fd;             /* the input being copied */
+    kv_map_t          in;                /* the input being copied */
 
     uint64_t         *moved;             /* old location of each copy */
     size_t            nmoved;
@@ -167,8 +167,7 @@ typedef struct {
     uint8_t          *index_keys;
     size_t            index_keys_len;
     size_t            index_keys_cap;
-    int              *in_fds;            /* per input, opened lazily */
-    uint8_t          *merge_key;         /* the key being merged */
+    kv_map_t         *ins;               /* per input, mapped lazily */
     uint64_t          kept_keys;         /* in the runs not merged */
     uint64_t          kept_index_bytes;
     kv_runs_t         next_runs;         /* the runs once committed */
@@ -873,18 +872,17 @@ kv_output_next(kv_compact_t *c)
 
 
 /*
- * Appends the frame at off of input id (open as fd), byte for byte; key
- * names it in a log line.
+ * Appends the frame at off of input id (mapped as in), byte for byte, once
+ * its checksum is verified; key names it in a log line.
  */
 static int
-kv_compact_copy(kv_compact_t *c, int fd, uint32_t id, const uint8_t *key,
-    size_t klen, uint64_t off, uint32_t flen)
+kv_compact_copy(kv_compact_t *c, const kv_map_t *in, uint32_t id,
+    const uint8_t *key, size_t klen, uint64_t off, uint32_t flen)
 {
     int        rc;
     char       path[PATH_MAX], kbuf[KV_KEY_STR_LEN];
     size_t     cap;
     uint8_t   *p;
-    ssize_t    n;
     uint64_t  *m;
 
     if (c->out == 0 || c->out_size >= c->s->conf.segment_size) {
@@ -923,17 +921,17 @@ kv_compact_copy(kv_compact_t *c, int fd, uint32_t id, const uint8_t *key,
         c->moved_cap = cap;
     }
 
-    n = kv_pread_full(fd, c->buf + c->buf_len, flen, off);
-
-    if (n != (ssize_t) flen
-        || kv_frame_verify(c->buf + c->buf_len, flen) != KV_OK)
+    if (off > in->len || in->len - off < flen
+        || kv_frame_verify(in->p + off, flen) != KV_OK)
     {
         kv_segment_path(c->s, id, path);
-        kv_log(c->s->host, KV_LOG_ERR, n == -1 ? errno : 0, "re-reading the "
-               "record of key \"%s\" in \"%s\" at offset %" PRIu64 " (%u "
-               "bytes) failed", kv_key_str(key, klen, kbuf), path, off, flen);
-        return n == -1 ? KV_EIO : KV_ECORRUPT;
+        kv_log(c->s->host, KV_LOG_ERR, 0, "re-reading the record of key "
+               "\"%s\" in \"%s\" at offset %" PRIu64 " (%u bytes) failed",
+               kv_key_str(key, klen, kbuf), path, off, flen);
+        return KV_ECORRUPT;
     }
+
+    memcpy(c->buf + c->buf_len, in->p + off, flen);
 
     c->buf_len += flen;
     c->out_size += flen;
@@ -992,7 +990,7 @@ kv_compact_record(void *ctx, const kv_record_t *rec, uint64_t off,
 
     host->unlock(host->ctx);
 
-    return live ? kv_compact_copy(c, c->in_fd, c->scan, rec->key, rec->klen,
+    return live ? kv_compact_copy(c, &c->in, c->scan, rec->key, rec->klen,
                                   off, flen)
                 : KV_OK;
 }
@@ -1122,96 +1120,51 @@ kv_merge_cmp(const void *a, const void *b, void *arg)
 }
 
 
-/* input id's descriptor, opened once */
+/* input id, mapped once */
 static int
-kv_merge_fd(kv_compact_t *c, uint32_t id, int *fd)
+kv_merge_input(kv_compact_t *c, uint32_t id, const kv_map_t **in)
 {
-    char     path[PATH_MAX];
+    int        rc;
     uint32_t  *i;
+    kv_map_t  *m;
 
     i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
     if (i == NULL) {
-        kv_log(c->s->host, KV_LOG_ERR, 0, "an index entry of \"%s\" points "
-               "at segment %u, which the merge did not list", c->s->conf.dir,
+        kv_log(c->s->host, KV_LOG_ERR, 0, "a record to merge in \"%s\" is "
+               "in segment %u, which the merge did not list", c->s->conf.dir,
                id);
         return KV_ECORRUPT;
     }
 
-    *fd = c->in_fds[i - c->ids];
+    m = &c->ins[i - c->ids];
 
-    if (*fd == -1) {
-        kv_segment_path(c->s, id, path);
-
-        *fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (*fd == -1) {
-            kv_log(c->s->host, KV_LOG_ERR, errno, "open(\"%s\") failed",
-                   path);
-            return KV_EIO;
+    if (m->p == NULL) {
+        rc = kv_segment_map(c->s, id, m);
+        if (rc != KV_OK) {
+            return rc;
         }
-
-        c->in_fds[i - c->ids] = *fd;
     }
+
+    *in = m;
 
     return KV_OK;
 }
 
 
-/* a run read in key order: its tables one after the other */
-typedef struct {
-    kv_table_t       *tables;
-    uint32_t          n;
-    uint32_t          i;
-    int               rc;                /* KV_OK: it->pk is current */
-    kv_table_iter_t   it;
-} kv_merge_run_t;
-
-
-static void
-kv_merge_run_next(kv_merge_run_t *mr, int first)
-{
-    mr->rc = first ? KV_NOTFOUND : kv_table_iter_next(&mr->it);
-
-    if (first) {
-        mr->i = 0;
-
-        if (mr->n != 0) {
-            mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[0], NULL, 0);
-        }
-    }
-
-    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
-        mr->i++;
-        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
-    }
-}
-
-
-/* copies a record a run holds */
+/* copies a record of an input: an index entry's or a run's */
 static int
-kv_merge_copy_run(kv_compact_t *c, kv_merge_run_t *mr)
+kv_merge_copy(kv_compact_t *c, uint32_t id, const uint8_t *key, size_t klen,
+    uint64_t off, uint32_t flen)
 {
-    return kv_compact_copy(c, mr->it.t->fd, mr->it.t->id, mr->it.pk.key,
-                           mr->it.pk.klen, mr->it.off, mr->it.pk.flen);
-}
+    int              rc;
+    const kv_map_t  *in;
 
-
-/* copies the record an index entry points at */
-static int
-kv_merge_copy_entry(kv_compact_t *c, kv_merge_entry_t *h)
-{
-    int       rc, fd;
-    uint32_t  seg;
-
-    seg = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
-
-    rc = kv_merge_fd(c, seg, &fd);
+    rc = kv_merge_input(c, id, &in);
     if (rc != KV_OK) {
         return rc;
     }
 
-    return kv_compact_copy(c, fd, seg, c->index_keys + h->key, h->klen,
-                           h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1),
-                           h->flen);
+    return kv_compact_copy(c, in, id, key, klen, off, flen);
 }
 
 
@@ -1226,33 +1179,25 @@ kv_merge_copy_entry(kv_compact_t *c, kv_merge_entry_t *h)
 static int
 kv_merge_sorted(kv_compact_t *c)
 {
-    int                rc, cmp, drop, dead;
-    size_t             i, hi;
-    uint32_t           r, nr, best;
-    kv_store_t        *s;
-    const uint8_t     *key, *k;
-    size_t             klen;
-    kv_runs_t          runs;
-    kv_merge_entry_t  *h;
-    kv_merge_run_t    *mr;
+    int                     rc, cmp, drop, dead;
+    size_t                  i, hi;
+    uint32_t                r, nr;
+    kv_store_t             *s;
+    kv_runs_t               runs;
+    kv_merge_entry_t       *h;
+    kv_level_iter_t         li;
+    const kv_table_iter_t  *rec;
 
     s = c->s;
     drop = (c->merge_from == 0);
     nr = c->runs.n - c->merge_from;
+    li.run = NULL;
 
-    c->in_fds = malloc(c->nids * sizeof(int) + 1);
-    c->merge_key = malloc(KV_MAX_KEY_LIMIT);
-    mr = calloc(nr ? nr : 1, sizeof(kv_merge_run_t));
-
-    if (c->in_fds == NULL || c->merge_key == NULL || mr == NULL) {
-        free(mr);
+    c->ins = calloc(c->nids + 1, sizeof(kv_map_t));
+    if (c->ins == NULL) {
         kv_log(s->host, KV_LOG_ERR, errno, "no memory to merge \"%s\"",
                s->conf.dir);
         return KV_ENOMEM;
-    }
-
-    for (i = 0; i < c->nids; i++) {
-        c->in_fds[i] = -1;
     }
 
     rc = kv_merge_collect(c);
@@ -1281,13 +1226,9 @@ kv_merge_sorted(kv_compact_t *c)
         }
     }
 
-    /* mr[0] is the newest run merged */
-
-    for (r = 0; r < nr; r++) {
-        best = c->runs.n - 1 - r;
-        mr[r].tables = &s->tables[best ? s->run_end[best - 1] : 0];
-        mr[r].n = s->run_end[best] - (best ? s->run_end[best - 1] : 0);
-        kv_merge_run_next(&mr[r], 1);
+    rc = kv_level_iter_open(&li, s, nr, NULL, 0);
+    if (rc != KV_OK) {
+        goto done;
     }
 
     hi = 0;
@@ -1298,76 +1239,48 @@ kv_merge_sorted(kv_compact_t *c)
             goto done;
         }
 
-        /* the smallest key of all sources */
-
-        h = hi < c->nindex ? &c->index[hi] : NULL;
-        key = h ? c->index_keys + h->key : NULL;
-        klen = h ? h->klen : 0;
-
-        for (r = 0; r < nr; r++) {
-            if (mr[r].rc != KV_OK) {
-                if (mr[r].rc != KV_NOTFOUND) {
-                    rc = mr[r].rc;
-                    goto done;
-                }
-
-                continue;
-            }
-
-            k = mr[r].it.pk.key;
-
-            if (key == NULL || kv_key_cmp(k, mr[r].it.pk.klen, key, klen) < 0)
-            {
-                key = k;
-                klen = mr[r].it.pk.klen;
-            }
+        if (li.rc != KV_OK) {
+            rc = li.rc;
+            goto done;
         }
 
-        if (key == NULL) {
+        /* the smallest key of the index's and the runs' */
+
+        h = hi < c->nindex ? &c->index[hi] : NULL;
+        rec = li.rec;
+
+        if (h == NULL && rec == NULL) {
             break;
         }
 
-        /* a copy: advancing a run refills the buffer key may point into */
-        memcpy(c->merge_key, key, klen);
-        key = c->merge_key;
+        cmp = h == NULL ? 1
+              : rec == NULL ? -1
+              : kv_key_cmp(c->index_keys + h->key, h->klen, rec->pk.key,
+                           rec->pk.klen);
 
-        /* the newest source that has it decides; the others are skipped */
+        if (cmp <= 0) {
+            /* the index entry is the newest record of its key */
 
-        best = UINT32_MAX;
-
-        for (r = nr; r-- > 0; ) {
-            if (mr[r].rc == KV_OK
-                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
-                   == 0)
-            {
-                best = r;
-            }
-        }
-
-        cmp = h ? kv_key_cmp(c->index_keys + h->key, h->klen, key, klen) : 1;
-
-        if (cmp == 0) {
-            if (!h->dead) {
-                rc = kv_merge_copy_entry(c, h);
-                c->table_keys++;
-
-            } else if (!drop) {
-                rc = kv_merge_copy_entry(c, h);
-                c->masks++;
-
-            } else {
-                c->masks++;
+            if (!h->dead || !drop) {
+                rc = kv_merge_copy(c, (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS),
+                                   c->index_keys + h->key, h->klen,
+                                   h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS)
+                                             - 1),
+                                   h->flen);
             }
 
+            c->table_keys += !h->dead;
+            c->masks += h->dead;
             hi++;
 
         } else {
-            dead = mr[best].it.pk.tombstone
-                   || (mr[best].it.pk.expires_at_ms != 0
-                       && mr[best].it.pk.expires_at_ms <= c->now);
+            dead = rec->pk.tombstone
+                   || (rec->pk.expires_at_ms != 0
+                       && rec->pk.expires_at_ms <= c->now);
 
             if (!dead || !drop) {
-                rc = kv_merge_copy_run(c, &mr[best]);
+                rc = kv_merge_copy(c, rec->t->id, rec->pk.key, rec->pk.klen,
+                                   rec->off, rec->pk.flen);
                 c->table_keys += !dead;
             }
 
@@ -1378,19 +1291,8 @@ kv_merge_sorted(kv_compact_t *c)
             goto done;
         }
 
-        /* past the key in every run (the key may point into one) */
-
-        for (r = nr; r-- > 0; ) {
-            if (r != best && mr[r].rc == KV_OK
-                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
-                   == 0)
-            {
-                kv_merge_run_next(&mr[r], 0);
-            }
-        }
-
-        if (best != UINT32_MAX) {
-            kv_merge_run_next(&mr[best], 0);
+        if (cmp >= 0) {
+            kv_level_iter_next(&li);
         }
     }
 
@@ -1399,13 +1301,11 @@ kv_merge_sorted(kv_compact_t *c)
 done:
 
     for (i = 0; i < c->nids; i++) {
-        if (c->in_fds[i] != -1) {
-            close(c->in_fds[i]);
-        }
+        kv_segment_unmap(&c->ins[i]);
     }
 
+    kv_level_iter_close(&li);
     kv_level_close(s);
-    free(mr);
 
     return rc;
 }
@@ -1439,18 +1339,15 @@ kv_compact_outputs(kv_compact_t *c)
         }
 
         c->scan = c->ids[i];
-        kv_segment_path(s, c->scan, path);
 
-        c->in_fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (c->in_fd == -1) {
-            kv_log(s->host, KV_LOG_ERR, errno, "open(\"%s\") failed", path);
-            return KV_EIO;
+        rc = kv_segment_map(s, c->scan, &c->in);
+        if (rc != KV_OK) {
+            return rc;
         }
 
         rc = kv_compact_scan(c, c->scan, kv_compact_record);
 
-        close(c->in_fd);
-        c->in_fd = -1;
+        kv_segment_unmap(&c->in);
 
         if (rc != KV_OK) {
             return rc;
@@ -1785,7 +1682,6 @@ kv_compact(kv_store_t *s)
 
     c->s = s;
     c->out_fd = -1;
-    c->in_fd = -1;
 
     /* the outputs of a compactor that died, whose claim was taken over */
     rc = kv_merge_remove(s, KV_LOG_WARN, &removed);
@@ -1885,8 +1781,7 @@ kv_compact(kv_store_t *s)
     free(c->keys);
     free(c->index);
     free(c->index_keys);
-    free(c->in_fds);
-    free(c->merge_key);
+    free(c->ins);
     free(c);
 
     /* descriptors of deleted inputs would keep their disk space */

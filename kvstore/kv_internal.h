@@ -215,6 +215,19 @@ int kv_create_file(kv_store_t *s, const char *path, int flags);
  */
 int kv_open_read(kv_store_t *s, const char *path, int *fd, uint64_t *size);
 
+/*
+ * Segment id mapped whole, read-only: compaction copies records from it
+ * without a read per record (a closed segment never shrinks while mapped).
+ * KV_OK or KV_EIO (logged; a missing file too).
+ */
+typedef struct {
+    uint8_t   *p;
+    size_t     len;
+} kv_map_t;
+
+int kv_segment_map(kv_store_t *s, uint32_t id, kv_map_t *m);
+void kv_segment_unmap(kv_map_t *m);
+
 /* the id of a file named ten digits then suffix, or 0 if it is not one */
 uint32_t kv_file_id(const char *name, const char *suffix);
 
@@ -437,20 +450,22 @@ void kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX]);
 int kv_table_build(kv_store_t *s, uint32_t id);
 
 /*
- * Maps segment id's table file and opens the segment: KV_OK, KV_NOTFOUND
- * if there is no table file, KV_ECORRUPT (logged) if it is damaged or
- * stale (then kv_table_build() writes it again), KV_ESTALE if the segment
- * is gone, KV_EIO.
+ * Maps segment id's table file and opens the segment, with the file's
+ * checksum summed if sum is set (recovery, kvtool): KV_OK, KV_NOTFOUND if
+ * there is no table file, KV_ECORRUPT (logged) if it is damaged or stale
+ * (then kv_table_build() writes it again), KV_ESTALE if the segment is
+ * gone, KV_EIO.
  */
-int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t);
+int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t, int sum);
 void kv_table_close(kv_table_t *t);
 
 /*
- * Everything kv_table_open() trusts, on len bytes at map: 0, or -1 with
- * the reason in why.  Pure: fuzz/table.c calls it on a heap buffer.
+ * Everything kv_table_open() trusts, on len bytes at map (the checksum if
+ * sum is set): 0, or -1 with the reason in why.  Pure: fuzz/table.c calls
+ * it on a heap buffer.
  */
-int kv_table_check(const uint8_t *map, size_t len, uint32_t id, char *why,
-    size_t n);
+int kv_table_check(const uint8_t *map, size_t len, uint32_t id, int sum,
+    char *why, size_t n);
 
 /*
  * Finds key in the table: KV_OK with loc and pk (the record's fields, a
@@ -504,6 +519,34 @@ int kv_level_get(kv_store_t *s, const uint8_t *key, size_t klen,
     kv_loc_t *loc);
 int kv_level_lookup(kv_store_t *s, const uint8_t *key, size_t klen,
     const kv_runs_t *runs, kv_loc_t *loc);
+
+/*
+ * Reading the newest nruns runs of the handle's opened set together, in
+ * key order (merges, listing), from the first key at or after key (NULL:
+ * the first of all): rec is the smallest key's record in the newest run
+ * that holds it, NULL past the last or after an error (then rc says it);
+ * kv_level_iter_next() moves past that key in every run.
+ */
+typedef struct {
+    uint32_t          i;           /* its current table */
+    uint32_t          end;         /* past its last table */
+    int               rc;          /* KV_OK: it.pk is current */
+    kv_table_iter_t   it;
+} kv_level_run_t;
+
+typedef struct {
+    const kv_table_iter_t  *rec;
+    int                     rc;
+    uint32_t                n;
+    uint32_t                cur;   /* the run rec is in */
+    kv_level_run_t         *run;   /* newest first */
+    const kv_table_t       *tables;
+} kv_level_iter_t;
+
+int kv_level_iter_open(kv_level_iter_t *li, kv_store_t *s, uint32_t nruns,
+    const uint8_t *key, size_t klen);
+void kv_level_iter_next(kv_level_iter_t *li);
+void kv_level_iter_close(kv_level_iter_t *li);
 
 
 /*

@@ -58,16 +58,6 @@ struct kv_iter_s {
 };
 
 
-/* a run read from the range's start */
-typedef struct {
-    kv_table_t       *tables;
-    uint32_t          n;
-    uint32_t          i;
-    int               rc;       /* KV_OK: it.pk is current */
-    kv_table_iter_t   it;
-} kv_iter_run_t;
-
-
 static int kv_iter_walk(kv_store_t *s, const kv_range_t *range,
     kv_iter_t *it);
 static int kv_iter_in_range(const kv_range_t *range, const uint8_t *key,
@@ -423,57 +413,6 @@ kv_iter_cmp_items(const void *a, const void *b)
 
 
 
-/* positions a run at the first record at or after key (NULL: its first) */
-static void
-kv_iter_run_seek(kv_iter_run_t *mr, const uint8_t *key, size_t klen)
-{
-    uint32_t  lo, hi, mid;
-    size_t    flen;
-
-    /* the last table whose first key is at or before key */
-
-    lo = 0;
-    hi = mr->n;
-
-    while (key != NULL && hi - lo > 1) {
-        mid = lo + (hi - lo) / 2;
-        flen = mr->tables[mid].nblocks == 0 ? 0
-               : (size_t) mr->tables[mid].blocks[12]
-                 | (size_t) mr->tables[mid].blocks[13] << 8;
-
-        if (flen == 0
-            || kv_key_cmp(mr->tables[mid].keys, flen, key, klen) <= 0)
-        {
-            lo = mid;
-
-        } else {
-            hi = mid;
-        }
-    }
-
-    mr->i = lo;
-    mr->rc = mr->n ? kv_table_iter_seek(&mr->it, &mr->tables[lo], key, klen)
-                   : KV_NOTFOUND;
-
-    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
-        mr->i++;
-        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
-    }
-}
-
-
-static void
-kv_iter_run_next(kv_iter_run_t *mr)
-{
-    mr->rc = kv_table_iter_next(&mr->it);
-
-    while (mr->rc == KV_NOTFOUND && mr->i + 1 < mr->n) {
-        mr->i++;
-        mr->rc = kv_table_iter_seek(&mr->it, &mr->tables[mr->i], NULL, 0);
-    }
-}
-
-
 /*
  * index=sorted: merges the index's page (it->items, sorted, masks
  * included) with the runs into the page proper.
@@ -482,19 +421,20 @@ static int
 kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
     const kv_runs_t *runs)
 {
-    int              rc, full, c;
-    size_t           klen, slen;
-    uint32_t         r, nr, hi, n, best, first;
-    uint64_t         now;
-    kv_store_t       h;
-    kv_iter_run_t   *mr;
-    kv_iter_item_t  *out, *item, *hmax;
-    const uint8_t   *key, *start;
+    int                     rc, full, c;
+    size_t                  klen, slen;
+    uint32_t                r, hi, n;
+    uint64_t                now;
+    kv_store_t              h;
+    kv_iter_item_t         *out, *item, *hmax;
+    kv_level_iter_t         li;
+    const uint8_t          *key, *start;
+    const kv_table_iter_t  *rec;
 
     /* a handle of its own: a listing runs in a thread */
     kv_store_init(&h, s->sh, s->host, &s->conf);
 
-    mr = NULL;
+    li.run = NULL;
     out = calloc(it->max, sizeof(kv_iter_item_t));
     if (out == NULL) {
         return KV_ENOMEM;
@@ -502,13 +442,6 @@ kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
 
     rc = kv_level_open(&h, runs);
     if (rc != KV_OK) {
-        goto done;
-    }
-
-    nr = h.nruns;
-    mr = calloc(nr ? nr : 1, sizeof(kv_iter_run_t));
-    if (mr == NULL) {
-        rc = KV_ENOMEM;
         goto done;
     }
 
@@ -524,11 +457,9 @@ kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
         slen = range->flen;
     }
 
-    for (r = 0; r < nr; r++) {
-        first = h.nruns - 1 - r;
-        mr[r].tables = &h.tables[first ? h.run_end[first - 1] : 0];
-        mr[r].n = h.run_end[first] - (first ? h.run_end[first - 1] : 0);
-        kv_iter_run_seek(&mr[r], slen ? start : NULL, slen);
+    rc = kv_level_iter_open(&li, &h, h.nruns, slen ? start : NULL, slen);
+    if (rc != KV_OK) {
+        goto done;
     }
 
     full = (it->n == it->max);
@@ -536,45 +467,40 @@ kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
     now = kv_now_ms(s->host);
     hi = 0;
     n = 0;
-    rc = KV_OK;
 
     for ( ;; ) {
-        key = hi < it->n ? it->items[hi].key : NULL;
-        klen = hi < it->n ? it->items[hi].klen : 0;
-
-        for (r = 0; r < nr; r++) {
-            if (mr[r].rc != KV_OK) {
-                if (mr[r].rc != KV_NOTFOUND) {
-                    rc = mr[r].rc;
-                    goto done;
-                }
-
-                continue;
-            }
-
-            if (key == NULL
-                || kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
-                   < 0)
-            {
-                key = mr[r].it.pk.key;
-                klen = mr[r].it.pk.klen;
-            }
+        if (li.rc != KV_OK) {
+            rc = li.rc;
+            goto done;
         }
 
-        if (key == NULL || !kv_iter_in_range(range, key, klen)) {
-            /* past the prefix (runs are read from the range's start) */
-            if (key != NULL
-                && kv_key_cmp(key, klen, start, slen) > 0
-                && (range->plen == 0 || klen < range->plen
-                    || memcmp(key, range->prefix, range->plen) != 0))
-            {
-                key = NULL;
-            }
+        rec = li.rec;
 
-            if (key == NULL) {
-                break;
-            }
+        /*
+         * the runs are read from the range's start: a key past the prefix
+         * is past every key that has it
+         */
+
+        if (rec != NULL && range->plen != 0
+            && (rec->pk.klen < range->plen
+                || memcmp(rec->pk.key, range->prefix, range->plen) != 0))
+        {
+            rec = NULL;
         }
+
+        if (hi == it->n && rec == NULL) {
+            break;
+        }
+
+        /* the smallest key of the index's page and the runs' */
+
+        c = hi == it->n ? 1
+            : rec == NULL ? -1
+            : kv_key_cmp(it->items[hi].key, it->items[hi].klen, rec->pk.key,
+                         rec->pk.klen);
+
+        key = c <= 0 ? it->items[hi].key : rec->pk.key;
+        klen = c <= 0 ? it->items[hi].klen : rec->pk.klen;
 
         /* past what the index's page covers: the next page goes on */
         if (full && kv_key_cmp(key, klen, hmax->key, hmax->klen) > 0) {
@@ -590,59 +516,32 @@ kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
             goto done;
         }
 
-        key = item->key;
-
-        /* the newest source of the key decides */
-
-        best = UINT32_MAX;
-
-        for (r = nr; r-- > 0; ) {
-            if (mr[r].rc == KV_OK
-                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
-                   == 0)
-            {
-                best = r;
-            }
-        }
-
-        c = hi < it->n ? kv_key_cmp(it->items[hi].key, it->items[hi].klen,
-                                    key, klen)
-                       : 1;
-
-        if (!kv_iter_in_range(range, key, klen)) {
-            item->dead = 1;
-
-        } else if (c == 0) {
+        if (c <= 0) {
+            /* the index's entry is the newest record of its key */
             item->loc = it->items[hi].loc;
             item->dead = it->items[hi].dead;
+            hi++;
+
+        } else if (!kv_iter_in_range(range, key, klen)) {
+            /* the key from is, when the range starts after it */
+            item->dead = 1;
 
         } else {
-            item->dead = mr[best].it.pk.tombstone
-                         || (mr[best].it.pk.expires_at_ms != 0
-                             && mr[best].it.pk.expires_at_ms <= now);
-            item->loc.segment = mr[best].it.t->id;
-            item->loc.offset = mr[best].it.off;
-            item->loc.flen = mr[best].it.pk.flen;
-            item->loc.vlen = mr[best].it.pk.vlen;
-            item->loc.type = mr[best].it.pk.type;
-            item->loc.expires_at_ms = mr[best].it.pk.expires_at_ms;
-            item->loc.seq = mr[best].it.pk.seq;
+            item->dead = rec->pk.tombstone
+                         || (rec->pk.expires_at_ms != 0
+                             && rec->pk.expires_at_ms <= now);
+            item->loc.segment = rec->t->id;
+            item->loc.offset = rec->off;
+            item->loc.flen = rec->pk.flen;
+            item->loc.vlen = rec->pk.vlen;
+            item->loc.type = rec->pk.type;
+            item->loc.expires_at_ms = rec->pk.expires_at_ms;
+            item->loc.seq = rec->pk.seq;
             item->loc.verified = 0;
         }
 
-        /* every source past the key */
-
-        if (c == 0) {
-            hi++;
-        }
-
-        for (r = 0; r < nr; r++) {
-            if (mr[r].rc == KV_OK
-                && kv_key_cmp(mr[r].it.pk.key, mr[r].it.pk.klen, key, klen)
-                   == 0)
-            {
-                kv_iter_run_next(&mr[r]);
-            }
+        if (c >= 0) {
+            kv_level_iter_next(&li);
         }
 
         if (item->dead) {
@@ -680,7 +579,7 @@ done:
         free(out);
     }
 
-    free(mr);
+    kv_level_iter_close(&li);
     kv_store_close(&h);
 
     return rc;

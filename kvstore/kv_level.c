@@ -197,7 +197,7 @@ kv_level_open(kv_store_t *s, const kv_runs_t *runs)
 
     for (r = 0; r < runs->n; r++) {
         for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
-            rc = kv_table_open(s, id, &s->tables[s->ntables]);
+            rc = kv_table_open(s, id, &s->tables[s->ntables], 0);
 
             if (rc != KV_OK) {
                 kv_level_close(s);
@@ -308,4 +308,132 @@ kv_level_lookup(kv_store_t *s, const uint8_t *key, size_t klen,
     }
 
     return kv_level_get(s, key, klen, loc);
+}
+
+
+/* a run's next table with a record, while the current one has none left */
+static void
+kv_level_run_on(kv_level_run_t *lr, const kv_table_t *tables)
+{
+    while (lr->rc == KV_NOTFOUND && lr->i + 1 < lr->end) {
+        lr->i++;
+        lr->rc = kv_table_iter_seek(&lr->it, &tables[lr->i], NULL, 0);
+    }
+}
+
+
+/* the current record: the smallest key's, from the newest run holding it */
+static void
+kv_level_iter_pick(kv_level_iter_t *li)
+{
+    uint32_t         r;
+    kv_level_run_t  *lr;
+
+    li->rec = NULL;
+
+    for (r = 0; r < li->n; r++) {
+        lr = &li->run[r];
+
+        if (lr->rc != KV_OK) {
+            if (lr->rc != KV_NOTFOUND) {
+                li->rc = lr->rc;
+                li->rec = NULL;
+                return;
+            }
+
+            continue;
+        }
+
+        /* strictly smaller: among equal keys the newest run stays */
+
+        if (li->rec == NULL
+            || kv_key_cmp(lr->it.pk.key, lr->it.pk.klen,
+                          li->rec->pk.key, li->rec->pk.klen) < 0)
+        {
+            li->rec = &lr->it;
+            li->cur = r;
+        }
+    }
+}
+
+
+int
+kv_level_iter_open(kv_level_iter_t *li, kv_store_t *s, uint32_t nruns,
+    const uint8_t *key, size_t klen)
+{
+    uint32_t         r, run, from;
+    kv_table_t      *t;
+    kv_level_run_t  *lr;
+
+    li->n = nruns;
+    li->rc = KV_OK;
+    li->tables = s->tables;
+    li->run = calloc(nruns ? nruns : 1, sizeof(kv_level_run_t));
+
+    if (li->run == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "no memory to read %u runs of "
+               "\"%s\"", nruns, s->conf.dir);
+        return KV_ENOMEM;
+    }
+
+    for (r = 0; r < nruns; r++) {
+        run = s->nruns - 1 - r;
+        from = run ? s->run_end[run - 1] : 0;
+        lr = &li->run[r];
+        lr->end = s->run_end[run];
+
+        t = key != NULL ? kv_level_pick(s, from, lr->end, key, klen) : NULL;
+        lr->i = t != NULL ? (uint32_t) (t - s->tables) : from;
+
+        lr->rc = lr->i < lr->end
+                 ? kv_table_iter_seek(&lr->it, &s->tables[lr->i], key, klen)
+                 : KV_NOTFOUND;
+
+        kv_level_run_on(lr, li->tables);
+    }
+
+    kv_level_iter_pick(li);
+
+    return KV_OK;
+}
+
+
+void
+kv_level_iter_next(kv_level_iter_t *li)
+{
+    uint32_t         r;
+    kv_level_run_t  *cur, *lr;
+
+    if (li->rec == NULL) {
+        return;
+    }
+
+    cur = &li->run[li->cur];
+
+    /* the older records of the key first: the key is in cur's buffer */
+
+    for (r = 0; r < li->n; r++) {
+        lr = &li->run[r];
+
+        if (lr != cur && lr->rc == KV_OK
+            && kv_key_cmp(lr->it.pk.key, lr->it.pk.klen,
+                          cur->it.pk.key, cur->it.pk.klen) == 0)
+        {
+            lr->rc = kv_table_iter_next(&lr->it);
+            kv_level_run_on(lr, li->tables);
+        }
+    }
+
+    cur->rc = kv_table_iter_next(&cur->it);
+    kv_level_run_on(cur, li->tables);
+
+    kv_level_iter_pick(li);
+}
+
+
+void
+kv_level_iter_close(kv_level_iter_t *li)
+{
+    free(li->run);
+    li->run = NULL;
 }

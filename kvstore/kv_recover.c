@@ -394,7 +394,7 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
 
     for (r = 0; r < runs->n; r++) {
         for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
-            rc = kv_table_open(s, id, &t);
+            rc = kv_table_open(s, id, &t, 1);
 
             if (rc == KV_OK) {
                 kv_table_close(&t);

@@ -539,6 +539,59 @@ kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
 
 
 int
+kv_segment_map(kv_store_t *s, uint32_t id, kv_map_t *m)
+{
+    int        fd, rc;
+    char       path[PATH_MAX];
+    uint64_t   size;
+
+    m->p = NULL;
+    m->len = 0;
+
+    kv_segment_path(s, id, path);
+
+    rc = kv_open_read(s, path, &fd, &size);
+
+    if (rc == KV_NOTFOUND) {
+        kv_log(s->host, KV_LOG_ERR, 0, "segment \"%s\" is gone", path);
+        return KV_EIO;
+    }
+
+    if (rc != KV_OK || size == 0) {
+        if (rc == KV_OK) {
+            close(fd);
+        }
+
+        return rc;
+    }
+
+    m->p = mmap(NULL, (size_t) size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+
+    if (m->p == MAP_FAILED) {
+        m->p = NULL;
+        kv_log(s->host, KV_LOG_ERR, errno, "mmap(\"%s\") failed", path);
+        return KV_EIO;
+    }
+
+    m->len = (size_t) size;
+
+    return KV_OK;
+}
+
+
+void
+kv_segment_unmap(kv_map_t *m)
+{
+    if (m->p != NULL) {
+        munmap(m->p, m->len);
+        m->p = NULL;
+        m->len = 0;
+    }
+}
+
+
+int
 kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t *next)
 {

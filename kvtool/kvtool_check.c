@@ -127,7 +127,7 @@ kvtool_check_tables(kvtool_store_t *t)
         bytes = 0;
 
         for (id = runs.run[r].first; id <= runs.run[r].last; id++) {
-            if (kv_table_open(&t->s, id, &tb) == KV_OK) {
+            if (kv_table_open(&t->s, id, &tb, 1) == KV_OK) {
                 keys += tb.nkeys;
                 bytes += tb.map_len;
                 kv_table_close(&tb);
