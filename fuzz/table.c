@@ -3,8 +3,9 @@
  * The input, as the table file of sorted segment 1 (its id and checksum
  * set right, so that the checks past them are reached), goes through
  * kv_table_check() on a heap copy of its exact size (ASan sees any read
- * past it); one that passes is walked as kv_table_open() and a lookup
- * would walk it (every block's first key, the filter).  The input, as the
+ * past it), fully (as recovery) or not (as a worker); one that passes is
+ * viewed as kv_table_open() views it and walked as a lookup would walk it
+ * (every block's first key through kv_table_block(), the filter).  The input, as the
  * text of TABLES, goes through kv_level_parse(): runs it accepts are
  * ascending and within KV_RUNS_MAX.
  */
@@ -25,14 +26,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    int             full;
     char            why[128], *text;
     size_t          klen;
     uint8_t        *map;
-    int             sum;
-    uint32_t        i, nblocks, floor, prev;
+    uint32_t        i, floor, prev;
     kv_runs_t       runs;
-    const uint8_t  *e, *keys, *filter;
-    size_t          filter_len;
+    kv_table_t      t;
+    const uint8_t  *key;
 
     map = malloc(size ? size : 1);
     text = malloc(size + 1);
@@ -48,25 +49,23 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         kv_put_le(map + size - 8, XXH3_64bits(map, size - 8), 8);
     }
 
-    /* summed or not: the checks kv_table_open() makes either way */
-    sum = size > 0 && (data[size - 1] & 1);
+    /* as recovery opens it (full) or as a worker does */
+    full = size > 0 && (data[size - 1] & 1);
 
-    if (kv_table_check(map, size, 1, sum, why, sizeof(why)) == 0) {
-        nblocks = kv_get_le32(map + 12);
-        filter_len = kv_get_le32(map + 32);
-        keys = map + 48 + (size_t) nblocks * 16;
-        filter = keys + kv_get_le32(map + 36);
+    if (kv_table_check(map, size, 1, full, why, sizeof(why)) == 0) {
+        memset(&t, 0, sizeof(t));
+        t.map = map;
+        t.map_len = size;
+        (void) kv_table_view(&t);
 
-        if (filter + filter_len > map + size || filter_len % 64 != 0) {
+        if (t.filter + t.filter_len > map + size || t.filter_len % 64 != 0) {
             abort();
         }
 
-        for (i = 0; i < nblocks; i++) {
-            e = map + 48 + (size_t) i * 16;
-            klen = (size_t) e[12] | (size_t) e[13] << 8;
-
-            (void) kv_filter_may_contain(filter, filter_len,
-                           kv_filter_hash(keys + kv_get_le32(e + 8), klen));
+        for (i = 0; i < t.nblocks; i++) {
+            (void) kv_table_block(&t, i, &key, &klen);
+            (void) kv_filter_may_contain(t.filter, t.filter_len,
+                                         kv_filter_hash(key, klen));
         }
     }
 

@@ -436,6 +436,7 @@ typedef struct kv_table_s {
     size_t          map_len;
     const uint8_t  *blocks;
     const uint8_t  *keys;
+    size_t          keys_len;
     const uint8_t  *filter;
     size_t          filter_len;
     uint32_t        block;         /* the block size it was written with */
@@ -460,12 +461,19 @@ int kv_table_open(kv_store_t *s, uint32_t id, kv_table_t *t, int sum);
 void kv_table_close(kv_table_t *t);
 
 /*
- * Everything kv_table_open() trusts, on len bytes at map (the checksum if
- * sum is set): 0, or -1 with the reason in why.  Pure: fuzz/table.c calls
- * it on a heap buffer.
+ * What kv_table_open() checks on len bytes at map (with full, as when it
+ * sums: the checksum and every block too): 0, or -1 with the reason in
+ * why.  Pure: fuzz/table.c calls it on a heap buffer.
  */
-int kv_table_check(const uint8_t *map, size_t len, uint32_t id, int sum,
+int kv_table_check(const uint8_t *map, size_t len, uint32_t id, int full,
     char *why, size_t n);
+
+/* sets t's parts from t->map, which passed the check; the segment size */
+uint64_t kv_table_view(kv_table_t *t);
+
+/* block i's offset, and (if key is not NULL) its first key, in bounds */
+uint64_t kv_table_block(const kv_table_t *t, uint32_t i, const uint8_t **key,
+    size_t *klen);
 
 /*
  * Finds key in the table: KV_OK with loc and pk (the record's fields, a

@@ -227,6 +227,7 @@ kv_level_pick(kv_store_t *s, uint32_t from, uint32_t to, const uint8_t *key,
     size_t           flen;
     int64_t          lo, hi, mid;
     kv_table_t      *t;
+    const uint8_t   *first;
 
     lo = from;
     hi = (int64_t) to - 1;
@@ -241,9 +242,9 @@ kv_level_pick(kv_store_t *s, uint32_t from, uint32_t to, const uint8_t *key,
             continue;
         }
 
-        flen = (size_t) t->blocks[12] | (size_t) t->blocks[13] << 8;
+        kv_table_block(t, 0, &first, &flen);
 
-        if (kv_key_cmp(t->keys, flen, key, klen) <= 0) {
+        if (kv_key_cmp(first, flen, key, klen) <= 0) {
             lo = mid + 1;
 
         } else {
