@@ -14,7 +14,7 @@
 #      mode: index=sorted merges meanwhile, index=hash does not.
 # Ratios are printed with PASS/FAIL against the targets; warm page cache.
 # Environment: KEYS, DURATION (wrk seconds per GET run, 10), SET_SECONDS
-# (30), and those of lib.sh.
+# (30), PAGES (listing pages timed, 21), and those of lib.sh.
 
 set -euo pipefail
 
@@ -23,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 KEYS=${KEYS:-10000000}
 DURATION=${DURATION:-10}
 SET_SECONDS=${SET_SECONDS:-30}
+PAGES=${PAGES:-21}
 THREADS=2
 
 need wrk curl jq awk
@@ -34,6 +35,12 @@ trap 'kv_stop; rm -rf "$data" "$data-hash"' EXIT
 echo "sorted: $(date -u '+%F %T UTC')"
 machine
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# the module and the engine's loader, current (a stale loader measured
+# old code once)
+make -C "$repo_dir" -s build "$repo_dir/build/bench/sorted" \
+    > "$out/build.log" 2>&1 ||
+    { tail -20 "$out/build.log" >&2; die "make failed"; }
 
 mkdir -p "$data"
 "$repo_dir/build/bench/sorted" "$KEYS" "$data" | tee "$out/engine.txt" \
@@ -52,6 +59,19 @@ get_run() {
     fi
     echo "  GET $name: $(rps "$out/wrk-$name.txt") req/s, p99 $(awk \
         '/^ +99%/ { print $2 }' "$out/wrk-$name.txt")"
+}
+
+# pages: the median time in ms of PAGES listing pages of 1000 keys, each
+# from a random key
+pages() {
+    local i k t=()
+    for ((i = 0; i < PAGES; i++)); do
+        k=k$(printf %015d $(( (RANDOM * 32768 + RANDOM) % KEYS )))
+        t+=("$(curl -s -o /dev/null -w '%{time_total}' \
+               "$kv_url/db/?limit=1000&start=$k")")
+    done
+    printf '%s\n' "${t[@]}" | sort -n | awk '{ v[NR] = $1 }
+        END { printf "%.1f", v[int((NR + 1) / 2)] * 1000 }'
 }
 
 set_run() {
@@ -74,13 +94,15 @@ echo "  start-up: $(kv_status .recovery.ms) ms; $(kv_status \
 start_ms=$(kv_status .recovery.ms)
 get_run sorted-hit 0
 get_run sorted-miss "$KEYS"
-page=$(curl -s -o /dev/null -w '%{time_total}' \
-       "$kv_url/db/?limit=1000&start=k$(printf %015d $((KEYS / 2)))")
-echo "  a listing page of 1000 keys: $(awk -v t="$page" \
-    'BEGIN { printf "%.1f", t * 1000 }') ms"
+page=$(pages)
+echo "  a listing page of 1000 keys: median $page ms of $PAGES pages" \
+    "(index: $(kv_status .index.keys) keys, $(kv_status .index.masks) masks)"
 set_run sorted
 echo "  during it: $(kv_status .compaction.runs) merges, $(kv_status \
     .compaction.written_bytes) bytes written by them"
+page_after=$(pages)
+echo "  after it, a listing page: median $page_after ms (index: $(kv_status \
+    .index.keys) keys, $(kv_status .index.masks) masks)"
 kv_stop
 
 zone=$(( (KEYS * 80 / 1048576) + 256 ))m
@@ -102,8 +124,9 @@ ratio() {
 ratio sorted-hit hash-hit 0.7 "GET hits, sorted/hash"
 ratio sorted-miss hash-miss 0.9 "GET misses, sorted/hash"
 ratio sorted hash 0.8 "SET with merges, sorted/hash"
-awk -v p="$page" 'BEGIN { printf "target listing page < 10 ms: %.1f %s\n",
-    p * 1000, (p < 0.010 ? "PASS" : "FAIL") }'
+awk -v p="$page" -v q="$page_after" 'BEGIN {
+    printf "target listing page < 10 ms: %.1f after start-up, %.1f after " \
+           "the writes %s\n", p, q, (p < 10 && q < 10 ? "PASS" : "FAIL") }'
 awk -v s="$start_ms" 'BEGIN { printf "target start-up < 2000 ms: %d %s\n",
     s, (s < 2000 ? "PASS" : "FAIL") }'
 echo "raw output: $out"

@@ -496,7 +496,15 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     if (masked) {
         e = NULL;
 
-    } else if (e == NULL) {
+    } else if (e == NULL
+               && (w->tombstone || w->if_match.n != 0
+                   || w->if_none_match.n != 0))
+    {
+        /*
+         * only a delete or a conditional write asks what the sorted
+         * segments hold: a plain put replaces it unseen, without a read
+         * under the lock
+         */
         rc = kv_table_current(s, key, klen, &tloc);
 
         if (rc == KV_OK) {
