@@ -557,9 +557,15 @@ kv_segment_map(kv_store_t *s, uint32_t id, kv_map_t *m)
         return KV_EIO;
     }
 
-    if (rc != KV_OK || size == 0) {
+    if (rc != KV_OK || size == 0 || size > SIZE_MAX) {
         if (rc == KV_OK) {
             close(fd);
+        }
+
+        if (size > SIZE_MAX) {
+            kv_log(s->host, KV_LOG_ERR, 0, "segment \"%s\" is too large "
+                   "to map", path);
+            return KV_EIO;
         }
 
         return rc;

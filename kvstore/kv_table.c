@@ -680,6 +680,11 @@ kv_table_iter_seek(kv_table_iter_t *it, const kv_table_t *t,
     if (key != NULL) {
         b = kv_table_find_block(t, key, klen);
         it->off = b < 0 ? 0 : kv_table_block(t, (uint32_t) b, NULL, NULL);
+
+        /* an unsummed file's offset past the segment: damage, not the end */
+        if (it->off >= t->size) {
+            return KV_ECORRUPT;
+        }
     }
 
     for ( ;; ) {

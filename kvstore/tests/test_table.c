@@ -226,6 +226,33 @@ test_table_lookup(void **state)
     assert_int_equal(kv_table_get(&tb, key, klen, &loc, &pk), KV_OK);
     kv_table_close(&tb);
 
+    /* a block's offset past the segment: a seek there says damage */
+    assert_int_equal(kv_table_build(&t.s, 1), KV_OK);
+    {
+        uint8_t           *data;
+        size_t             len, bklen;
+        const uint8_t     *bkey;
+        kv_table_iter_t   *it;
+
+        data = kv_test_read_file(path, &len);
+        kv_put_le(data + 48 + 2 * 16, (uint64_t) 1 << 40, 8);
+        kv_test_write_file(path, data, len);
+        free(data);
+
+        assert_int_equal(kv_table_open(&t.s, 1, &tb, 1), KV_ECORRUPT);
+        assert_int_equal(kv_table_open(&t.s, 1, &tb, 0), KV_OK);
+
+        (void) kv_table_block(&tb, 2, &bkey, &bklen);
+        memcpy(key, bkey, bklen);
+
+        it = malloc(sizeof(kv_table_iter_t));
+        assert_non_null(it);
+        assert_int_equal(kv_table_iter_seek(it, &tb, key, bklen),
+                         KV_ECORRUPT);
+        free(it);
+        kv_table_close(&tb);
+    }
+
     assert_int_equal(kv_table_build(&t.s, 1), KV_OK);
     assert_int_equal(kv_test_file_size(path), size);
     assert_int_equal(kv_table_open(&t.s, 1, &tb, 1), KV_OK);
