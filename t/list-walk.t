@@ -134,13 +134,9 @@ if ($index eq 'sorted') {
        "$index: merges ran during the walks");
 
     # one merge of everything: the status then counts each key once
-    my $runs = $srv->status->{compaction}{runs};
-    is($srv->compact->{status}, 202, "$index: POST /kv/compact");
-    ok(KvTest::wait_until(sub {
-        my $st = $srv->status;
-        return $st && !$st->{compaction}{running}
-               && $st->{compaction}{runs} > $runs;
-    }, 60, 0.05), "$index: the full merge ended");
+    my ($code, $done) = $srv->compact_and_wait;
+    is($code, 202, "$index: POST /kv/compact");
+    ok($done, "$index: the full merge ended");
 }
 
 # after the writers: a walk is exactly the keys that exist

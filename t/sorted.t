@@ -131,13 +131,9 @@ check_all('after a restart');
 check_list('after a restart');
 
 # an operator's compaction merges every run into one
-my $runs = $srv->status->{compaction}{runs};
-is($srv->compact->{status}, 202, 'POST /kv/compact');
-ok(KvTest::wait_until(sub {
-    my $s = $srv->status;
-    return $s && !$s->{compaction}{running}
-           && $s->{compaction}{runs} > $runs;
-}, 60, 0.05), 'the full merge ended');
+my ($code, $done) = $srv->compact_and_wait;
+is($code, 202, 'POST /kv/compact');
+ok($done, 'the full merge ended');
 is($srv->status->{sorted_segments}{runs}, 1, 'one run left');
 check_all('after a full merge');
 check_list('after a full merge');

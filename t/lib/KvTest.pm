@@ -602,6 +602,20 @@ sub wait_compaction_done {
     return $st;
 }
 
+# POST /kv/compact, then waits until that compaction has run (one more
+# run counted, none running): its HTTP status and whether it ended.
+sub compact_and_wait {
+    my ($self, $timeout) = @_;
+    my $runs = $self->status->{compaction}{runs};
+    my $code = $self->compact->{status};
+    my $done = $code == 202 && wait_until(sub {
+        my $st = $self->status;
+        return $st && !$st->{compaction}{running}
+               && $st->{compaction}{runs} > $runs;
+    }, $timeout || 60, 0.05);
+    return ($code, $done);
+}
+
 # Waits for every pid in @pids to disappear.
 sub wait_gone {
     my ($timeout, @pids) = @_;
