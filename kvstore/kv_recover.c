@@ -513,11 +513,6 @@ kv_recover(kv_store_t *s)
         kv_remove_orphans(s, ids, n);
     }
 
-    /* before the first key: index=sorted keeps the keys in order */
-    host->lock(host->ctx);
-    sh->ordered = s->conf.sorted;
-    host->unlock(host->ctx);
-
     hints = 0;
     scans = 0;
     end = 0;
