@@ -521,11 +521,16 @@ kv_index_add_mask(const kv_host_t *host, kv_shared_t *sh,
 }
 
 
+/*
+ * A merge running in index=sorted may publish sorted segments that hold
+ * the key (it collected the entry before this delete): the mask must stay
+ * to hide them even while none exist yet, else the key comes back.
+ */
 void
 kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e, uint64_t loc, uint32_t flen)
 {
-    if (sh->runs.n != 0) {
+    if (sh->runs.n != 0 || (sh->sorted && sh->compactor != 0)) {
         kv_index_mask(sh, e, loc, flen);
 
     } else {

@@ -43,7 +43,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  4
+#define KV_SHARED_VERSION  5
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -333,7 +333,8 @@ int kv_index_add_mask(const kv_host_t *host, kv_shared_t *sh,
 
 /*
  * A delete's change to the index: e becomes a mask if sorted segments
- * exist (they may hold the key), else it is removed.
+ * exist or a merge may publish some (they may hold the key), else it is
+ * removed.
  */
 void kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e, uint64_t loc, uint32_t flen);

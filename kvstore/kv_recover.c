@@ -513,6 +513,10 @@ kv_recover(kv_store_t *s)
         kv_remove_orphans(s, ids, n);
     }
 
+    host->lock(host->ctx);
+    sh->sorted = s->conf.sorted;
+    host->unlock(host->ctx);
+
     hints = 0;
     scans = 0;
     end = 0;

@@ -291,6 +291,8 @@ typedef struct {
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
     kv_ref_t    free_slots[KV_ENTRY_SLOT_MAX / 8];  /* per slot size */
+    uint32_t    sorted;        /* index=sorted: compaction merges into
+                                  sorted segments */
     kv_stats_t  stats;
 } kv_shared_t;
 

@@ -413,6 +413,81 @@ test_sorted_beyond_memory(void **state)
 }
 
 
+/* a delete that lands while the first merge writes its table */
+static kv_test_store_t  *race_t;
+static int               race_armed;
+static int               race_rc = 1;
+
+
+static int
+race_sync(void *ctx, int fd, const char *path)
+{
+    (void) ctx;
+    (void) fd;
+
+    if (race_armed && race_rc == 1 && strstr(path, ".kvsst") != NULL) {
+        race_rc = kv_delete(&race_t->s, (uint8_t *) "gone", 4);
+    }
+
+    return 0;
+}
+
+
+/*
+ * The first merge collects a key as live; the key is deleted before the
+ * merge publishes its sorted segments, while none exist yet.  The delete
+ * must leave a mask: the new segment holds the old value, which must not
+ * come back, after the merge, after the next one, or after a restart.
+ */
+static void
+test_sorted_delete_during_merge(void **state)
+{
+    char              dir[PATH_MAX];
+    uint32_t          i;
+    kv_loc_t          loc;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_test_sync = race_sync;
+    open_sorted(&t, dir, ZONE, 1);
+    kv_test_sync = NULL;
+    race_t = &t;
+
+    assert_int_equal(kv_put(&t.s, (uint8_t *) "gone", 4, (uint8_t *) "v1", 2,
+                            KV_TYPE_OCTET), KV_OK);
+
+    for (i = 0; i < 50; i++) {
+        put(&t, i, 1);
+    }
+
+    race_armed = 1;
+    merge(&t);
+    race_armed = 0;
+
+    assert_int_equal(race_rc, KV_OK);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+
+    for (i = 50; i < 100; i++) {
+        put(&t, i, 1);
+    }
+
+    merge(&t);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 int
 main(void)
 {
@@ -420,6 +495,7 @@ main(void)
         cmocka_unit_test(test_sorted_merge),
         cmocka_unit_test(test_sorted_commit),
         cmocka_unit_test(test_sorted_beyond_memory),
+        cmocka_unit_test(test_sorted_delete_during_merge),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
