@@ -1548,6 +1548,7 @@ kv_merge_swap(kv_compact_t *c)
     kv_entry_t         *e;
     kv_shared_t        *sh;
     kv_merge_entry_t   *m;
+    kv_order_finger_t   f;
     const kv_host_t    *host;
 
     sh = c->s->sh;
@@ -1582,6 +1583,9 @@ kv_merge_swap(kv_compact_t *c)
 
         host->lock(host->ctx);
 
+        /* the entries go in key order: each unlinked from the last's place */
+        f.valid = 0;
+
         for ( /* void */ ; i < n; i++) {
             m = &c->index[i];
             e = kv_index_find(host, sh, c->index_keys + m->key, m->klen,
@@ -1593,10 +1597,10 @@ kv_merge_swap(kv_compact_t *c)
             }
 
             if (m->dead) {
-                kv_index_remove(host, sh, link, e);
+                kv_index_remove(host, sh, link, e, &f);
 
             } else {
-                kv_index_moved(host, sh, link, e);
+                kv_index_moved(host, sh, link, e, &f);
                 moved++;
             }
         }

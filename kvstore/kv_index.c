@@ -170,23 +170,9 @@ kv_index_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
  * Entries live in slots of their own size, 8-byte steps, carved from
  * pages: nginx's slab allocator would round a 40-byte entry (a 16-byte
  * key) up to 64 bytes.  A freed slot serves the next entry of its size.
- * Only an entry with an expiry time has the 8 bytes that hold it.
+ * Only an entry with an expiry time has the 8 bytes that hold it, and only
+ * index=sorted's entries a tower (kv_entry_size()).
  */
-static size_t
-kv_entry_key_end(size_t klen)
-{
-    return (sizeof(kv_entry_t) + klen + 7) & ~(size_t) 7;
-}
-
-
-static size_t
-kv_entry_size(size_t klen, unsigned flags)
-{
-    return kv_entry_key_end(klen)
-           + ((flags & KV_ENTRY_EXPIRES) ? sizeof(uint64_t) : 0);
-}
-
-
 uint64_t
 kv_entry_expiry(const kv_entry_t *e)
 {
@@ -336,6 +322,10 @@ kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
         return KV_OK;
     }
 
+    if (sh->sorted) {
+        flags |= kv_order_height(key, klen) << KV_ENTRY_HEIGHT_SHIFT;
+    }
+
     e = kv_entry_alloc(host, sh, klen, flags);
     if (e == NULL) {
         return KV_ENOMEM;
@@ -353,6 +343,36 @@ kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 }
 
 
+/* a new key's entry, filled, becomes visible */
+static void
+kv_index_link(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
+{
+    kv_ref_t  *head;
+
+    if (sh->sorted) {
+        kv_order_insert(host, sh, e);
+    }
+
+    head = kv_bucket(host, sh, e->key, e->klen);
+
+    e->next = *head;
+    *head = kv_ref(host, e);
+}
+
+
+/* the entry found through link goes; the caller frees it */
+static void
+kv_index_unlink(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
+    kv_entry_t *e, kv_order_finger_t *f)
+{
+    if (sh->sorted) {
+        kv_order_remove(host, sh, e, f);
+    }
+
+    *link = e->next;
+}
+
+
 /*
  * Points the slot's entry at a new frame, linking it in (a new key) or in
  * place of the old entry.  The frame the old entry pointed at becomes
@@ -363,7 +383,6 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     uint64_t loc, uint32_t flen, uint32_t vlen, unsigned type,
     uint64_t expires_at_ms)
 {
-    kv_ref_t    *head;
     kv_entry_t  *e, *old;
 
     e = slot->e;
@@ -394,14 +413,14 @@ kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     sh->stats.live_bytes += flen;
 
     if (old == NULL) {
-        head = kv_bucket(host, sh, e->key, e->klen);
-
-        e->next = *head;
-        *head = kv_ref(host, e);
-
+        kv_index_link(host, sh, e);
         sh->stats.keys++;
 
     } else if (e != old) {
+        if (sh->sorted) {
+            kv_order_replace(host, sh, old, e);
+        }
+
         e->next = old->next;
         *slot->link = kv_ref(host, e);
 
@@ -423,9 +442,9 @@ kv_index_release(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot)
 /* Unlinks the entry found through link and frees it; its frame is dead. */
 void
 kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
-    kv_entry_t *e)
+    kv_entry_t *e, kv_order_finger_t *f)
 {
-    *link = e->next;
+    kv_index_unlink(host, sh, link, e, f);
 
     if (e->flags & KV_ENTRY_MASK) {
         sh->stats.masks--;
@@ -450,9 +469,9 @@ kv_index_crowded(const kv_shared_t *sh)
 
 void
 kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
-    kv_entry_t *e)
+    kv_entry_t *e, kv_order_finger_t *f)
 {
-    *link = e->next;
+    kv_index_unlink(host, sh, link, e, f);
 
     sh->stats.keys--;
     sh->stats.live_bytes -= e->flen;
@@ -485,7 +504,6 @@ void
 kv_index_set_mask(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     uint64_t loc, uint32_t flen)
 {
-    kv_ref_t    *head;
     kv_entry_t  *e;
 
     e = slot->e;
@@ -495,9 +513,7 @@ kv_index_set_mask(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
     e->type = 0;
     e->flags |= KV_ENTRY_MASK;
 
-    head = kv_bucket(host, sh, e->key, e->klen);
-    e->next = *head;
-    *head = kv_ref(host, e);
+    kv_index_link(host, sh, e);
 
     sh->stats.masks++;
 }
@@ -534,7 +550,7 @@ kv_index_drop(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
         kv_index_mask(sh, e, loc, flen);
 
     } else {
-        kv_index_remove(host, sh, link, e);
+        kv_index_remove(host, sh, link, e, NULL);
     }
 }
 

@@ -9,6 +9,7 @@
  *   kv_codec.c    record frames: encode, verify, decode
  *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
  *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
+ *   kv_order.c    index=sorted: the index's keys in order (a skip list)
  *   kv_index.c    the hash index in host memory, replaying a record into it
  *   kv_filter.c   the Bloom filter of a sorted segment
  *   kv_table.c    sorted segments: their table file (sparse index and
@@ -43,7 +44,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  5
+#define KV_SHARED_VERSION  6
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -72,6 +73,13 @@
  * segments hold of it until a merge drops both
  */
 #define KV_ENTRY_MASK      0x04
+/*
+ * index=sorted: the entry's height in the skip list of kv_order.c (1 to
+ * KV_ORDER_LEVELS; 0 in index=hash, which keeps no order), in the high
+ * bits of its flags
+ */
+#define KV_ENTRY_HEIGHT_SHIFT  4
+#define KV_ENTRY_HEIGHT(flags)  ((unsigned) (flags) >> KV_ENTRY_HEIGHT_SHIFT)
 
 /* an escaped key in a log message: at most 64 key bytes as \xNN and "..." */
 #define KV_KEY_SHOWN    64
@@ -280,6 +288,65 @@ kv_entry_t *kv_index_find(const kv_host_t *host, kv_shared_t *sh,
     const uint8_t *key, size_t klen, kv_ref_t **link);
 
 /*
+ * An entry: kv_entry_t, the key to the next 8-byte boundary, with
+ * KV_ENTRY_EXPIRES the expiry time (8 bytes), then its tower of
+ * KV_ENTRY_HEIGHT() links in the skip list, rounded up to 8 bytes.
+ */
+static inline size_t
+kv_entry_key_end(size_t klen)
+{
+    return (sizeof(kv_entry_t) + klen + 7) & ~(size_t) 7;
+}
+
+
+static inline size_t
+kv_entry_tower_off(size_t klen, unsigned flags)
+{
+    return kv_entry_key_end(klen)
+           + ((flags & KV_ENTRY_EXPIRES) ? sizeof(uint64_t) : 0);
+}
+
+
+static inline size_t
+kv_entry_size(size_t klen, unsigned flags)
+{
+    return kv_entry_tower_off(klen, flags)
+           + ((KV_ENTRY_HEIGHT(flags) + 1) / 2) * 8;
+}
+
+
+/*
+ * index=sorted: the index's entries in key order, a skip list threaded
+ * through them (kv_order.c), kept by every change of the index under the
+ * lock, so that a listing seeks to its start instead of passing over every
+ * bucket.  An entry's height follows from its key's hash, so an entry that
+ * replaces another of the same key has the same tower.
+ */
+unsigned kv_order_height(const uint8_t *key, size_t klen);
+void kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
+
+/*
+ * Where the last search through it stopped: the entry (NULL: the head)
+ * before its key on each level.  Valid while the lock is held and only
+ * removals through it change the index (a merge's swap, in key order).
+ */
+typedef struct {
+    kv_entry_t  *node[KV_ORDER_LEVELS];
+    unsigned     valid;
+} kv_order_finger_t;
+
+/* f: NULL, or a finger zeroed before the first removal through it */
+void kv_order_remove(const kv_host_t *host, kv_shared_t *sh,
+    const kv_entry_t *e, kv_order_finger_t *f);
+void kv_order_replace(const kv_host_t *host, kv_shared_t *sh,
+    const kv_entry_t *old, kv_entry_t *e);
+
+/* the first entry past key (excl) or at it or past, NULL if none */
+kv_entry_t *kv_order_seek(const kv_host_t *host, kv_shared_t *sh,
+    const uint8_t *key, size_t klen, int excl);
+kv_entry_t *kv_order_next(const kv_host_t *host, const kv_entry_t *e);
+
+/*
  * Finds the key's entry, for a record with or without an expiry time, and
  * allocates a new one if needed: KV_OK, or KV_ENOMEM with nothing changed.
  * The caller passes the slot to kv_index_set() or kv_index_release().
@@ -293,7 +360,7 @@ void kv_index_set(const kv_host_t *host, kv_shared_t *sh, kv_slot_t *slot,
 void kv_index_release(const kv_host_t *host, kv_shared_t *sh,
     kv_slot_t *slot);
 void kv_index_remove(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
-    kv_entry_t *e);
+    kv_entry_t *e, kv_order_finger_t *f);
 void kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
 
 /* the entry's expiry time (Unix ms), 0 if it has none */
@@ -314,7 +381,7 @@ int kv_index_crowded(const kv_shared_t *sh);
 
 /* Unlinks a live entry whose record a sorted segment now holds. */
 void kv_index_moved(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
-    kv_entry_t *e);
+    kv_entry_t *e, kv_order_finger_t *f);
 
 /*
  * Makes e a mask (KV_ENTRY_MASK) pointing at the tombstone or expired
@@ -592,6 +659,9 @@ int kv_seq_load(kv_store_t *s);
  * the lock this way before it touches a store that recovery refuses.
  */
 int kv_lock_dir(kv_store_t *s);
+
+/* with the lock held: KV_OK if the store is open, else KV_EUNAVAIL, logged */
+int kv_check_open(kv_store_t *s);
 
 
 static inline void *

@@ -1,27 +1,30 @@
 #define _GNU_SOURCE
 
 /*
- * Listing keys in order.  The hash index keeps no order, so a page is the
- * range's limit + 1 smallest keys, found in one pass over every bucket
- * with a bounded max-heap: O(n log limit) per page, with the lock taken
- * per step of KV_ITER_CHUNK buckets.  The extra key only says whether
- * there is more.
+ * Listing keys in order.  The hash index keeps no order, so in index=hash
+ * a page is the range's limit + 1 smallest keys, found in one pass over
+ * every bucket with a bounded max-heap: O(n log limit) per page, with the
+ * lock taken per step of KV_ITER_CHUNK buckets.  The extra key only says
+ * whether there is more.
  *
  * A key that exists for a whole pass sits in its bucket for all of it
  * (buckets never move), so it is seen; paging by the last key returned
  * (exclusive) then lists every key that exists for a whole walk exactly
  * once.
  *
- * index=sorted: the pass keeps masks and expired entries too, as keys
- * that hide the sorted segments' records; then the page is a merge of
- * those entries with every run read from the range's start (newest
- * first wins), up to limit + 1 keys or the largest entry kept, past which
- * the index was not looked at: the next page resumes there.  A merge
- * publishes its tables before it drops the entries they took over, so a
- * key that exists for the whole pass is in the index or in the runs read
- * after it.
+ * index=sorted: the index keeps its keys in order too (kv_order.c), so
+ * the page's entries are read from the range's start, KV_ITER_CHUNK per
+ * hold of the lock, each step seeking past the last key taken; masks and
+ * expired entries are kept, as keys that hide the sorted segments'
+ * records.  Then the page is a merge of those entries with every run read
+ * from the range's start (newest first wins), up to limit + 1 keys or the
+ * largest entry kept, past which the index was not looked at: the next
+ * page resumes there.  A merge publishes its tables before it drops the
+ * entries they took over, so a key that exists for the whole walk is in
+ * the index or in the runs read after it.
  */
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,9 +32,10 @@
 
 
 /*
- * buckets walked per hold of the lock: with 4096, writers running beside
- * a client that pages without pause had a p99 of 46 ms, with 512, 9.5 ms
- * (bench/list.sh, 1 million keys)
+ * buckets (index=hash) or entries (index=sorted) walked per hold of the
+ * lock: with 4096 buckets, writers running beside a client that pages
+ * without pause had a p99 of 46 ms, with 512, 9.5 ms (bench/list.sh,
+ * 1 million keys)
  */
 #define KV_ITER_CHUNK  512
 /* how many buckets ahead the pass prefetches the first entry */
@@ -60,13 +64,21 @@ struct kv_iter_s {
 
 static int kv_iter_walk(kv_store_t *s, const kv_range_t *range,
     kv_iter_t *it);
+static int kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range,
+    kv_iter_t *it);
+static void kv_iter_start(const kv_range_t *range, const uint8_t **key,
+    size_t *klen, int *excl);
+static int kv_iter_keep(kv_iter_item_t *item, const kv_entry_t *e,
+    unsigned dead);
 static int kv_iter_in_range(const kv_range_t *range, const uint8_t *key,
     size_t klen);
-static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e, unsigned dead);
+static int kv_iter_take(kv_iter_t *it, const kv_entry_t *e);
 static int kv_iter_copy(kv_iter_item_t *item, const uint8_t *key,
     size_t klen);
 static int kv_iter_sorted(kv_store_t *s, const kv_range_t *range,
     kv_iter_t *it, const kv_runs_t *runs);
+static kv_store_t *kv_iter_handle(kv_store_t *s);
+static void kv_iter_handle_done(kv_store_t *s, kv_store_t *h);
 static void kv_iter_sift_down(kv_iter_t *it, uint32_t i);
 static int kv_iter_cmp_items(const void *a, const void *b);
 
@@ -95,15 +107,13 @@ kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
         return KV_ENOMEM;
     }
 
-    rc = kv_iter_walk(s, range, it);
-    if (rc != KV_OK) {
-        kv_iter_close(it);
-        return rc;
-    }
-
-    qsort(it->items, it->n, sizeof(kv_iter_item_t), kv_iter_cmp_items);
-
     if (s->conf.sorted) {
+        rc = kv_iter_walk_ordered(s, range, it);
+        if (rc != KV_OK) {
+            kv_iter_close(it);
+            return rc;
+        }
+
         s->host->lock(s->host->ctx);
         runs = s->sh->runs;
         s->host->unlock(s->host->ctx);
@@ -117,6 +127,14 @@ kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
         *itp = it;
         return KV_OK;
     }
+
+    rc = kv_iter_walk(s, range, it);
+    if (rc != KV_OK) {
+        kv_iter_close(it);
+        return rc;
+    }
+
+    qsort(it->items, it->n, sizeof(kv_iter_item_t), kv_iter_cmp_items);
 
     if (it->n == it->max) {
         it->more = 1;
@@ -203,7 +221,6 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     int               rc;
     uint32_t          i, end;
     uint64_t          now;
-    unsigned          dead;
     kv_ref_t         *buckets, ref;
     kv_entry_t       *e;
     kv_shared_t      *sh;
@@ -216,11 +233,10 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     for (i = 0; rc == KV_OK; i = end) {
         host->lock(host->ctx);
 
-        if (!sh->open) {
+        rc = kv_check_open(s);
+        if (rc != KV_OK) {
             host->unlock(host->ctx);
-            kv_log(host, KV_LOG_ERR, 0, "the store in \"%s\" is not open",
-                   s->conf.dir);
-            return KV_EUNAVAIL;
+            return rc;
         }
 
         if (i == sh->nbuckets) {
@@ -248,15 +264,13 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
                     continue;
                 }
 
-                dead = (e->flags & KV_ENTRY_MASK)
-                       || kv_entry_expired(e, now);
+                if (kv_entry_expired(e, now)) {
+                    continue;
+                }
 
-                /* index=sorted: what hides a sorted segment's record */
-                if (!dead || s->conf.sorted) {
-                    rc = kv_iter_take(it, e, dead);
-                    if (rc != KV_OK) {
-                        break;
-                    }
+                rc = kv_iter_take(it, e);
+                if (rc != KV_OK) {
+                    break;
                 }
             }
         }
@@ -265,6 +279,93 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     }
 
     return rc;
+}
+
+
+static int
+kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
+{
+    int               rc, excl;
+    size_t            klen;
+    uint32_t          k;
+    uint64_t          now;
+    kv_entry_t       *e;
+    kv_shared_t      *sh;
+    const uint8_t    *key;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+    rc = KV_OK;
+
+    kv_iter_start(range, &key, &klen, &excl);
+
+    for ( ;; ) {
+        host->lock(host->ctx);
+
+        rc = kv_check_open(s);
+        if (rc != KV_OK) {
+            host->unlock(host->ctx);
+            return rc;
+        }
+
+        now = kv_now_ms(host);
+        e = kv_order_seek(host, sh, key, klen, excl);
+
+        for (k = 0; e != NULL && k < KV_ITER_CHUNK && it->n < it->max; k++) {
+
+            /* read from the range's start: past the prefix is past all */
+
+            if (range->plen != 0
+                && (e->klen < range->plen
+                    || memcmp(e->key, range->prefix, range->plen) != 0))
+            {
+                e = NULL;
+                break;
+            }
+
+            rc = kv_iter_keep(&it->items[it->n], e,
+                              (e->flags & KV_ENTRY_MASK)
+                              || kv_entry_expired(e, now));
+            if (rc != KV_OK) {
+                break;
+            }
+
+            it->n++;
+            e = kv_order_next(host, e);
+        }
+
+        host->unlock(host->ctx);
+
+        if (rc != KV_OK || e == NULL || it->n == it->max) {
+            return rc;
+        }
+
+        key = it->items[it->n - 1].key;
+        klen = it->items[it->n - 1].klen;
+        excl = 1;
+    }
+}
+
+
+/* where a range starts: the larger of its prefix and from */
+static void
+kv_iter_start(const kv_range_t *range, const uint8_t **key, size_t *klen,
+    int *excl)
+{
+    if (range->from != NULL
+        && kv_key_cmp(range->from, range->flen, range->prefix, range->plen)
+           >= 0)
+    {
+        *key = range->from;
+        *klen = range->flen;
+        *excl = range->from_excl;
+        return;
+    }
+
+    *key = range->plen ? range->prefix : NULL;
+    *klen = range->plen;
+    *excl = 0;
 }
 
 
@@ -295,7 +396,7 @@ kv_iter_in_range(const kv_range_t *range, const uint8_t *key, size_t klen)
  * held, so once the heap is full a key that loses costs one comparison.
  */
 static int
-kv_iter_take(kv_iter_t *it, const kv_entry_t *e, unsigned dead)
+kv_iter_take(kv_iter_t *it, const kv_entry_t *e)
 {
     uint32_t         i, parent;
     kv_iter_item_t  *slot, item;
@@ -311,12 +412,9 @@ kv_iter_take(kv_iter_t *it, const kv_entry_t *e, unsigned dead)
         slot = &it->items[it->n];
     }
 
-    if (kv_iter_copy(slot, e->key, e->klen) != KV_OK) {
+    if (kv_iter_keep(slot, e, 0) != KV_OK) {
         return KV_ENOMEM;
     }
-
-    kv_entry_loc(e, &slot->loc);
-    slot->dead = dead;
 
     if (slot == &it->items[0] && it->n == it->max) {
         kv_iter_sift_down(it, 0);
@@ -361,6 +459,21 @@ kv_iter_copy(kv_iter_item_t *item, const uint8_t *key, size_t klen)
 
     memcpy(item->key, key, klen);
     item->klen = klen;
+
+    return KV_OK;
+}
+
+
+/* the item becomes e's key and location */
+static int
+kv_iter_keep(kv_iter_item_t *item, const kv_entry_t *e, unsigned dead)
+{
+    if (kv_iter_copy(item, e->key, e->klen) != KV_OK) {
+        return KV_ENOMEM;
+    }
+
+    kv_entry_loc(e, &item->loc);
+    item->dead = dead;
 
     return KV_OK;
 }
@@ -421,43 +534,37 @@ static int
 kv_iter_sorted(kv_store_t *s, const kv_range_t *range, kv_iter_t *it,
     const kv_runs_t *runs)
 {
-    int                     rc, full, c;
+    int                     rc, full, c, excl;
     size_t                  klen, slen;
     uint32_t                r, hi, n;
     uint64_t                now;
-    kv_store_t              h;
+    kv_store_t             *h;
     kv_iter_item_t         *out, *item, *hmax;
     kv_level_iter_t         li;
     const uint8_t          *key, *start;
     const kv_table_iter_t  *rec;
 
-    /* a handle of its own: a listing runs in a thread */
-    kv_store_init(&h, s->sh, s->host, &s->conf);
-
     li.run = NULL;
-    out = calloc(it->max, sizeof(kv_iter_item_t));
-    if (out == NULL) {
+
+    h = kv_iter_handle(s);
+    if (h == NULL) {
         return KV_ENOMEM;
     }
 
-    rc = kv_level_open(&h, runs);
+    out = calloc(it->max, sizeof(kv_iter_item_t));
+    if (out == NULL) {
+        kv_iter_handle_done(s, h);
+        return KV_ENOMEM;
+    }
+
+    rc = kv_level_open(h, runs);
     if (rc != KV_OK) {
         goto done;
     }
 
-    /* where the range starts: the larger of its prefix and from */
+    kv_iter_start(range, &start, &slen, &excl);
 
-    start = range->prefix;
-    slen = range->plen;
-
-    if (range->from != NULL
-        && kv_key_cmp(range->from, range->flen, start, slen) > 0)
-    {
-        start = range->from;
-        slen = range->flen;
-    }
-
-    rc = kv_level_iter_open(&li, &h, h.nruns, slen ? start : NULL, slen);
+    rc = kv_level_iter_open(&li, h, h->nruns, slen ? start : NULL, slen);
     if (rc != KV_OK) {
         goto done;
     }
@@ -580,7 +687,53 @@ done:
     }
 
     kv_level_iter_close(&li);
-    kv_store_close(&h);
+    kv_iter_handle_done(s, h);
 
     return rc;
+}
+
+
+/*
+ * A listing runs in a thread, so it reads the tables through a handle of
+ * its own: s's spare one if free, with the tables the last listing opened
+ * (opening a hundred table files cost a page milliseconds), else a new
+ * one.
+ */
+static kv_store_t *
+kv_iter_handle(kv_store_t *s)
+{
+    kv_store_t  *h;
+
+    h = __atomic_exchange_n(&s->spare, NULL, __ATOMIC_ACQ_REL);
+
+    if (h == NULL) {
+        h = malloc(sizeof(kv_store_t));
+
+        if (h == NULL) {
+            kv_log(s->host, KV_LOG_ERR, errno, "no memory to list the keys "
+                   "of \"%s\"", s->conf.dir);
+            return NULL;
+        }
+
+        kv_store_init(h, s->sh, s->host, &s->conf);
+    }
+
+    return h;
+}
+
+
+/* the handle becomes s's spare one, unless another listing's did */
+static void
+kv_iter_handle_done(kv_store_t *s, kv_store_t *h)
+{
+    kv_store_t  *none;
+
+    none = NULL;
+
+    if (!__atomic_compare_exchange_n(&s->spare, &none, h, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    {
+        kv_store_close(h);
+        free(h);
+    }
 }

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -92,17 +93,31 @@ kv_segment_fd(kv_store_t *s, uint32_t segment)
 void
 kv_store_sweep(kv_store_t *s)
 {
-    kv_fd_t   *f;
-    uint32_t   i, first;
+    kv_fd_t     *f;
+    uint32_t     i, first, gen;
+    kv_store_t  *spare, *none;
 
+    none = NULL;
     first = __atomic_load_n(&s->sh->first_segment, __ATOMIC_RELAXED);
+    gen = __atomic_load_n(&s->sh->runs.gen, __ATOMIC_RELAXED);
 
     /* sorted segments a merge replaced: their space goes with the maps */
-    if (s->tables != NULL
-        && s->tables_gen != __atomic_load_n(&s->sh->runs.gen,
-                                            __ATOMIC_RELAXED))
-    {
+    if (s->tables != NULL && s->tables_gen != gen) {
         kv_level_close(s);
+    }
+
+    /* and with those of the handle listings keep (kv_iter.c) */
+
+    spare = __atomic_exchange_n(&s->spare, NULL, __ATOMIC_ACQ_REL);
+
+    if (spare != NULL
+        && (spare->tables_gen != gen
+            || !__atomic_compare_exchange_n(&s->spare, &none, spare, 0,
+                                            __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)))
+    {
+        kv_store_close(spare);
+        free(spare);
     }
 
     for (i = 0; i < KV_FD_CACHE; i++) {
@@ -297,7 +312,7 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
 }
 
 
-static int
+int
 kv_check_open(kv_store_t *s)
 {
     if (s->sh->open) {
@@ -1221,6 +1236,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->ntables = 0;
     s->tables_gen = 0;
     s->nruns = 0;
+    s->spare = NULL;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         s->fds[i].segment = 0;
@@ -1232,7 +1248,8 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
 void
 kv_store_close(kv_store_t *s)
 {
-    uint32_t  i;
+    uint32_t     i;
+    kv_store_t  *spare;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         if (s->fds[i].segment != 0) {
@@ -1245,4 +1262,11 @@ kv_store_close(kv_store_t *s)
     s->fd_next = 0;
 
     kv_level_close(s);
+
+    spare = __atomic_exchange_n(&s->spare, NULL, __ATOMIC_ACQ_REL);
+
+    if (spare != NULL) {
+        kv_store_close(spare);
+        free(spare);
+    }
 }

@@ -11,12 +11,14 @@
  *
  * Two kinds of state:
  *   kv_shared_t  lives in host memory (shared between processes): counters,
- *                the write position, the index.  Fields change with the
+ *                the write position, the index (in index=sorted also
+ *                kept in key order, for listings).  Fields change with the
  *                host lock held; the few that hot paths read without it
  *                (synced, sync_failed, first_segment, flusher) only move
  *                one way and are read and written atomically.  Hosts never
  *                read it: kv_stats() says what they may want to know.
- *   kv_store_t   one per process: the directory, open file descriptors.
+ *   kv_store_t   one per process: the directory, open file descriptors
+ *                (and sorted segments' tables, for lookups and listings).
  */
 
 #ifndef KVSTORE_H
@@ -63,6 +65,12 @@
  */
 #define KV_ENTRY_PAGE       4096
 #define KV_ENTRY_SLOT_MAX   512
+/*
+ * index=sorted: levels of the skip list that keeps the index's keys in
+ * order; with one entry in four rising a level, enough for 16 million
+ * entries
+ */
+#define KV_ORDER_LEVELS     12
 #define KV_MAX_VALUE_LIMIT  (1024u * 1024 * 1024) /* hard cap on max_value */
 
 /*
@@ -291,8 +299,10 @@ typedef struct {
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
     kv_ref_t    free_slots[KV_ENTRY_SLOT_MAX / 8];  /* per slot size */
-    uint32_t    sorted;        /* index=sorted: compaction merges into
-                                  sorted segments */
+    uint32_t    sorted;        /* index=sorted: sorted segments, and
+                                  entries keep key order */
+    uint32_t    order_levels;  /* the skip list's levels in use */
+    kv_ref_t    order_head[KV_ORDER_LEVELS];   /* each level's first entry */
     kv_stats_t  stats;
 } kv_shared_t;
 
@@ -328,7 +338,9 @@ typedef struct {
  * One per process and per thread: descriptors are cached per handle, so a
  * thread-pool task uses a handle of its own.
  */
-typedef struct {
+typedef struct kv_store_s  kv_store_t;
+
+struct kv_store_s {
     kv_shared_t        *sh;
     const kv_host_t    *host;
     kv_conf_t           conf;
@@ -343,7 +355,10 @@ typedef struct {
     uint32_t            tables_gen;     /* after run; run r's are those */
     uint32_t            nruns;          /* before run_end[r] */
     uint32_t            run_end[KV_RUNS_MAX];
-} kv_store_t;
+    kv_store_t         *spare;     /* index=sorted: a listing's handle,
+                                      kept with its tables open for the
+                                      next one; __atomic builtins only */
+};
 
 
 /*

@@ -75,7 +75,7 @@ index_remove(index_t *x, const void *key, size_t klen)
 
     e = kv_index_find(&x->t.host, x->sh, key, klen, &link);
     if (e != NULL) {
-        kv_index_remove(&x->t.host, x->sh, link, e);
+        kv_index_remove(&x->t.host, x->sh, link, e, NULL);
     }
 
     x->t.host.unlock(x->t.host.ctx);
@@ -344,6 +344,245 @@ test_entry_slots(void **state)
 }
 
 
+#define ORDER_KEYS  2000
+
+typedef struct {
+    uint8_t   key[24];
+    size_t    klen;
+    unsigned  in;        /* the index holds it */
+} order_key_t;
+
+
+static int
+order_cmp(const void *a, const void *b)
+{
+    const order_key_t  *x = a, *y = b;
+
+    return kv_key_cmp(x->key, x->klen, y->key, y->klen);
+}
+
+
+/*
+ * The ordered index's invariants against the keys it holds: level 0 walks
+ * them all in order, every upper level is an ordered part of the one
+ * below, each entry is on the levels of its height only.
+ */
+static void
+order_check(index_t *x, const order_key_t *keys, size_t nkeys)
+{
+    size_t        i;
+    unsigned      l, h;
+    kv_ref_t      ref, *tower;
+    kv_entry_t   *e, *prev;
+    const kv_host_t  *host;
+
+    host = &x->t.host;
+    e = kv_order_seek(host, x->sh, NULL, 0, 0);
+
+    for (i = 0; i < nkeys; i++) {
+        if (!keys[i].in) {
+            continue;
+        }
+
+        assert_non_null(e);
+        assert_memory_equal(e->key, keys[i].key, keys[i].klen);
+        assert_int_equal(e->klen, keys[i].klen);
+        e = kv_order_next(host, e);
+    }
+
+    assert_null(e);
+
+    for (l = 1; l < KV_ORDER_LEVELS; l++) {
+        prev = NULL;
+
+        for (ref = x->sh->order_head[l]; ref != 0; ref = tower[l]) {
+            e = kv_ptr(host, ref);
+            h = KV_ENTRY_HEIGHT(e->flags);
+            assert_true(h > l);
+            assert_true(l < x->sh->order_levels);
+            assert_ptr_equal(kv_index_find(host, x->sh, e->key, e->klen,
+                                           NULL), e);
+
+            if (prev != NULL) {
+                assert_true(kv_key_cmp(prev->key, prev->klen, e->key,
+                                       e->klen) < 0);
+            }
+
+            prev = e;
+            tower = (kv_ref_t *) ((uint8_t *) e
+                                  + kv_entry_tower_off(e->klen, e->flags));
+        }
+    }
+}
+
+
+/*
+ * index=sorted: every change of the index keeps its keys in order (new
+ * keys, overwrites, entries replaced by a change of expiry, masks,
+ * removals, moves to sorted segments), and a seek lands on the first key
+ * at or past its own.
+ */
+static void
+test_order(void **state)
+{
+    int           rc;
+    size_t        i, j, k, nkeys;
+    unsigned      op, excl;
+    uint64_t      expires;
+    kv_ref_t     *link;
+    kv_slot_t     slot;
+    index_t       x;
+    kv_order_finger_t  f;
+    kv_entry_t   *e;
+    order_key_t  *keys, probe;
+    const kv_host_t  *host;
+
+    (void) state;
+
+    index_open(&x, 4 * 1024 * 1024, 512);
+    host = &x.t.host;
+    x.sh->sorted = 1;
+    x.sh->runs.n = 1;      /* sorted segments exist: deletes leave masks */
+
+    keys = calloc(ORDER_KEYS, sizeof(order_key_t));
+    assert_non_null(keys);
+
+    /* keys of 1 to 24 random bytes, few distinct first bytes */
+    srandom(12);
+
+    for (i = 0, nkeys = 0; i < ORDER_KEYS; i++) {
+        keys[nkeys].klen = 1 + (size_t) random() % 24;
+
+        for (j = 0; j < keys[nkeys].klen; j++) {
+            keys[nkeys].key[j] = (uint8_t) (j == 0 ? random() % 4
+                                                   : random() % 256);
+        }
+
+        for (j = 0; j < nkeys; j++) {
+            if (order_cmp(&keys[j], &keys[nkeys]) == 0) {
+                break;
+            }
+        }
+
+        nkeys += (j == nkeys);
+    }
+
+    qsort(keys, nkeys, sizeof(order_key_t), order_cmp);
+
+    host->lock(host->ctx);
+
+    for (k = 0; k < 40000; k++) {
+        i = (size_t) random() % nkeys;
+        op = (unsigned) random() % 8;
+        e = kv_index_find(host, x.sh, keys[i].key, keys[i].klen, &link);
+
+        if (op < 4) {
+            /* a put, half of them with an expiry time */
+            expires = (op & 1) ? 4102444800000ull + k : 0;
+            rc = kv_index_reserve(host, x.sh, keys[i].key, keys[i].klen,
+                                  expires, &slot);
+            assert_int_equal(rc, KV_OK);
+            kv_index_set(host, x.sh, &slot, KV_LOC(1, k), 100, 1,
+                         KV_TYPE_OCTET, expires);
+            keys[i].in = 1;
+
+        } else if (op == 4 && e != NULL) {
+            kv_index_remove(host, x.sh, link, e, NULL);
+            keys[i].in = 0;
+
+        } else if (op == 5 && e != NULL && !(e->flags & KV_ENTRY_MASK)) {
+            kv_index_moved(host, x.sh, link, e, NULL);
+            keys[i].in = 0;
+
+        } else if (op == 6 && e != NULL) {
+            kv_index_drop(host, x.sh, link, e, KV_LOC(1, k), 50);
+
+        } else if (op == 6) {
+            assert_int_equal(kv_index_add_mask(host, x.sh, keys[i].key,
+                                               keys[i].klen, KV_LOC(1, k),
+                                               50), KV_OK);
+            keys[i].in = 1;
+
+        } else if (op == 7) {
+            /* a seek from a key that may be absent, or from one byte less */
+            probe = keys[i];
+            probe.klen -= (probe.klen > 1 && (k & 1));
+            excl = (k & 2) != 0;
+
+            for (j = 0; j < nkeys; j++) {
+                if (keys[j].in
+                    && (excl ? order_cmp(&keys[j], &probe) > 0
+                             : order_cmp(&keys[j], &probe) >= 0))
+                {
+                    break;
+                }
+            }
+
+            e = kv_order_seek(host, x.sh, probe.key, probe.klen, excl);
+
+            if (j == nkeys) {
+                assert_null(e);
+
+            } else {
+                assert_non_null(e);
+                assert_int_equal(e->klen, keys[j].klen);
+                assert_memory_equal(e->key, keys[j].key, keys[j].klen);
+            }
+        }
+
+        if (k % 5000 == 0) {
+            order_check(&x, keys, nkeys);
+        }
+    }
+
+    order_check(&x, keys, nkeys);
+
+    /*
+     * removing keys in order through a finger, as a merge's swap does,
+     * keeps the order; removing every key empties every level
+     */
+
+    memset(&f, 0, sizeof(f));
+
+    for (i = 0; i < nkeys; i++) {
+        e = kv_index_find(host, x.sh, keys[i].key, keys[i].klen, &link);
+
+        if (e != NULL && i % 3 != 0) {
+            kv_index_remove(host, x.sh, link, e, &f);
+            keys[i].in = 0;
+        }
+    }
+
+    order_check(&x, keys, nkeys);
+
+    /* a key below the finger's place: searched for from the head */
+
+    e = kv_index_find(host, x.sh, keys[0].key, keys[0].klen, &link);
+    assert_non_null(e);
+    kv_index_remove(host, x.sh, link, e, &f);
+    keys[0].in = 0;
+
+    order_check(&x, keys, nkeys);
+
+    for (i = 0; i < nkeys; i++) {
+        e = kv_index_find(host, x.sh, keys[i].key, keys[i].klen, &link);
+
+        if (e != NULL) {
+            kv_index_moved(host, x.sh, link, e, NULL);
+            keys[i].in = 0;
+        }
+    }
+
+    assert_int_equal(x.sh->order_levels, 0);
+    assert_null(kv_order_seek(host, x.sh, NULL, 0, 0));
+
+    host->unlock(host->ctx);
+
+    free(keys);
+    kv_test_close(&x.t);
+}
+
+
 int
 main(void)
 {
@@ -355,6 +594,7 @@ main(void)
         cmocka_unit_test(test_create_too_small),
         cmocka_unit_test(test_full_index),
         cmocka_unit_test(test_entry_slots),
+        cmocka_unit_test(test_order),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

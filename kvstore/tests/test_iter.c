@@ -439,6 +439,7 @@ test_iter_sorted(void **state)
     char             *alive;
     key_t_           *ref, *got, *live;
     kv_conf_t         conf;
+    kv_store_t        other;
     kv_test_store_t   t;
     static const uint32_t   limits[] = { 1, 7, 1000 };
     static const uint8_t    prefixes[][2] = { "", "a", "b\377" };
@@ -509,6 +510,24 @@ test_iter_sorted(void **state)
             }
         }
     }
+
+    /*
+     * the listings left a handle with the tables open; a sweep keeps it
+     * while they are current and drops it once a merge replaced them
+     */
+    assert_non_null(t.s.spare);
+    assert_non_null(t.s.spare->tables);
+    kv_store_sweep(&t.s);
+    assert_non_null(t.s.spare);
+
+    /* a merge by another process's handle */
+    kv_store_init(&other, t.sh, &t.host, &t.s.conf);
+    assert_int_equal(kv_compact_begin(&other), KV_OK);
+    assert_int_equal(kv_compact(&other), KV_OK);
+    kv_store_close(&other);
+    assert_non_null(t.s.spare);
+    kv_store_sweep(&t.s);
+    assert_null(t.s.spare);
 
     free(ref);
     free(got);

@@ -1,0 +1,221 @@
+#define _GNU_SOURCE
+
+/*
+ * index=sorted: the index's entries in key order, for listings.  A skip
+ * list (Pugh; LevelDB's memtable is one) threaded through the entries:
+ * each entry carries a tower of links, one per level it rises to, after
+ * its key.  Every change of the index keeps it, under the lock, so it
+ * costs O(log n) per new or removed key and nothing per overwrite.
+ *
+ * Links are published bottom up, and unlinked top down, each with one
+ * store: a level-0 walk never meets a half-linked entry, and an entry
+ * missing from an upper level only makes a search walk further.
+ */
+
+#include <xxhash.h>
+
+#include "kv_internal.h"
+
+
+/*
+ * One entry in four rises a level.  The height comes from the key's hash
+ * (bits the bucket number does not use), so it needs no random state in
+ * shared memory and every entry of a key has the same one.
+ */
+unsigned
+kv_order_height(const uint8_t *key, size_t klen)
+{
+    unsigned  h;
+    uint64_t  bits;
+
+    bits = XXH3_64bits(key, klen) >> 40;
+
+    for (h = 1; h < KV_ORDER_LEVELS && (bits & 3) == 0; h++) {
+        bits >>= 2;
+    }
+
+    return h;
+}
+
+
+static kv_ref_t *
+kv_order_tower(const kv_entry_t *e)
+{
+    return (kv_ref_t *) ((uint8_t *) e + kv_entry_tower_off(e->klen,
+                                                             e->flags));
+}
+
+
+/*
+ * For each level, the tower (the head's or an entry's) whose link at that
+ * level points at the first entry not below key.  With a finger, the
+ * search starts where the last one through it ended, if that was below
+ * key: removals in key order then cost a few steps each, not a search.
+ */
+static void
+kv_order_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen, kv_ref_t **prev, kv_order_finger_t *f)
+{
+    int          l, from;
+    kv_ref_t    *x;
+    kv_entry_t  *n, *xe;
+
+    from = f != NULL && f->valid
+           && (f->node[0] == NULL
+               || kv_key_cmp(f->node[0]->key, f->node[0]->klen, key, klen)
+                  < 0);
+    x = sh->order_head;
+    xe = NULL;
+
+    for (l = (int) sh->order_levels - 1; l >= 0; l--) {
+        if (from) {
+            xe = f->node[l];
+            x = xe != NULL ? kv_order_tower(xe) : sh->order_head;
+        }
+
+        while (x[l] != 0) {
+            n = kv_ptr(host, x[l]);
+
+            if (kv_key_cmp(n->key, n->klen, key, klen) >= 0) {
+                break;
+            }
+
+            x = kv_order_tower(n);
+            xe = n;
+        }
+
+        prev[l] = x;
+
+        if (f != NULL) {
+            f->node[l] = xe;
+        }
+    }
+
+    if (f != NULL) {
+        f->valid = 1;
+    }
+}
+
+
+void
+kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
+{
+    unsigned   l, h;
+    kv_ref_t  *prev[KV_ORDER_LEVELS], *tower, ref;
+
+    h = KV_ENTRY_HEIGHT(e->flags);
+    tower = kv_order_tower(e);
+    ref = kv_ref(host, e);
+
+    kv_order_find(host, sh, e->key, e->klen, prev, NULL);
+
+    for (l = sh->order_levels; l < h; l++) {
+        prev[l] = sh->order_head;
+    }
+
+    if (h > sh->order_levels) {
+        sh->order_levels = h;
+    }
+
+    for (l = 0; l < h; l++) {
+        tower[l] = prev[l][l];
+    }
+
+    for (l = 0; l < h; l++) {
+        prev[l][l] = ref;
+    }
+}
+
+
+void
+kv_order_remove(const kv_host_t *host, kv_shared_t *sh, const kv_entry_t *e,
+    kv_order_finger_t *f)
+{
+    unsigned   l;
+    kv_ref_t  *prev[KV_ORDER_LEVELS], *tower, ref;
+
+    tower = kv_order_tower(e);
+    ref = kv_ref(host, e);
+
+    kv_order_find(host, sh, e->key, e->klen, prev, f);
+
+    for (l = KV_ENTRY_HEIGHT(e->flags); l-- > 0; /* void */ ) {
+        if (prev[l][l] == ref) {
+            prev[l][l] = tower[l];
+        }
+    }
+
+    while (sh->order_levels > 0
+           && sh->order_head[sh->order_levels - 1] == 0)
+    {
+        sh->order_levels--;
+    }
+}
+
+
+/* e takes the place of old, an entry of the same key, so of its height */
+void
+kv_order_replace(const kv_host_t *host, kv_shared_t *sh,
+    const kv_entry_t *old, kv_entry_t *e)
+{
+    unsigned   l, h;
+    kv_ref_t  *prev[KV_ORDER_LEVELS], *tower, *otower, ref, oref;
+
+    h = KV_ENTRY_HEIGHT(e->flags);
+    tower = kv_order_tower(e);
+    otower = kv_order_tower(old);
+    ref = kv_ref(host, e);
+    oref = kv_ref(host, old);
+
+    kv_order_find(host, sh, e->key, e->klen, prev, NULL);
+
+    for (l = 0; l < h; l++) {
+        tower[l] = otower[l];
+    }
+
+    for (l = 0; l < h; l++) {
+        if (prev[l][l] == oref) {
+            prev[l][l] = ref;
+        }
+    }
+}
+
+
+kv_entry_t *
+kv_order_seek(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
+    size_t klen, int excl)
+{
+    kv_ref_t    *prev[KV_ORDER_LEVELS], ref;
+    kv_entry_t  *e;
+
+    if (sh->order_levels == 0) {
+        return NULL;
+    }
+
+    if (key == NULL) {
+        ref = sh->order_head[0];
+        return ref ? kv_ptr(host, ref) : NULL;
+    }
+
+    kv_order_find(host, sh, key, klen, prev, NULL);
+
+    ref = prev[0][0];
+    e = ref ? kv_ptr(host, ref) : NULL;
+
+    if (e != NULL && excl && kv_key_cmp(e->key, e->klen, key, klen) == 0) {
+        e = kv_order_next(host, e);
+    }
+
+    return e;
+}
+
+
+kv_entry_t *
+kv_order_next(const kv_host_t *host, const kv_entry_t *e)
+{
+    kv_ref_t  ref;
+
+    ref = kv_order_tower(e)[0];
+
+    return ref ? kv_ptr(host, ref) : NULL;
+}
