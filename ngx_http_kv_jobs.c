@@ -283,6 +283,7 @@ ngx_http_kv_maintenance_timer(ngx_event_t *ev)
     /* a thread may be using a busy job's handle */
 
     kv_store_sweep(&zone->store);
+    kv_iter_sweep(&zone->store);
 
     if (!zone->sync->busy) {
         kv_store_sweep(&zone->sync->store);

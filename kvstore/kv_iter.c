@@ -312,8 +312,10 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
         now = kv_now_ms(host);
         e = kv_order_seek(host, sh, key, klen, excl);
 
-        for (k = 0; e != NULL && k < KV_ITER_CHUNK && it->n < it->max; k++) {
-
+        for (k = 0;
+             e != NULL && k < KV_ITER_CHUNK && it->n < it->max;
+             e = kv_order_next(host, e))
+        {
             /* read from the range's start: past the prefix is past all */
 
             if (range->plen != 0
@@ -324,6 +326,12 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
                 break;
             }
 
+            /* a worker killed between the list and the buckets */
+
+            if (kv_index_find(host, sh, e->key, e->klen, NULL) != e) {
+                continue;
+            }
+
             rc = kv_iter_keep(&it->items[it->n], e,
                               (e->flags & KV_ENTRY_MASK)
                               || kv_entry_expired(e, now));
@@ -332,7 +340,7 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
             }
 
             it->n++;
-            e = kv_order_next(host, e);
+            k++;
         }
 
         host->unlock(host->ctx);
@@ -719,6 +727,35 @@ kv_iter_handle(kv_store_t *s)
     }
 
     return h;
+}
+
+
+/*
+ * The spare handle's tables, once a merge replaced them, hold deleted
+ * segments' space.  Called from a timer, not from kv_store_sweep(): that
+ * one runs under the store lock, where unmapping a hundred tables would
+ * hold up every request.
+ */
+void
+kv_iter_sweep(kv_store_t *s)
+{
+    uint32_t     gen;
+    kv_store_t  *spare, *none;
+
+    none = NULL;
+    gen = __atomic_load_n(&s->sh->runs.gen, __ATOMIC_RELAXED);
+
+    spare = __atomic_exchange_n(&s->spare, NULL, __ATOMIC_ACQ_REL);
+
+    if (spare != NULL
+        && (spare->tables_gen != gen
+            || !__atomic_compare_exchange_n(&s->spare, &none, spare, 0,
+                                            __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)))
+    {
+        kv_store_close(spare);
+        free(spare);
+    }
 }
 
 

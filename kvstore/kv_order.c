@@ -47,6 +47,21 @@ kv_order_tower(const kv_entry_t *e)
 
 
 /*
+ * The levels an entry can be linked on: its height, but no more than the
+ * list's (only those levels have a predecessor from kv_order_find()).
+ */
+static unsigned
+kv_order_linked_height(const kv_shared_t *sh, const kv_entry_t *e)
+{
+    unsigned  h;
+
+    h = KV_ENTRY_HEIGHT(e->flags);
+
+    return h < sh->order_levels ? h : sh->order_levels;
+}
+
+
+/*
  * For each level, the tower (the head's or an entry's) whose link at that
  * level points at the first entry not below key.  With a finger, the
  * search starts where the last one through it ended, if that was below
@@ -139,7 +154,9 @@ kv_order_remove(const kv_host_t *host, kv_shared_t *sh, const kv_entry_t *e,
 
     kv_order_find(host, sh, e->key, e->klen, prev, f);
 
-    for (l = KV_ENTRY_HEIGHT(e->flags); l-- > 0; /* void */ ) {
+    /* an entry a killed worker left out of the list may rise higher */
+
+    for (l = kv_order_linked_height(sh, e); l-- > 0; /* void */ ) {
         if (prev[l][l] == ref) {
             prev[l][l] = tower[l];
         }
@@ -158,7 +175,7 @@ void
 kv_order_replace(const kv_host_t *host, kv_shared_t *sh,
     const kv_entry_t *old, kv_entry_t *e)
 {
-    unsigned   l, h;
+    unsigned   l, h, linked;
     kv_ref_t  *prev[KV_ORDER_LEVELS], *tower, *otower, ref, oref;
 
     h = KV_ENTRY_HEIGHT(e->flags);
@@ -168,12 +185,13 @@ kv_order_replace(const kv_host_t *host, kv_shared_t *sh,
     oref = kv_ref(host, old);
 
     kv_order_find(host, sh, e->key, e->klen, prev, NULL);
+    linked = kv_order_linked_height(sh, old);
 
     for (l = 0; l < h; l++) {
         tower[l] = otower[l];
     }
 
-    for (l = 0; l < h; l++) {
+    for (l = 0; l < linked; l++) {
         if (prev[l][l] == oref) {
             prev[l][l] = ref;
         }

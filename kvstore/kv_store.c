@@ -93,31 +93,15 @@ kv_segment_fd(kv_store_t *s, uint32_t segment)
 void
 kv_store_sweep(kv_store_t *s)
 {
-    kv_fd_t     *f;
-    uint32_t     i, first, gen;
-    kv_store_t  *spare, *none;
+    kv_fd_t   *f;
+    uint32_t   i, first, gen;
 
-    none = NULL;
     first = __atomic_load_n(&s->sh->first_segment, __ATOMIC_RELAXED);
     gen = __atomic_load_n(&s->sh->runs.gen, __ATOMIC_RELAXED);
 
     /* sorted segments a merge replaced: their space goes with the maps */
     if (s->tables != NULL && s->tables_gen != gen) {
         kv_level_close(s);
-    }
-
-    /* and with those of the handle listings keep (kv_iter.c) */
-
-    spare = __atomic_exchange_n(&s->spare, NULL, __ATOMIC_ACQ_REL);
-
-    if (spare != NULL
-        && (spare->tables_gen != gen
-            || !__atomic_compare_exchange_n(&s->spare, &none, spare, 0,
-                                            __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)))
-    {
-        kv_store_close(spare);
-        free(spare);
     }
 
     for (i = 0; i < KV_FD_CACHE; i++) {

@@ -548,6 +548,12 @@ int kv_iter_resume(const kv_iter_t *it, const uint8_t **key, size_t *klen);
 
 void kv_iter_close(kv_iter_t *it);
 
+/*
+ * Drops the handle listings keep for the next one (index=sorted) once a
+ * merge replaced its tables.  Not under the store lock: from a timer.
+ */
+void kv_iter_sweep(kv_store_t *s);
+
 
 /* Adds a sample of us microseconds to h, atomically. */
 void kv_hist_add(kv_hist_t *h, uint64_t us);
