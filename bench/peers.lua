@@ -8,6 +8,7 @@
 --   api=fixed   GET URL itself (nginx's return 200 and static files)
 --   op=get      GET a random key of [0, keys), or always key=NAME
 --   op=set      write a vsize-byte value to a random key of [0, keys)
+--   op=mix      getpct% of op=get, the rest op=set, over [0, keys)
 --   op=fill     write the keys [0, keys) in turn, shared out among the
 --               threads, and start again at the end, until the caller
 --               stops wrk once the target counts them all.  Cycling keeps
@@ -16,6 +17,7 @@
 --   key=NAME    op=get: this key only (the 1 MiB value)
 --   keys=N      the key space                          (100000)
 --   vsize=N     value bytes                            (100)
+--   getpct=N    op=mix: the share of GETs in percent   (90)
 --   nthreads=N  the -t given to wrk                    (2)
 --
 -- Keys are "k" and 7 digits.  Requests are two halves made once around
@@ -24,7 +26,7 @@
 --   peers-result requests= duration_us= p50_us= p90_us= p99_us= errors=
 
 local cfg = { api = "kv", op = "get", key = "", keys = 100000, vsize = 100,
-              nthreads = 2 }
+              getpct = 90, nthreads = 2 }
 
 local n = 0
 
@@ -92,11 +94,17 @@ function request()
     return fixed
   end
 
-  if cfg.op == "get" then
+  local op = cfg.op
+
+  if op == "mix" then
+    op = math.random(1, 100) <= cfg.getpct and "get" or "set"
+  end
+
+  if op == "get" then
     return get_head .. name(math.random(0, cfg.keys - 1)) .. get_tail
   end
 
-  if cfg.op == "set" then
+  if op == "set" then
     return set_head .. string.format("k%07d", math.random(0, cfg.keys - 1))
            .. set_tail
   end

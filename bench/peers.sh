@@ -14,17 +14,19 @@
 #   nginx-static-nosendfile                            ... sendfile off
 #   lua-shdict         nginx + lua_shared_dict: memory only
 #   redis-always       Redis, appendfsync always, behind webdis
-#   redis-everysec     Redis, appendfsync everysec, behind webdis (SET only:
-#                      its GETs are those of redis-always)
+#   redis-everysec     Redis, appendfsync everysec, behind webdis (SET and
+#                      mix only: its GETs are those of redis-always)
 # Workloads (WORKLOADS): get (GET 100 B, random keys of the NKEYS
-# preloaded), set (SET 100 B, random keys of [0, 1000000)), get1m (GET of
-# one 1 MiB value).
+# preloaded), set (SET 100 B, random keys of [0, 1000000)), mix (GETPCT%
+# GET and the rest SET of 100 B, random keys of the NKEYS preloaded),
+# get1m (GET of one 1 MiB value).
 #
 # Environment:
 #   DURATION   seconds per wrk run                                    (8)
 #   RUNS       rounds; the table shows medians                        (3)
 #   TARGETS    the targets above                                    (all)
-#   WORKLOADS  get set get1m                                        (all)
+#   WORKLOADS  get set mix get1m                                    (all)
+#   GETPCT     mix: the share of GETs in percent                     (90)
 #   THREADS, CONNS  wrk -t, -c                                    (2, 64)
 #   NKEYS      preloaded keys of 100 bytes                       (100000)
 #   PEERS_PORT the first of 8 ports on 127.0.0.1                  (18300)
@@ -42,7 +44,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${DURATION:-8}
 RUNS=${RUNS:-3}
-WORKLOADS=${WORKLOADS:-get set get1m}
+WORKLOADS=${WORKLOADS:-get set mix get1m}
+GETPCT=${GETPCT:-90}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 NKEYS=${NKEYS:-100000}
@@ -359,7 +362,8 @@ cell() {
     esac
 
     case $1:$2 in
-    kv-*:get | kv-*:set | lua-shdict:get | lua-shdict:set)
+    kv-*:get | kv-*:set | kv-*:mix | lua-shdict:get | lua-shdict:set |\
+    lua-shdict:mix)
         echo "kv $db" ;;
     kv-*:get1m)
         echo "kv $db key=big" ;;
@@ -373,11 +377,11 @@ cell() {
         echo "fixed http://127.0.0.1:$p_nginx/ns/100b" ;;
     nginx-static-nosendfile:get1m)
         echo "fixed http://127.0.0.1:$p_nginx/ns/1m" ;;
-    redis-always:get | redis-always:set)
+    redis-always:get | redis-always:set | redis-always:mix)
         echo "webdis http://127.0.0.1:$p_webdis_always/" ;;
     redis-always:get1m)
         echo "webdis http://127.0.0.1:$p_webdis_always/ key=big" ;;
-    redis-everysec:set)
+    redis-everysec:set | redis-everysec:mix)
         echo "webdis http://127.0.0.1:$p_webdis_everysec/" ;;
     *)
         return 1 ;;
@@ -393,6 +397,7 @@ count() {
                         "http://127.0.0.1:$p_kv_always/kv/status" | jq .keys ;;
     lua-shdict)     curl -sf --max-time 5 "http://127.0.0.1:$p_lua/count" ;;
     redis-always)   redis-cli -p "$p_redis_always" dbsize ;;
+    redis-everysec) redis-cli -p "$p_redis_everysec" dbsize ;;
     esac
 }
 
@@ -400,7 +405,7 @@ count() {
 get_url() {
     local api url
 
-    read -r api url _ <<< "$(cell "$1" get)"
+    read -r api url _ <<< "$(cell "$1" set)"
     if [[ $api == webdis ]]; then
         echo "${url}GET/$2.bin"
     else
@@ -464,15 +469,17 @@ check() {
 
 # measure TARGET WORKLOAD ROUND: one wrk run; appends a line to results.csv
 measure() {
-    local t=$1 w=$2 r=$3 api url key log line op=get keys=$NKEYS
+    local t=$1 w=$2 r=$3 api url key log line op=$2 keys=$NKEYS
     local requests us p50 p90 p99 errors rps
 
     read -r api url key <<< "$(cell "$t" "$w")"
-    [[ $w == set ]] && op=set keys=$SET_KEYS
+    [[ $w == get1m ]] && op=get
+    [[ $w == set ]] && keys=$SET_KEYS
     log=$out/raw/$w-$t-$r.txt
     timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" \
         -d"${DURATION}s" --timeout 10s --latency -s "$bench_dir/peers.lua" \
-        "$url" -- api="$api" op=$op keys=$keys nthreads="$THREADS" $key \
+        "$url" -- api="$api" op=$op keys=$keys getpct="$GETPCT" \
+        nthreads="$THREADS" $key \
         > "$log" 2>&1 || true
     line=$(grep '^peers-result ' "$log" || true)
     if [[ -z $line ]]; then
@@ -571,6 +578,7 @@ table_workload() {
 ratio_row() {
     local text=$1 w=$3 c=$4 peer=$5 pw=$6 goal=$7 off always
 
+    has "$w" "$WORKLOADS" && has "$pw" "$WORKLOADS" || return 0
     off=$(ratio "$(median "$w" kv-off "$c")" "$(median "$pw" "$peer" "$c")")
     always=$(ratio "$(median "$w" kv-always "$c")" \
                    "$(median "$pw" "$peer" "$c")")
@@ -593,10 +601,12 @@ report() {
         "wrk -t$THREADS -c$CONNS --latency, $DURATION s per run; RUNS=$RUNS\
  rounds interleaved across the targets, medians; spread: (max - min) / median\
  of the rounds; GETs of $NKEYS preloaded keys, SETs to random keys of\
- [0, $SET_KEYS)"
+ [0, $SET_KEYS), the mix over the preloaded keys"
 
     has get "$WORKLOADS" && table_workload get "GET 100 B"
     has set "$WORKLOADS" && table_workload set "SET 100 B"
+    has mix "$WORKLOADS" &&
+        table_workload mix "$GETPCT/$((100 - GETPCT)) mix of GET and SET, 100 B"
     has get1m "$WORKLOADS" && table_workload get1m "GET 1 MiB"
 
     # nginx's faster mode for 1 MiB, measured in this run
@@ -628,6 +638,10 @@ report() {
         redis-always set "fsync=always ≥ 2x"
     ratio_row "SET 100 B p99 / Redis appendfsync always's" both set 7 \
         redis-always set "fsync=always ≤ 1.5x"
+    ratio_row "mix req/s / lua_shared_dict" both mix 4 lua-shdict mix \
+        "no regression"
+    ratio_row "mix req/s / Redis appendfsync always" both mix 4 \
+        redis-always mix ""
 }
 
 # wanted TARGET: the target is in TARGETS and runs one of WORKLOADS
@@ -647,7 +661,8 @@ for t in $TARGETS; do
     has "$t" "$all_targets" || die "unknown target \"$t\" (TARGETS)"
 done
 for w in $WORKLOADS; do
-    has "$w" "get set get1m" || die "unknown workload \"$w\" (WORKLOADS)"
+    has "$w" "get set mix get1m" ||
+        die "unknown workload \"$w\" (WORKLOADS)"
 done
 
 out=$(out_dir peers)
@@ -689,6 +704,7 @@ for t in $TARGETS; do
         fi ;;
     *)
         if { has get "$WORKLOADS" && cell "$t" get > /dev/null; } ||
+           { has mix "$WORKLOADS" && cell "$t" mix > /dev/null; } ||
            { has get1m "$WORKLOADS" && cell "$t" get1m > /dev/null; }
         then
             preload "$t"
