@@ -1596,7 +1596,9 @@ kv_merge_swap(kv_compact_t *c)
                 continue;
             }
 
-            if (m->dead) {
+            /* a mask here: the key expired during the merge */
+
+            if (m->dead || (e->flags & KV_ENTRY_MASK)) {
                 kv_index_remove(host, sh, link, e, &f);
 
             } else {

@@ -360,16 +360,20 @@ kv_index_link(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 }
 
 
-/* the entry found through link goes; the caller frees it */
+/*
+ * The entry found through link goes; the caller frees it.  The bucket
+ * first: a worker killed between the two steps leaves an entry only the
+ * list holds, which listings skip, never a key they cannot see.
+ */
 static void
 kv_index_unlink(const kv_host_t *host, kv_shared_t *sh, kv_ref_t *link,
     kv_entry_t *e, kv_order_finger_t *f)
 {
+    *link = e->next;
+
     if (sh->sorted) {
         kv_order_remove(host, sh, e, f);
     }
-
-    *link = e->next;
 }
 
 

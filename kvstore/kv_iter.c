@@ -289,7 +289,8 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     size_t            klen;
     uint32_t          k;
     uint64_t          now;
-    kv_entry_t       *e;
+    kv_entry_t       *e, *b;
+    kv_iter_item_t   *last;
     kv_shared_t      *sh;
     const uint8_t    *key;
     const kv_host_t  *host;
@@ -326,15 +327,29 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
                 break;
             }
 
-            /* a worker killed between the list and the buckets */
+            /*
+             * The bucket's entry of the key is the key's: a worker killed
+             * between the list and the bucket may have left the list an
+             * entry the bucket no longer holds, or one beside it.
+             */
 
-            if (kv_index_find(host, sh, e->key, e->klen, NULL) != e) {
+            b = kv_index_find(host, sh, e->key, e->klen, NULL);
+
+            if (b == NULL) {
                 continue;
             }
 
-            rc = kv_iter_keep(&it->items[it->n], e,
-                              (e->flags & KV_ENTRY_MASK)
-                              || kv_entry_expired(e, now));
+            last = it->n != 0 ? &it->items[it->n - 1] : NULL;
+
+            if (last != NULL
+                && kv_key_cmp(last->key, last->klen, b->key, b->klen) == 0)
+            {
+                continue;
+            }
+
+            rc = kv_iter_keep(&it->items[it->n], b,
+                              (b->flags & KV_ENTRY_MASK)
+                              || kv_entry_expired(b, now));
             if (rc != KV_OK) {
                 break;
             }

@@ -220,7 +220,9 @@ kv_order_seek(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     ref = prev[0][0];
     e = ref ? kv_ptr(host, ref) : NULL;
 
-    if (e != NULL && excl && kv_key_cmp(e->key, e->klen, key, klen) == 0) {
+    /* a killed worker may have left a second entry of the key */
+
+    while (e != NULL && excl && kv_key_cmp(e->key, e->klen, key, klen) == 0) {
         e = kv_order_next(host, e);
     }
 

@@ -543,7 +543,10 @@ test_iter_sorted(void **state)
 /*
  * A worker killed between linking a new key into the order and into its
  * bucket leaves an entry only the order holds: a listing skips it, and
- * lists the key once when it is written again.
+ * lists the key once when it is written again.  One killed between the
+ * order and the bucket of a replacement leaves the order the new entry
+ * and the bucket the old: the key is still listed, once, and after later
+ * writes of it.
  */
 static void
 test_iter_orphan(void **state)
@@ -553,6 +556,7 @@ test_iter_orphan(void **state)
     key_t_            got[8];
     kv_conf_t         conf;
     kv_slot_t         slot;
+    kv_write_t        w;
     kv_test_store_t   t;
     static const char  *keys[] = { "a", "b", "c" };
 
@@ -568,10 +572,12 @@ test_iter_orphan(void **state)
                                 (const uint8_t *) "v", 1, 0), KV_OK);
     }
 
+    t.host.lock(t.host.ctx);
     assert_int_equal(kv_index_reserve(&t.host, t.sh, (const uint8_t *) "bb",
                                       2, 0, &slot), KV_OK);
     assert_null(slot.old);
     kv_order_insert(&t.host, t.sh, slot.e);
+    t.host.unlock(t.host.ctx);
 
     n = walk(&t, (const uint8_t *) "", 0, 1000, got, 8);
     assert_int_equal(n, 3);
@@ -592,6 +598,34 @@ test_iter_orphan(void **state)
     assert_int_equal(got[1].klen, 2);
     assert_memory_equal(got[1].key, "bb", 2);
     assert_memory_equal(got[2].key, "c", 1);
+
+    /* "c" gets an expiry: a new entry, killed after the order's step */
+    t.host.lock(t.host.ctx);
+    assert_int_equal(kv_index_reserve(&t.host, t.sh, (const uint8_t *) "c",
+                                      1, 1, &slot), KV_OK);
+    assert_non_null(slot.old);
+    assert_ptr_not_equal(slot.e, slot.old);
+    kv_order_replace(&t.host, t.sh, slot.old, slot.e);
+    t.host.unlock(t.host.ctx);
+
+    for (i = 0; i < 2; i++) {
+        n = walk(&t, (const uint8_t *) "", 0, 1000, got, 8);
+        assert_int_equal(n, 3);
+        assert_int_equal(got[2].klen, 1);
+        assert_memory_equal(got[2].key, "c", 1);
+
+        n = walk(&t, (const uint8_t *) "", 0, 1, got, 8);
+        assert_int_equal(n, 3);
+        assert_memory_equal(got[2].key, "c", 1);
+
+        /* written again with an expiry: replaces the bucket's entry only */
+        memset(&w, 0, sizeof(w));
+        w.value = (const uint8_t *) "w";
+        w.vlen = 1;
+        w.expires_at_ms = kv_now_ms(&t.host) + 3600 * 1000;
+        assert_int_equal(kv_write(&t.s, (const uint8_t *) "c", 1, &w),
+                         KV_OK);
+    }
 
     kv_test_close(&t);
     kv_test_rmdir(dir);

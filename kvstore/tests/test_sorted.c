@@ -413,19 +413,31 @@ test_sorted_beyond_memory(void **state)
 }
 
 
-/* a delete that lands while the first merge writes its table */
+/* a delete (or an expiry) that lands while the first merge writes */
 static kv_test_store_t  *race_t;
 static int               race_armed;
+static int               race_expire;
 static int               race_rc = 1;
 
 
 static int
 race_sync(void *ctx, int fd, const char *path)
 {
+    kv_loc_t  loc;
+
     (void) ctx;
     (void) fd;
 
-    if (race_armed && race_rc == 1 && strstr(path, ".kvsst") != NULL) {
+    if (!race_armed || race_rc != 1 || strstr(path, ".kvsst") == NULL) {
+        return 0;
+    }
+
+    if (race_expire) {
+        /* the lookup finds the key expired: it becomes a mask */
+        kv_test_now = kv_now_ms(&race_t->host) + 2000;
+        race_rc = kv_lookup(&race_t->s, (uint8_t *) "gone", 4, &loc);
+
+    } else {
         race_rc = kv_delete(&race_t->s, (uint8_t *) "gone", 4);
     }
 
@@ -488,6 +500,64 @@ test_sorted_delete_during_merge(void **state)
 }
 
 
+/*
+ * A key collected live expires before the merge's swap, which then finds
+ * a mask where it collected an entry: the mask goes, counted as one, and
+ * the key stays absent.
+ */
+static void
+test_sorted_expire_during_merge(void **state)
+{
+    char              dir[PATH_MAX];
+    uint32_t          i;
+    kv_loc_t          loc;
+    kv_write_t        w;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_test_sync = race_sync;
+    open_sorted(&t, dir, ZONE, 1);
+    kv_test_sync = NULL;
+    race_t = &t;
+    race_rc = 1;
+    race_expire = 1;
+
+    memset(&w, 0, sizeof(w));
+    w.value = (const uint8_t *) "v1";
+    w.vlen = 2;
+    w.expires_at_ms = kv_now_ms(&t.host) + 1000;
+    assert_int_equal(kv_write(&t.s, (uint8_t *) "gone", 4, &w), KV_OK);
+
+    for (i = 0; i < 50; i++) {
+        put(&t, i, 1);
+    }
+
+    race_armed = 1;
+    merge(&t);
+    race_armed = 0;
+
+    assert_int_equal(race_rc, KV_NOTFOUND);
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.masks, 0);
+    assert_int_equal(st.keys, 0);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+
+    kv_test_now = 0;
+    race_expire = 0;
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 int
 main(void)
 {
@@ -496,6 +566,7 @@ main(void)
         cmocka_unit_test(test_sorted_commit),
         cmocka_unit_test(test_sorted_beyond_memory),
         cmocka_unit_test(test_sorted_delete_during_merge),
+        cmocka_unit_test(test_sorted_expire_during_merge),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
