@@ -446,6 +446,46 @@ race_sync(void *ctx, int fd, const char *path)
 
 
 /*
+ * Opens a sorted store in dir, writes "gone" (expiring in a second if
+ * expire) and 50 keys, and merges while the race strikes "gone"; checks
+ * the race's result and that "gone" is absent after the merge.
+ */
+static void
+race_merge(kv_test_store_t *t, const char *dir, int expire)
+{
+    uint32_t    i;
+    kv_loc_t    loc;
+    kv_write_t  w;
+
+    kv_test_sync = race_sync;
+    open_sorted(t, dir, ZONE, 1);
+    kv_test_sync = NULL;
+    race_t = t;
+    race_rc = 1;
+    race_expire = expire;
+
+    memset(&w, 0, sizeof(w));
+    w.value = (const uint8_t *) "v1";
+    w.vlen = 2;
+    w.type = KV_TYPE_OCTET;
+    w.expires_at_ms = expire ? kv_now_ms(&t->host) + 1000 : 0;
+    assert_int_equal(kv_write(&t->s, (uint8_t *) "gone", 4, &w), KV_OK);
+
+    for (i = 0; i < 50; i++) {
+        put(t, i, 1);
+    }
+
+    race_armed = 1;
+    merge(t);
+    race_armed = 0;
+
+    assert_int_equal(race_rc, expire ? KV_NOTFOUND : KV_OK);
+    assert_int_equal(kv_lookup(&t->s, (uint8_t *) "gone", 4, &loc),
+                     KV_NOTFOUND);
+}
+
+
+/*
  * The first merge collects a key as live; the key is deleted before the
  * merge publishes its sorted segments, while none exist yet.  The delete
  * must leave a mask: the new segment holds the old value, which must not
@@ -462,25 +502,7 @@ test_sorted_delete_during_merge(void **state)
     (void) state;
 
     kv_test_mkdtemp(dir);
-    kv_test_sync = race_sync;
-    open_sorted(&t, dir, ZONE, 1);
-    kv_test_sync = NULL;
-    race_t = &t;
-
-    assert_int_equal(kv_put(&t.s, (uint8_t *) "gone", 4, (uint8_t *) "v1", 2,
-                            KV_TYPE_OCTET), KV_OK);
-
-    for (i = 0; i < 50; i++) {
-        put(&t, i, 1);
-    }
-
-    race_armed = 1;
-    merge(&t);
-    race_armed = 0;
-
-    assert_int_equal(race_rc, KV_OK);
-    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
-                     KV_NOTFOUND);
+    race_merge(&t, dir, 0);
 
     for (i = 50; i < 100; i++) {
         put(&t, i, 1);
@@ -509,42 +531,18 @@ static void
 test_sorted_expire_during_merge(void **state)
 {
     char              dir[PATH_MAX];
-    uint32_t          i;
     kv_loc_t          loc;
-    kv_write_t        w;
     kv_stats_t        st;
     kv_test_store_t   t;
 
     (void) state;
 
     kv_test_mkdtemp(dir);
-    kv_test_sync = race_sync;
-    open_sorted(&t, dir, ZONE, 1);
-    kv_test_sync = NULL;
-    race_t = &t;
-    race_rc = 1;
-    race_expire = 1;
+    race_merge(&t, dir, 1);
 
-    memset(&w, 0, sizeof(w));
-    w.value = (const uint8_t *) "v1";
-    w.vlen = 2;
-    w.expires_at_ms = kv_now_ms(&t.host) + 1000;
-    assert_int_equal(kv_write(&t.s, (uint8_t *) "gone", 4, &w), KV_OK);
-
-    for (i = 0; i < 50; i++) {
-        put(&t, i, 1);
-    }
-
-    race_armed = 1;
-    merge(&t);
-    race_armed = 0;
-
-    assert_int_equal(race_rc, KV_NOTFOUND);
     kv_stats(&t.s, &st);
     assert_int_equal(st.masks, 0);
     assert_int_equal(st.keys, 0);
-    assert_int_equal(kv_lookup(&t.s, (uint8_t *) "gone", 4, &loc),
-                     KV_NOTFOUND);
 
     kv_test_close(&t);
     open_sorted(&t, dir, ZONE, 1);
@@ -552,7 +550,6 @@ test_sorted_expire_during_merge(void **state)
                      KV_NOTFOUND);
 
     kv_test_now = 0;
-    race_expire = 0;
     kv_test_close(&t);
     kv_test_rmdir(dir);
 }
