@@ -513,8 +513,10 @@ kv_recover(kv_store_t *s)
         kv_remove_orphans(s, ids, n);
     }
 
-    /* before the first key: index=sorted keeps the keys in order and
-       leaves masks while a merge runs */
+    /*
+     * before the first key: index=sorted keeps the keys in order and
+     * leaves masks while a merge runs
+     */
     host->lock(host->ctx);
     sh->sorted = s->conf.sorted;
     host->unlock(host->ctx);
