@@ -66,6 +66,9 @@ kv_order_linked_height(const kv_shared_t *sh, const kv_entry_t *e)
  * level points at the first entry not below key.  With a finger, the
  * search starts where the last one through it ended, if that was below
  * key: removals in key order then cost a few steps each, not a search.
+ * Each level starts from the finger's entry on it until a level moves
+ * past that: the entries below are then past the finger's too, and a
+ * search from the finger costs the log of the distance, not the distance.
  */
 static void
 kv_order_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
@@ -97,6 +100,7 @@ kv_order_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 
             x = kv_order_tower(n);
             xe = n;
+            from = 0;
         }
 
         prev[l] = x;
