@@ -699,9 +699,19 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
 full:
 
     kv_segment_path(s, id, path);
-    kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys in \"%s\" "
-           "(full at key \"%s\" in \"%s\" at offset %" PRIu64 ")",
-           s->conf.dir, kv_key_str(rec->key, rec->klen, kbuf), path, off);
+    /* the advice first: a long key or path cuts the end of a message */
+    kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys in "
+           "\"%s\": %s (full at key \"%s\" in \"%s\" at offset %" PRIu64 ")",
+           s->conf.dir,
+           sh->sorted ? "index=sorted holds the keys of the log segments, "
+                        "and this directory has more there than the zone "
+                        "holds: with nginx stopped, \"kvtool compact "
+                        "--index=sorted DIR\" moves them into sorted "
+                        "segments; or give the zone more memory"
+                      : "index=hash holds every key: give the zone more "
+                        "memory, or use index=sorted after \"kvtool "
+                        "compact --index=sorted DIR\" with nginx stopped",
+           kv_key_str(rec->key, rec->klen, kbuf), path, off);
 
     return rc;
 }

@@ -20,8 +20,11 @@ static const char  *kvtool_usage_text =
     "  dump DIR                print every live key as one JSON object per\n"
     "                          line, sorted by key (works on a running "
     "store)\n"
-    "  compact [--segment-size=SIZE] DIR\n"
-    "                          compact a stopped store\n"
+    "  compact [--segment-size=SIZE] [--index=hash|sorted] DIR\n"
+    "                          compact a stopped store; --index=sorted\n"
+    "                          writes every key into sorted segments (for\n"
+    "                          index=sorted), --index=hash into log\n"
+    "                          segments; default: as the store is\n"
     "  import-seed [--segment-size=SIZE] FILE DIR\n"
     "                          import the original Go server's data file\n"
     "  repair DIR              move damaged records of a stopped store to\n"
@@ -122,40 +125,85 @@ kvtool_parse_size(const char *s, uint64_t *size)
 }
 
 
-/*
- * The option at argv[*i]: --segment-size=SIZE, or --segment-size SIZE
- * (then *i moves to SIZE).  KVTOOL_OK or KVTOOL_USAGE, reported.
- */
+/* the options given: what the commands that write take */
+typedef struct {
+    uint64_t     segment_size;
+    unsigned     mode;          /* KVTOOL_WRITE or --index='s */
+    const char  *index;         /* the --index given, or NULL */
+} kvtool_opts_t;
+
+
+/* argv[*i] is --NAME=VALUE, or --NAME and VALUE follows (*i moves to it) */
 static int
-kvtool_option(int argc, char **argv, int *i, uint64_t *segment_size)
+kvtool_option_is(int argc, char **argv, int *i, const char *name,
+    const char **value)
 {
     size_t       len;
+    const char  *arg;
+
+    arg = argv[*i];
+    len = strlen(name);
+
+    if (strncmp(arg, name, len) != 0
+        || (arg[len] != '=' && arg[len] != '\0'))
+    {
+        return 0;
+    }
+
+    if (arg[len] == '=') {
+        *value = arg + len + 1;
+
+    } else if (*i + 1 < argc) {
+        *value = argv[++*i];
+
+    } else {
+        *value = NULL;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The option at argv[*i]: --segment-size=SIZE or --index=hash|sorted, each
+ * also with its value as the next argument.  KVTOOL_OK or KVTOOL_USAGE,
+ * reported.
+ */
+static int
+kvtool_option(int argc, char **argv, int *i, kvtool_opts_t *o)
+{
     const char  *arg, *value;
 
     arg = argv[*i];
-    len = sizeof("--segment-size") - 1;
 
-    if (strncmp(arg, "--segment-size", len) != 0
-        || (arg[len] != '=' && arg[len] != '\0'))
-    {
+    if (kvtool_option_is(argc, argv, i, "--index", &value)) {
+        if (value == NULL
+            || (strcmp(value, "hash") != 0 && strcmp(value, "sorted") != 0))
+        {
+            kvtool_error("invalid \"%s\": --index is hash or sorted, as "
+                         "kv_zone's index=", value ? value : arg);
+            return KVTOOL_USAGE;
+        }
+
+        o->index = value;
+        o->mode = value[0] == 's' ? KVTOOL_WRITE_SORTED : KVTOOL_WRITE_HASH;
+
+        return KVTOOL_OK;
+    }
+
+    if (!kvtool_option_is(argc, argv, i, "--segment-size", &value)) {
         kvtool_error("unknown option \"%s\"", arg);
         return KVTOOL_USAGE;
     }
 
-    if (arg[len] == '=') {
-        value = arg + len + 1;
-
-    } else if (*i + 1 < argc) {
-        value = argv[++*i];
-
-    } else {
+    if (value == NULL) {
         kvtool_error("the option \"%s\" needs a SIZE", arg);
         return KVTOOL_USAGE;
     }
 
-    if (kvtool_parse_size(value, segment_size) == -1
-        || *segment_size < KV_SEGMENT_SIZE_MIN
-        || *segment_size > KV_SEGMENT_SIZE_MAX)
+    if (kvtool_parse_size(value, &o->segment_size) == -1
+        || o->segment_size < KV_SEGMENT_SIZE_MIN
+        || o->segment_size > KV_SEGMENT_SIZE_MAX)
     {
         kvtool_error("invalid --segment-size \"%s\": it must be a size "
                      "from %" PRIu64 " to %" PRIu64 " bytes, with an "
@@ -171,9 +219,9 @@ kvtool_option(int argc, char **argv, int *i, uint64_t *segment_size)
 int
 main(int argc, char **argv)
 {
-    int          i, n, rc;
-    uint64_t     segment_size;
-    const char  *cmd;
+    int            i, n, rc;
+    const char    *cmd;
+    kvtool_opts_t  o;
 
     if (argc < 2) {
         return kvtool_usage(stderr, KVTOOL_USAGE);
@@ -192,10 +240,12 @@ main(int argc, char **argv)
         return rc == KVTOOL_USAGE ? kvtool_usage(stderr, rc) : rc;
     }
 
-    segment_size = KV_SEGMENT_SIZE_DEFAULT;
+    o.segment_size = KV_SEGMENT_SIZE_DEFAULT;
+    o.mode = KVTOOL_WRITE;
+    o.index = NULL;
 
     for (i = 2; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-        rc = kvtool_option(argc, argv, &i, &segment_size);
+        rc = kvtool_option(argc, argv, &i, &o);
         if (rc != KVTOOL_OK) {
             return kvtool_usage(stderr, rc);
         }
@@ -206,6 +256,11 @@ main(int argc, char **argv)
         && strcmp(cmd, "import-seed") != 0)
     {
         kvtool_error("\"%s\" takes no options", cmd);
+        return kvtool_usage(stderr, KVTOOL_USAGE);
+    }
+
+    if (o.index != NULL && strcmp(cmd, "compact") != 0) {
+        kvtool_error("\"%s\" takes no --index: only compact does", cmd);
         return kvtool_usage(stderr, KVTOOL_USAGE);
     }
 
@@ -221,11 +276,11 @@ main(int argc, char **argv)
     }
 
     if (n == 1 && strcmp(cmd, "compact") == 0) {
-        return kvtool_compact(argv[0], segment_size);
+        return kvtool_compact(argv[0], o.segment_size, o.mode);
     }
 
     if (n == 2 && strcmp(cmd, "import-seed") == 0) {
-        return kvtool_import_seed(argv[0], argv[1], segment_size);
+        return kvtool_import_seed(argv[0], argv[1], o.segment_size);
     }
 
     if (n == 1 && strcmp(cmd, "repair") == 0) {

@@ -21,8 +21,12 @@
 /* how kvtool_open() prepares a store */
 #define KVTOOL_SCAN    0     /* no recovery: for kv_scan_segment() only */
 #define KVTOOL_READ    1     /* read-only recovery: no lock, no change */
-#define KVTOOL_WRITE   2     /* recovery under the directory lock */
+#define KVTOOL_WRITE   2     /* recovery under the directory lock, in the
+                                directory's index mode (sorted if it has
+                                a TABLES file) */
 #define KVTOOL_LOCK    3     /* the directory lock, no recovery yet */
+#define KVTOOL_WRITE_HASH    4  /* KVTOOL_WRITE, as index=hash */
+#define KVTOOL_WRITE_SORTED  5  /* KVTOOL_WRITE, as index=sorted */
 
 
 typedef struct {
@@ -110,7 +114,8 @@ int kvtool_http(const char *server, const char *method, const char *path,
 /* one file per command */
 int kvtool_check(const char *dir);
 int kvtool_dump(const char *dir);
-int kvtool_compact(const char *dir, uint64_t segment_size);
+/* mode: KVTOOL_WRITE, or KVTOOL_WRITE_HASH or _SORTED (--index=) */
+int kvtool_compact(const char *dir, uint64_t segment_size, unsigned mode);
 int kvtool_import_seed(const char *file, const char *dir,
     uint64_t segment_size);
 int kvtool_repair(const char *dir);

@@ -1,9 +1,12 @@
 #define _GNU_SOURCE
 
 /*
- * kvtool compact [--segment-size=SIZE] DIR: the engine's own compaction,
- * run offline under the directory lock, its outputs rolling over at SIZE,
- * then the hint file of every immutable segment.
+ * kvtool compact [--segment-size=SIZE] [--index=hash|sorted] DIR: the
+ * engine's own compaction, run offline under the directory lock, its
+ * outputs rolling over at SIZE, then the hint file of every immutable
+ * segment.  --index=sorted writes every key into sorted segments (a
+ * directory written in index=hash then opens in index=sorted with a zone
+ * too small for all its keys); --index=hash, back into log segments.
  */
 
 #include <inttypes.h>
@@ -50,14 +53,21 @@ static void
 kvtool_compact_report(const char *when, uint64_t bytes, const kv_stats_t *st)
 {
     printf("%s %" PRIu64 " bytes on disk, %" PRIu64 " segments, %" PRIu64
-           " live keys in %" PRIu64 " bytes, %" PRIu64 " dead bytes\n",
+           " live keys in %" PRIu64 " bytes, %" PRIu64 " dead bytes",
            when, bytes, st->segments, st->keys, st->live_bytes,
            st->dead_bytes);
+
+    /* index=sorted: the keys above are the index's, these the tables' */
+    if (st->table_keys != 0) {
+        printf(", %" PRIu64 " keys in sorted segments", st->table_keys);
+    }
+
+    printf("\n");
 }
 
 
 int
-kvtool_compact(const char *dir, uint64_t segment_size)
+kvtool_compact(const char *dir, uint64_t segment_size, unsigned mode)
 {
     int             rc;
     uint64_t        before_bytes, after_bytes;
@@ -72,7 +82,7 @@ kvtool_compact(const char *dir, uint64_t segment_size)
 
     before_bytes = kvtool_dir_bytes(dir);
 
-    if (kvtool_open(&t, dir, before_bytes, KVTOOL_WRITE, segment_size)
+    if (kvtool_open(&t, dir, before_bytes, mode, segment_size)
         != KV_OK)
     {
         return KVTOOL_FAIL;

@@ -123,6 +123,9 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
     if (mode == KVTOOL_WRITE) {
         snprintf(path, sizeof(path), "%s/" KV_TABLES_FILE, dir);
         conf.sorted = (access(path, F_OK) == 0);
+
+    } else {
+        conf.sorted = (mode == KVTOOL_WRITE_SORTED);
     }
 
     /* run as root, files go to the directory's owner, as nginx's would */

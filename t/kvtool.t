@@ -383,6 +383,44 @@ sub rolled_ok {
     like($r->{out}, qr/^hints: [1-9]\d* ok, 0 missing, 0 bad/m, 'and good');
 }
 
+# compact --index=sorted: a store written as index=hash (no TABLES) moves
+# into sorted segments, so that index=sorted opens it with a zone too small
+# for all its keys; --index=hash moves it back.  dump and check agree.
+{
+    my $dir = overwritten_store();
+    my $before = kvtool('dump', $dir)->{out};
+    ok(!-e "$dir/TABLES", 'an index=hash store has no TABLES');
+
+    my $r = kvtool('compact', '--index=sorted', $dir);
+    is($r->{rc}, 0, 'compact --index=sorted: exit 0') or diag($r->{err});
+    like($r->{out}, qr/^after: .*, 100 keys in sorted segments$/m,
+         'compact --index=sorted reports the keys in sorted segments');
+    ok(-f "$dir/TABLES", 'compact --index=sorted wrote TABLES');
+    my @sst = glob("$dir/*.kvsst");
+    cmp_ok(scalar @sst, '>', 0, 'and a sorted segment\'s table file');
+    is(kvtool('dump', $dir)->{out}, $before,
+       'dump identical after compact --index=sorted');
+    is(kvtool('check', $dir)->{rc}, 0, 'check after compact --index=sorted');
+
+    $r = kvtool('compact', '--index', 'hash', $dir);
+    is($r->{rc}, 0, 'compact --index hash: exit 0') or diag($r->{err});
+    is_deeply([glob("$dir/*.kvsst")], [],
+              'compact --index=hash leaves no sorted segment');
+    like($r->{out}, qr/^after: .* 100 live keys/m,
+         'compact --index=hash: the keys are live in the log again');
+    is(kvtool('dump', $dir)->{out}, $before,
+       'dump identical after compact --index=hash');
+    is(kvtool('check', $dir)->{rc}, 0, 'check after compact --index=hash');
+
+    $r = kvtool('compact', '--index=btree', $dir);
+    is($r->{rc}, 2, 'compact --index=btree: exit 2');
+    like($r->{err}, qr/--index is hash or sorted/, 'says what --index takes');
+    $r = kvtool('import-seed', '--index=sorted', seed_file([x => 'y']),
+                new_dir());
+    is($r->{rc}, 2, 'import-seed --index=sorted: exit 2');
+    like($r->{err}, qr/only compact does/, 'only compact takes --index');
+}
+
 
 # Ctrl-C during compact: kv_compact() deletes what it wrote, the store is
 # as before, exit 1.  The signal is sent once MERGE exists, i.e. while
@@ -524,8 +562,9 @@ sub rolled_ok {
     is(kvtool('dump', $dir)->{out}, $dump, 'the same dump after them');
 
     $r = kvtool('help');
-    like($r->{out}, qr/compact \[--segment-size=SIZE\] DIR/,
-         'help shows the option');
+    like($r->{out},
+         qr/compact \[--segment-size=SIZE\] \[--index=hash\|sorted\] DIR/,
+         'help shows the options');
     like($r->{out}, qr/kv_zone's segment_size/, 'and what it should match');
 }
 

@@ -510,6 +510,7 @@ test_full_index(void **state)
     int               i, rc;
     char              dir[PATH_MAX], key[32];
     uint64_t          size;
+    kv_conf_t         conf;
     kv_test_store_t   t;
 
     (void) state;
@@ -551,6 +552,21 @@ test_full_index(void **state)
     assert_int_equal(kv_test_open(&t, dir, 2 * KV_ENTRY_PAGE, 4), KV_ENOMEM);
     assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
                            "index memory too small for the keys in"));
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
+                           "index=hash holds every key"));
+    assert_int_equal(t.sh->open, 0);
+    kv_test_close(&t);
+
+    /* index=sorted replays the log into the zone too: the message says
+       how to move the keys into sorted segments */
+    kv_test_log_reset();
+    kv_test_conf(&conf, dir);
+    conf.sorted = 1;
+    assert_int_equal(kv_test_open_conf(&t, &conf, 2 * KV_ENTRY_PAGE, 4),
+                     KV_ENOMEM);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
+                           "\"kvtool compact --index=sorted DIR\" moves "
+                           "them into sorted segments"));
     assert_int_equal(t.sh->open, 0);
     kv_test_close(&t);
 
