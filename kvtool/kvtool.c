@@ -128,12 +128,15 @@ kvtool_parse_size(const char *s, uint64_t *size)
 /* the options given: what the commands that write take */
 typedef struct {
     uint64_t     segment_size;
-    unsigned     mode;          /* KVTOOL_WRITE or --index='s */
+    unsigned     mode;          /* KVTOOL_WRITE, or as --index says */
     const char  *index;         /* the --index given, or NULL */
 } kvtool_opts_t;
 
 
-/* argv[*i] is --NAME=VALUE, or --NAME and VALUE follows (*i moves to it) */
+/*
+ * 1 if argv[*i] is the option name: --NAME=VALUE, or --NAME with VALUE the
+ * next argument (*i moves to it); *value is NULL if none follows.
+ */
 static int
 kvtool_option_is(int argc, char **argv, int *i, const char *name,
     const char **value)

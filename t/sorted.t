@@ -139,4 +139,59 @@ check_all('after a full merge');
 check_list('after a full merge');
 
 $srv->stop;
+
+# A directory written in index=hash with more keys than this zone holds:
+# index=sorted refuses to start it, and error.log names the command that
+# converts it; once converted, the same zone serves and lists every key.
+{
+    my $M = 20000;
+    my $h = KvTest->new(name => 'sorted-convert', zone_size => '8m',
+                        endpoints => 1,
+                        zone_extra => 'segment_size=1m');
+    $h->start_ok('index=hash, 8m') or BAIL_OUT("cannot start nginx");
+    my $bad = 0;
+    my @ids = (0 .. $M - 1);
+    while (my @batch = splice @ids, 0, 500) {
+        my @rs = http_pipelined($h->port, map {
+            ['PUT', '/db/' . key($_), val($_, 1), 'application/octet-stream']
+        } @batch);
+        $bad += grep { !$_ || $_->{status} != 201 } @rs;
+    }
+    is($bad, 0, "$M keys written in index=hash");
+    $h->stop;
+
+    my $dir = $h->data_dir;
+    $h->set(zone_size => '256k',
+            zone_extra => 'index=sorted segment_size=1m',
+            http_extra => '    kv_list on;');
+    my ($rc, $out) = $h->start_raw;
+    isnt($rc, 0, 'index=sorted with a 256k zone refuses the hash directory');
+    like($out . $h->log_since,
+         qr/index memory too small for the keys in "\Q$dir\E": index=sorted .*"kvtool compact --index=sorted DIR"/,
+         'error.log says why and names the conversion');
+
+    ($rc, $out) = KvTest::kvtool('compact', '--index=sorted', $dir);
+    is($rc, 0, 'kvtool compact --index=sorted') or diag($out);
+
+    $h->start_ok('index=sorted, 256k, after the conversion')
+        or BAIL_OUT("cannot start nginx");
+    my $st = $h->status;
+    is($st->{sorted_segments}{keys}, $M, "status: $M keys in sorted segments");
+    $bad = 0;
+    @ids = (0 .. $M - 1);
+    while (my @batch = splice @ids, 0, 500) {
+        my @rs = http_pipelined($h->port, map { ['GET', '/db/' . key($_)] }
+                                          @batch);
+        for my $i (0 .. $#batch) {
+            $bad++ unless $rs[$i] && $rs[$i]{status} == 200
+                          && $rs[$i]{body} eq val($batch[$i], 1);
+        }
+    }
+    is($bad, 0, "every one of the $M keys reads back");
+    %want = map { (key($_) => 1) } 0 .. $M - 1;
+    $port = $h->port;
+    check_list('after the conversion');
+    $h->stop;
+}
+
 done_testing();
