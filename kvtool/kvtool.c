@@ -129,7 +129,6 @@ kvtool_parse_size(const char *s, uint64_t *size)
 typedef struct {
     uint64_t     segment_size;
     unsigned     mode;          /* KVTOOL_WRITE, or as --index says */
-    const char  *index;         /* the --index given, or NULL */
 } kvtool_opts_t;
 
 
@@ -188,7 +187,6 @@ kvtool_option(int argc, char **argv, int *i, kvtool_opts_t *o)
             return KVTOOL_USAGE;
         }
 
-        o->index = value;
         o->mode = value[0] == 's' ? KVTOOL_WRITE_SORTED : KVTOOL_WRITE_HASH;
 
         return KVTOOL_OK;
@@ -245,7 +243,6 @@ main(int argc, char **argv)
 
     o.segment_size = KV_SEGMENT_SIZE_DEFAULT;
     o.mode = KVTOOL_WRITE;
-    o.index = NULL;
 
     for (i = 2; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         rc = kvtool_option(argc, argv, &i, &o);
@@ -262,7 +259,7 @@ main(int argc, char **argv)
         return kvtool_usage(stderr, KVTOOL_USAGE);
     }
 
-    if (o.index != NULL && strcmp(cmd, "compact") != 0) {
+    if (o.mode != KVTOOL_WRITE && strcmp(cmd, "compact") != 0) {
         kvtool_error("\"%s\" takes no --index: only compact does", cmd);
         return kvtool_usage(stderr, KVTOOL_USAGE);
     }
