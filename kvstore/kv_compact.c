@@ -1043,10 +1043,10 @@ kv_merge_collect(kv_compact_t *c)
     ret = KV_OK;
 
     for (i = 0; ret == KV_OK; i = end) {
-        host->lock(host->ctx);
+        kv_lock_background(c->s);
 
         if (i == sh->nbuckets) {
-            host->unlock(host->ctx);
+            kv_unlock(c->s);
             break;
         }
 
@@ -1098,7 +1098,7 @@ kv_merge_collect(kv_compact_t *c)
             }
         }
 
-        host->unlock(host->ctx);
+        kv_unlock(c->s);
     }
 
     if (ret != KV_OK) {
@@ -1437,7 +1437,7 @@ kv_swap_batch(kv_compact_t *c)
 
     host = c->s->host;
 
-    host->lock(host->ctx);
+    kv_lock_background(c->s);
 
     for (i = 0; i < c->nbatch; i++) {
         w = &c->batch[i];
@@ -1452,7 +1452,7 @@ kv_swap_batch(kv_compact_t *c)
         }
     }
 
-    host->unlock(host->ctx);
+    kv_unlock(c->s);
 
     c->nbatch = 0;
     c->keys_len = 0;
@@ -1555,7 +1555,7 @@ kv_merge_swap(kv_compact_t *c)
     host = c->s->host;
     moved = 0;
 
-    host->lock(host->ctx);
+    kv_lock_background(c->s);
 
     /* the bytes of the runs merged become the new run's */
 
@@ -1576,12 +1576,12 @@ kv_merge_swap(kv_compact_t *c)
 
     sh->runs = c->next_runs;
 
-    host->unlock(host->ctx);
+    kv_unlock(c->s);
 
     for (i = 0; i < c->nindex; i = n) {
         n = c->nindex - i > KV_SWAP_BATCH ? i + KV_SWAP_BATCH : c->nindex;
 
-        host->lock(host->ctx);
+        kv_lock_background(c->s);
 
         /* the entries go in key order: each unlinked from the last's place */
         f.valid = 0;
@@ -1607,7 +1607,7 @@ kv_merge_swap(kv_compact_t *c)
             }
         }
 
-        host->unlock(host->ctx);
+        kv_unlock(c->s);
     }
 
     c->nmoved = moved;

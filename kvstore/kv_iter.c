@@ -114,9 +114,9 @@ kv_iter_open(kv_store_t *s, const kv_range_t *range, kv_iter_t **itp)
             return rc;
         }
 
-        s->host->lock(s->host->ctx);
+        kv_lock(s);
         runs = s->sh->runs;
-        s->host->unlock(s->host->ctx);
+        kv_unlock(s);
 
         rc = kv_iter_sorted(s, range, it, &runs);
         if (rc != KV_OK) {
@@ -231,16 +231,16 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     rc = KV_OK;
 
     for (i = 0; rc == KV_OK; i = end) {
-        host->lock(host->ctx);
+        kv_lock(s);
 
         rc = kv_check_open(s);
         if (rc != KV_OK) {
-            host->unlock(host->ctx);
+            kv_unlock(s);
             return rc;
         }
 
         if (i == sh->nbuckets) {
-            host->unlock(host->ctx);
+            kv_unlock(s);
             break;
         }
 
@@ -275,7 +275,7 @@ kv_iter_walk(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
             }
         }
 
-        host->unlock(host->ctx);
+        kv_unlock(s);
     }
 
     return rc;
@@ -302,11 +302,11 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
     kv_iter_start(range, &key, &klen, &excl);
 
     for ( ;; ) {
-        host->lock(host->ctx);
+        kv_lock(s);
 
         rc = kv_check_open(s);
         if (rc != KV_OK) {
-            host->unlock(host->ctx);
+            kv_unlock(s);
             return rc;
         }
 
@@ -358,7 +358,7 @@ kv_iter_walk_ordered(kv_store_t *s, const kv_range_t *range, kv_iter_t *it)
             k++;
         }
 
-        host->unlock(host->ctx);
+        kv_unlock(s);
 
         if (rc != KV_OK || e == NULL || it->n == it->max) {
             return rc;

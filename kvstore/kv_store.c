@@ -21,6 +21,53 @@
 /* lookups in sorted segments that a merge replaced meanwhile */
 #define KV_LOOKUP_TRIES  8
 
+/*
+ * How long a background batch lets waiting requests go first, in naps of
+ * KV_DEFER_NAP_NS: bounded, as a worker killed while it waited leaves
+ * lock_waiting counting it.
+ */
+#define KV_DEFER_NAPS    40
+#define KV_DEFER_NAP_NS  50000
+
+
+void
+kv_lock(kv_store_t *s)
+{
+    __atomic_add_fetch(&s->sh->lock_waiting, 1, __ATOMIC_RELAXED);
+    s->host->lock(s->host->ctx);
+    __atomic_sub_fetch(&s->sh->lock_waiting, 1, __ATOMIC_RELAXED);
+}
+
+
+void
+kv_lock_background(kv_store_t *s)
+{
+    int              naps;
+    struct timespec  nap;
+
+    nap.tv_sec = 0;
+    nap.tv_nsec = KV_DEFER_NAP_NS;
+
+    /* a nap, not a spin: on a busy machine the waiter needs this CPU */
+
+    for (naps = 0;
+         naps < KV_DEFER_NAPS
+         && __atomic_load_n(&s->sh->lock_waiting, __ATOMIC_RELAXED) != 0;
+         naps++)
+    {
+        (void) nanosleep(&nap, NULL);
+    }
+
+    s->host->lock(s->host->ctx);
+}
+
+
+void
+kv_unlock(kv_store_t *s)
+{
+    s->host->unlock(s->host->ctx);
+}
+
 
 /* The return code for a failed write's errno. */
 static int
@@ -459,7 +506,7 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     slot.e = NULL;
     cur = NULL;
 
-    host->lock(host->ctx);
+    kv_lock(s);
 
     rc = kv_check_open(s);
     if (rc != KV_OK) {
@@ -590,7 +637,7 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
 
 done:
 
-    host->unlock(host->ctx);
+    kv_unlock(s);
 
     return rc;
 }
@@ -608,7 +655,7 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
     host = s->host;
 
     for (tries = 0; ; tries++) {
-        host->lock(host->ctx);
+        kv_lock(s);
 
         rc = kv_check_open(s);
         if (rc != KV_OK) {
@@ -642,7 +689,7 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
 
         runs = s->sh->runs;
 
-        host->unlock(host->ctx);
+        kv_unlock(s);
 
         rc = kv_level_lookup(s, key, klen, &runs, loc);
 
@@ -652,7 +699,7 @@ kv_lookup(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc)
         }
     }
 
-    host->unlock(host->ctx);
+    kv_unlock(s);
 
     return rc;
 }
@@ -900,7 +947,7 @@ kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc,
 
     if (!loc->verified) {
         host = s->host;
-        host->lock(host->ctx);
+        kv_lock(s);
 
         e = kv_index_find(host, s->sh, key, klen, NULL);
 
@@ -908,7 +955,7 @@ kv_open_value(kv_store_t *s, const uint8_t *key, size_t klen, kv_loc_t *loc,
             e->flags |= KV_ENTRY_VERIFIED;
         }
 
-        host->unlock(host->ctx);
+        kv_unlock(s);
 
         loc->verified = 1;
     }
@@ -981,9 +1028,9 @@ kv_sync(kv_store_t *s, uint64_t *durable)
     host = s->host;
     *durable = 0;
 
-    host->lock(host->ctx);
+    kv_lock(s);
     rc = kv_check_open(s);
-    host->unlock(host->ctx);
+    kv_unlock(s);
 
     if (rc != KV_OK) {
         return rc;
@@ -996,12 +1043,12 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     /* the end of the log now, after waiting for the flush lock */
 
-    host->lock(host->ctx);
+    kv_lock(s);
     failed = sh->sync_failed;
     from = sh->synced;
     target = KV_LOC(sh->segment, sh->write_off);
     *durable = from;
-    host->unlock(host->ctx);
+    kv_unlock(s);
 
     if (failed) {
         kv_flush_unlock(sh);
@@ -1055,7 +1102,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     clock_gettime(CLOCK_MONOTONIC, &t1);
 
-    host->lock(host->ctx);
+    kv_lock(s);
 
     if (failed) {
         /* the kernel may have dropped the dirty pages: never pretend */
@@ -1075,7 +1122,7 @@ kv_sync(kv_store_t *s, uint64_t *durable)
 
     *durable = sh->synced;
 
-    host->unlock(host->ctx);
+    kv_unlock(s);
 
     kv_flush_unlock(sh);
 

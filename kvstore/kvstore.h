@@ -295,6 +295,7 @@ typedef struct {
                                   completed since */
     uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
     kv_runs_t   runs;          /* index=sorted: the sorted segments */
+    uint32_t    lock_waiting;  /* requests waiting in kv_lock() */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */

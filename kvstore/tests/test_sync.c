@@ -626,6 +626,73 @@ test_stats_state(void **state)
 }
 
 
+typedef struct {
+    kv_store_t  *s;
+    int          in;               /* written under the store lock */
+} request_thread_t;
+
+
+static void *
+request_thread(void *arg)
+{
+    request_thread_t  *rt = arg;
+
+    kv_lock(rt->s);
+    rt->in = 1;
+    kv_unlock(rt->s);
+
+    return NULL;
+}
+
+
+/*
+ * A request waiting for the store lock gets it before a background loop's
+ * next batch: the loop's thread, still running, would otherwise take the
+ * mutex again before the woken waiter is back on a CPU.
+ */
+static void
+test_lock_background(void **state)
+{
+    char               dir[PATH_MAX];
+    pthread_t          th;
+    kv_test_store_t    t;
+    request_thread_t   rt;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_small(&t, dir);
+
+    rt.s = &t.s;
+    rt.in = 0;
+
+    kv_lock_background(&t.s);
+    assert_int_equal(pthread_create(&th, NULL, request_thread, &rt), 0);
+
+    while (__atomic_load_n(&t.sh->lock_waiting, __ATOMIC_RELAXED) == 0) {
+        usleep(100);
+    }
+
+    /* the end of one batch and the start of the next */
+    kv_unlock(&t.s);
+    kv_lock_background(&t.s);
+
+    assert_int_equal(rt.in, 1);
+    assert_int_equal(t.sh->lock_waiting, 0);
+
+    kv_unlock(&t.s);
+    assert_int_equal(pthread_join(th, NULL), 0);
+
+    /* a waiter killed while counted: the loop still gets the lock */
+    t.sh->lock_waiting = 1;
+    kv_lock_background(&t.s);
+    kv_unlock(&t.s);
+    t.sh->lock_waiting = 0;
+
+    close_small(&t, dir);
+}
+
+
 int
 main(void)
 {
@@ -637,6 +704,7 @@ main(void)
         cmocka_unit_test(test_flush_serialized),
         cmocka_unit_test(test_sync_failure),
         cmocka_unit_test(test_stats_state),
+        cmocka_unit_test(test_lock_background),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
