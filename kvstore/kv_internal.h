@@ -601,6 +601,13 @@ int kv_level_save(kv_store_t *s, const kv_runs_t *runs, uint32_t floor);
 /* TABLES' text (NUL-terminated): 0, or -1 if malformed.  Pure, fuzzed. */
 int kv_level_parse(const char *text, kv_runs_t *runs, uint32_t *floor);
 int kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor);
+
+/*
+ * 1 if the directory is index=sorted's: TABLES names runs whose segments
+ * are all there.  A compaction in index=hash takes them as inputs and
+ * leaves TABLES behind, naming runs that are gone.
+ */
+int kv_level_present(kv_store_t *s);
 int kv_level_has(const kv_runs_t *runs, uint32_t id);
 int kv_level_open(kv_store_t *s, const kv_runs_t *runs);
 void kv_level_close(kv_store_t *s);

@@ -100,6 +100,35 @@ kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor)
 
 
 int
+kv_level_present(kv_store_t *s)
+{
+    int        rc;
+    char       path[PATH_MAX];
+    uint32_t   floor, id, r;
+    kv_runs_t  runs;
+
+    rc = kv_level_load(s, &runs, &floor);
+
+    if (rc != KV_OK) {
+        /* damaged or unreadable: recovery in index=sorted reports it */
+        return rc != KV_NOTFOUND;
+    }
+
+    for (r = 0; r < runs.n; r++) {
+        for (id = runs.run[r].first; id <= runs.run[r].last; id++) {
+            kv_segment_path(s, id, path);
+
+            if (access(path, F_OK) != 0) {
+                return 0;
+            }
+        }
+    }
+
+    return runs.n != 0;
+}
+
+
+int
 kv_level_parse(const char *text, kv_runs_t *runs, uint32_t *floor)
 {
     int          n;

@@ -77,7 +77,6 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
 {
     int          rc;
     long         pid;
-    char         path[PATH_MAX];
     uint64_t     size, nbuckets;
     kv_conf_t    conf;
     struct stat  st;
@@ -116,17 +115,7 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
     conf.compact_dead_bytes = KV_COMPACT_DEAD_BYTES_DEFAULT;
     conf.read_only = mode == KVTOOL_SCAN || mode == KVTOOL_READ;
 
-    /*
-     * A store that has sorted segments is written as index=sorted would:
-     * its merges keep them sorted.  Reading replays every segment.
-     */
-    if (mode == KVTOOL_WRITE) {
-        snprintf(path, sizeof(path), "%s/" KV_TABLES_FILE, dir);
-        conf.sorted = (access(path, F_OK) == 0);
-
-    } else {
-        conf.sorted = (mode == KVTOOL_WRITE_SORTED);
-    }
+    conf.sorted = (mode == KVTOOL_WRITE_SORTED);
 
     /* run as root, files go to the directory's owner, as nginx's would */
     conf.owner_uid = (uid_t) -1;
@@ -138,6 +127,15 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
     }
 
     kv_store_init(&t->s, t->sh, &t->host, &conf);
+
+    /*
+     * A store that has sorted segments is written as index=sorted would:
+     * its merges keep them sorted (read before recovery, which sets the
+     * mode up).  Reading replays every segment.
+     */
+    if (mode == KVTOOL_WRITE) {
+        t->s.conf.sorted = kv_level_present(&t->s);
+    }
 
     if (mode == KVTOOL_SCAN) {
         return KV_OK;

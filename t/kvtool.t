@@ -412,6 +412,18 @@ sub rolled_ok {
        'dump identical after compact --index=hash');
     is(kvtool('check', $dir)->{rc}, 0, 'check after compact --index=hash');
 
+    # TABLES stays behind, naming runs that are gone: a compaction without
+    # --index keeps the directory in index=hash all the same
+    ok(-f "$dir/TABLES", 'the TABLES of the runs that went is still there');
+    $r = kvtool('compact', $dir);
+    is($r->{rc}, 0, 'compact after --index=hash: exit 0') or diag($r->{err});
+    is_deeply([glob("$dir/*.kvsst")], [],
+              'compact without --index keeps index=hash');
+    like($r->{out}, qr/^after: .* 100 live keys/m,
+         'the keys stay live in the log');
+    is(kvtool('dump', $dir)->{out}, $before,
+       'dump identical after compact without --index');
+
     $r = kvtool('compact', '--index=btree', $dir);
     is($r->{rc}, 2, 'compact --index=btree: exit 2');
     like($r->{err}, qr/--index is hash or sorted/, 'says what --index takes');
