@@ -3,7 +3,10 @@
 /*
  * A bump allocator with one free list per 8-byte size class.  Every block
  * has an 8-byte header (its size and, once free, the next free block), so
- * blocks stay 8-byte aligned and kv_ref_t 0 never names a block.  Under
+ * blocks stay 8-byte aligned and kv_ref_t 0 never names a block.  Blocks
+ * of KV_ENTRY_PAGE bytes (the index's slot pages) come from the top end
+ * instead, aligned to their size and without a header, as a host must
+ * give them (kvstore.h).  Under
  * AddressSanitizer everything but live blocks and headers is poisoned, so
  * the index cannot touch freed entries unnoticed.
  *
@@ -36,6 +39,10 @@ struct kv_arena_s {
     uint8_t          *base;
     size_t            size;
     size_t            top;
+    size_t            pages;    /* where the pages carved from the end
+                                   begin */
+    uint32_t          free_pages;  /* a free page, in 8-byte units, whose
+                                      first 4 bytes name the next */
     pthread_mutex_t   mutex;
     pthread_t         owner;
     int               locked;   /* written only by the mutex's holder */
@@ -65,6 +72,31 @@ kv_arena_held(kv_arena_t *a)
 
 
 static void *
+kv_arena_page(kv_arena_t *a)
+{
+    uint8_t  *p;
+
+    if (a->free_pages != 0) {
+        p = a->base + (size_t) a->free_pages * 8;
+        kv_unpoison(p, KV_ENTRY_PAGE);
+        memcpy(&a->free_pages, p, sizeof(uint32_t));
+
+        return p;
+    }
+
+    if (a->pages - a->top < KV_ENTRY_PAGE) {
+        return NULL;
+    }
+
+    a->pages -= KV_ENTRY_PAGE;
+    p = a->base + a->pages;
+    kv_unpoison(p, KV_ENTRY_PAGE);
+
+    return p;
+}
+
+
+static void *
 kv_arena_alloc(void *ctx, size_t size)
 {
     size_t           n;
@@ -74,6 +106,10 @@ kv_arena_alloc(void *ctx, size_t size)
     a = ctx;
     kv_arena_check(kv_arena_held(a), "alloc without the lock");
 
+    if (size == KV_ENTRY_PAGE) {
+        return kv_arena_page(a);
+    }
+
     n = size ? (size + 7) & ~(size_t) 7 : 8;
 
     if (n / 8 < KV_ARENA_CLASSES && a->free[n / 8] != 0) {
@@ -81,7 +117,8 @@ kv_arena_alloc(void *ctx, size_t size)
         a->free[n / 8] = h->next;
 
     } else {
-        if (n > UINT32_MAX || n + sizeof(kv_arena_hdr_t) > a->size - a->top) {
+        if (n > UINT32_MAX || n + sizeof(kv_arena_hdr_t) > a->pages - a->top)
+        {
             return NULL;
         }
 
@@ -106,6 +143,14 @@ kv_arena_free(void *ctx, void *p)
 
     a = ctx;
     kv_arena_check(kv_arena_held(a), "free without the lock");
+
+    if ((uint8_t *) p >= a->base + a->pages) {
+        memcpy(p, &a->free_pages, sizeof(uint32_t));
+        a->free_pages = (uint32_t) (((uint8_t *) p - a->base) / 8);
+        kv_poison((uint8_t *) p + sizeof(uint32_t),
+                  KV_ENTRY_PAGE - sizeof(uint32_t));
+        return;
+    }
 
     h = (kv_arena_hdr_t *) p - 1;
     kv_poison(p, h->size);
@@ -165,8 +210,11 @@ kv_arena_create(size_t size)
     kv_arena_t           *a;
     pthread_mutexattr_t   attr;
 
+    /* whole pages, so that the pages carved from the end are aligned */
+    size &= ~(size_t) (KV_ENTRY_PAGE - 1);
+
     /* the first 8 bytes are reserved; kv_ref_t reaches 32 GiB */
-    if (size < 8 || size > ((size_t) UINT32_MAX + 1) * 8) {
+    if (size == 0 || size > ((size_t) UINT32_MAX + 1) * 8) {
         return NULL;
     }
 
@@ -175,7 +223,7 @@ kv_arena_create(size_t size)
         return NULL;
     }
 
-    a->base = malloc(size);
+    a->base = aligned_alloc(KV_ENTRY_PAGE, size);
     if (a->base == NULL) {
         free(a);
         return NULL;
@@ -198,6 +246,7 @@ kv_arena_create(size_t size)
 
     a->size = size;
     a->top = 8;       /* kv_ref_t 0 is the null reference */
+    a->pages = size;
 
     kv_poison(a->base, size);
 

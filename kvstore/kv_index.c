@@ -11,6 +11,8 @@
 #include <inttypes.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
 
 #include <xxhash.h>
 
@@ -29,6 +31,28 @@ kv_limits(kv_shared_t *sh, uint32_t max_key, uint32_t max_value)
                      max_value < KV_MAX_VALUE_LIMIT ? max_value
                                                     : KV_MAX_VALUE_LIMIT,
                      __ATOMIC_RELAXED);
+}
+
+
+/*
+ * A seed for the keys' hashes, new with every zone, so that no client can
+ * choose keys that pile up in one bucket (a chain every lookup of them
+ * walks under the store lock), as Redis seeds its dictionaries' hashes.
+ */
+static uint64_t
+kv_hash_seed(void)
+{
+    uint64_t         seed;
+    struct timespec  ts;
+
+    if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) == sizeof(seed)) {
+        return seed;
+    }
+
+    /* no entropy yet, early in a boot: the clock and pid are not guessed */
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return XXH3_64bits_withSeed(&ts, sizeof(ts), (uint64_t) getpid());
 }
 
 
@@ -72,6 +96,7 @@ kv_shared_create(const kv_host_t *host, uint32_t nbuckets, uint32_t max_key,
 
     sh->magic = KV_SHARED_MAGIC;
     sh->nbuckets = n;
+    sh->hash_seed = kv_hash_seed();
     sh->buckets = kv_ref(host, buckets);
     kv_limits(sh, max_key, max_value);
     sh->lock_fd = -1;
@@ -127,6 +152,13 @@ kv_set_limits(kv_store_t *s)
 }
 
 
+uint64_t
+kv_key_hash(const kv_shared_t *sh, const uint8_t *key, size_t klen)
+{
+    return XXH3_64bits_withSeed(key, klen, sh->hash_seed);
+}
+
+
 static kv_ref_t *
 kv_bucket(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     size_t klen)
@@ -135,7 +167,7 @@ kv_bucket(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 
     buckets = kv_ptr(host, sh->buckets);
 
-    return &buckets[XXH3_64bits(key, klen) & (sh->nbuckets - 1)];
+    return &buckets[kv_key_hash(sh, key, klen) & (sh->nbuckets - 1)];
 }
 
 
@@ -224,14 +256,117 @@ kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc)
 }
 
 
+/*
+ * A page of index slots: this header, then slots of one size.  The pages
+ * of a size that have a free slot form a list; a page whose slots are all
+ * free goes back to the host, so that the memory of keys gone serves keys
+ * of any size and height.
+ */
+typedef struct {
+    kv_ref_t   prev;           /* the size's pages with a free slot */
+    kv_ref_t   next;
+    kv_ref_t   free;           /* the page's first free slot */
+    uint16_t   used;           /* its slots in use */
+    uint16_t   size;           /* of its slots */
+} kv_slot_page_t;
+
+
+static kv_slot_page_t *
+kv_slot_page_of(const kv_host_t *host, const kv_entry_t *e)
+{
+    size_t  off;
+
+    off = (size_t) ((const uint8_t *) e - host->base);
+
+    return (kv_slot_page_t *) (host->base + (off & ~(size_t)
+                                                   (KV_ENTRY_PAGE - 1)));
+}
+
+
+static void
+kv_slot_page_link(const kv_host_t *host, kv_ref_t *head, kv_slot_page_t *pg)
+{
+    pg->prev = 0;
+    pg->next = *head;
+
+    if (*head != 0) {
+        ((kv_slot_page_t *) kv_ptr(host, *head))->prev = kv_ref(host, pg);
+    }
+
+    *head = kv_ref(host, pg);
+}
+
+
+static void
+kv_slot_page_unlink(const kv_host_t *host, kv_ref_t *head,
+    kv_slot_page_t *pg)
+{
+    if (pg->prev != 0) {
+        ((kv_slot_page_t *) kv_ptr(host, pg->prev))->next = pg->next;
+
+    } else {
+        *head = pg->next;
+    }
+
+    if (pg->next != 0) {
+        ((kv_slot_page_t *) kv_ptr(host, pg->next))->prev = pg->prev;
+    }
+}
+
+
+/* a new page of slots of size bytes, on the size's list, or NULL */
+static kv_slot_page_t *
+kv_slot_page_new(const kv_host_t *host, kv_ref_t *head, size_t size)
+{
+    size_t           i;
+    uint8_t         *page;
+    kv_entry_t      *slot;
+    kv_slot_page_t  *pg;
+
+    page = host->alloc(host->ctx, KV_ENTRY_PAGE);
+    if (page == NULL) {
+        return NULL;
+    }
+
+    if ((size_t) (page - host->base) % KV_ENTRY_PAGE != 0) {
+        kv_log(host, KV_LOG_ERR, 0, "the host gave an index page not "
+               "aligned to %d bytes", KV_ENTRY_PAGE);
+        host->free(host->ctx, page);
+        return NULL;
+    }
+
+    pg = (kv_slot_page_t *) page;
+    pg->used = 0;
+    pg->size = (uint16_t) size;
+    pg->free = 0;
+
+    /* the slots go on the page's list last first, so the first is taken */
+
+    for (i = (KV_ENTRY_PAGE - sizeof(kv_slot_page_t)) / size; i-- > 0; ) {
+        slot = (kv_entry_t *) (page + sizeof(kv_slot_page_t) + i * size);
+        slot->next = pg->free;
+        pg->free = kv_ref(host, slot);
+
+        if (!host->shared) {
+            kv_poison((uint8_t *) slot + sizeof(slot->next),
+                      size - sizeof(slot->next));
+        }
+    }
+
+    kv_slot_page_link(host, head, pg);
+
+    return pg;
+}
+
+
 static kv_entry_t *
 kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
     unsigned flags)
 {
-    size_t       size, i;
-    uint8_t     *page;
-    kv_ref_t    *head;
-    kv_entry_t  *e;
+    size_t           size;
+    kv_ref_t        *head;
+    kv_entry_t      *e;
+    kv_slot_page_t  *pg;
 
     size = kv_entry_size(klen, flags);
 
@@ -239,33 +374,30 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
         e = host->alloc(host->ctx, size);
 
     } else {
-        head = &sh->free_slots[size / 8 - 1];
+        head = &sh->slot_pages[size / 8 - 1];
 
-        if (*head == 0) {
-            page = host->alloc(host->ctx, KV_ENTRY_PAGE);
-            if (page == NULL) {
-                return NULL;
-            }
-
-            /* slot 0 is returned, the others go on the free list */
-
-            for (i = KV_ENTRY_PAGE / size - 1; i > 0; i--) {
-                e = (kv_entry_t *) (page + i * size);
-                e->klen = (uint16_t) klen;
-                e->flags = (uint8_t) flags;
-                kv_entry_free(host, sh, e);
-            }
-
-            e = (kv_entry_t *) page;
+        if (*head != 0) {
+            pg = kv_ptr(host, *head);
 
         } else {
-            e = kv_ptr(host, *head);
-
-            if (!host->shared) {
-                kv_unpoison(e, size);
+            pg = kv_slot_page_new(host, head, size);
+            if (pg == NULL) {
+                return NULL;
             }
+        }
 
-            *head = e->next;
+        e = kv_ptr(host, pg->free);
+
+        if (!host->shared) {
+            kv_unpoison(e, size);
+        }
+
+        pg->free = e->next;
+        pg->used++;
+
+        if (pg->free == 0) {
+            /* full: off the list until a slot of it is freed */
+            kv_slot_page_unlink(host, head, pg);
         }
     }
 
@@ -279,12 +411,12 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
 }
 
 
-/* a slot never used is freed too: only its klen and flags must be set */
 void
 kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 {
-    size_t     size;
-    kv_ref_t  *head;
+    size_t           size;
+    kv_ref_t        *head;
+    kv_slot_page_t  *pg;
 
     size = kv_entry_size(e->klen, e->flags);
 
@@ -293,14 +425,30 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
         return;
     }
 
-    head = &sh->free_slots[size / 8 - 1];
+    head = &sh->slot_pages[size / 8 - 1];
+    pg = kv_slot_page_of(host, e);
 
-    e->next = *head;
-    *head = kv_ref(host, e);
+    if (pg->used == 1) {
+        /* its last slot in use: the page goes back to the host */
+        if (pg->free != 0) {
+            kv_slot_page_unlink(host, head, pg);
+        }
 
-    /* only the link (and flen) stay addressable while the slot is free */
+        host->free(host->ctx, pg);
+        return;
+    }
+
+    if (pg->free == 0) {
+        kv_slot_page_link(host, head, pg);
+    }
+
+    e->next = pg->free;
+    pg->free = kv_ref(host, e);
+    pg->used--;
+
+    /* only the link stays addressable while the slot is free */
     if (!host->shared) {
-        kv_poison((uint8_t *) e + 8, size - 8);
+        kv_poison((uint8_t *) e + sizeof(e->next), size - sizeof(e->next));
     }
 }
 
@@ -323,7 +471,7 @@ kv_index_reserve(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     }
 
     if (sh->sorted) {
-        flags |= kv_order_height(key, klen) << KV_ENTRY_HEIGHT_SHIFT;
+        flags |= kv_order_height(sh, key, klen) << KV_ENTRY_HEIGHT_SHIFT;
     }
 
     e = kv_entry_alloc(host, sh, klen, flags);

@@ -297,6 +297,8 @@ typedef struct {
     kv_ref_t       *link;
 } kv_slot_t;
 
+/* the key's hash: its bucket (low bits) and skip-list height (high) */
+uint64_t kv_key_hash(const kv_shared_t *sh, const uint8_t *key, size_t klen);
 kv_entry_t *kv_index_find(const kv_host_t *host, kv_shared_t *sh,
     const uint8_t *key, size_t klen, kv_ref_t **link);
 
@@ -335,7 +337,8 @@ kv_entry_size(size_t klen, unsigned flags)
  * bucket.  An entry's height follows from its key's hash, so an entry that
  * replaces another of the same key has the same tower.
  */
-unsigned kv_order_height(const uint8_t *key, size_t klen);
+unsigned kv_order_height(const kv_shared_t *sh, const uint8_t *key,
+    size_t klen);
 void kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
 
 /*

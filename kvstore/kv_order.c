@@ -12,23 +12,23 @@
  * missing from an upper level only makes a search walk further.
  */
 
-#include <xxhash.h>
 
 #include "kv_internal.h"
 
 
 /*
  * One entry in four rises a level.  The height comes from the key's hash
- * (bits the bucket number does not use), so it needs no random state in
- * shared memory and every entry of a key has the same one.
+ * (bits the bucket number does not use), so every entry of a key has the
+ * same one; the hash is seeded per zone, so clients cannot choose keys
+ * that all stay on the lowest level and make each search a walk.
  */
 unsigned
-kv_order_height(const uint8_t *key, size_t klen)
+kv_order_height(const kv_shared_t *sh, const uint8_t *key, size_t klen)
 {
     unsigned  h;
     uint64_t  bits;
 
-    bits = XXH3_64bits(key, klen) >> 40;
+    bits = kv_key_hash(sh, key, klen) >> 40;
 
     for (h = 1; h < KV_ORDER_LEVELS && (bits & 3) == 0; h++) {
         bits >>= 2;

@@ -60,8 +60,9 @@
 
 /*
  * Index entries up to KV_ENTRY_SLOT_MAX bytes live in slots of their size
- * (8-byte steps) carved from KV_ENTRY_PAGE-byte pages; bigger ones come
- * from the host allocator.
+ * (8-byte steps) carved from KV_ENTRY_PAGE-byte pages, which go back to
+ * the host once all their slots are free; bigger ones come from the host
+ * allocator.
  */
 #define KV_ENTRY_PAGE       4096
 #define KV_ENTRY_SLOT_MAX   512
@@ -126,7 +127,11 @@ typedef struct {
     void      *ctx;
     uint8_t   *base;
 
-    /* Called with the lock held.  Returns 8-byte aligned memory or NULL. */
+    /*
+     * Called with the lock held.  Returns 8-byte aligned memory or NULL;
+     * KV_ENTRY_PAGE bytes aligned to KV_ENTRY_PAGE from base (as nginx's
+     * slab allocator gives a page).
+     */
     void    *(*alloc)(void *ctx, size_t size);
     void     (*free)(void *ctx, void *p);
 
@@ -278,6 +283,9 @@ typedef struct {
     uint64_t    seq;           /* last sequence number written */
     uint32_t    segment;       /* active segment */
     uint32_t    nbuckets;      /* power of two */
+    uint64_t    hash_seed;     /* of the keys' hashes, new with each zone:
+                                  keys chosen to share a bucket or a low
+                                  skip-list height do not under another */
     uint64_t    write_off;     /* end of the last whole record */
     kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
     uint32_t    max_key;       /* both stored and loaded atomically: */
@@ -299,7 +307,9 @@ typedef struct {
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */
-    kv_ref_t    free_slots[KV_ENTRY_SLOT_MAX / 8];  /* per slot size */
+    kv_ref_t    slot_pages[KV_ENTRY_SLOT_MAX / 8];  /* per slot size, the
+                                                       pages with a free
+                                                       slot */
     uint32_t    sorted;        /* index=sorted: sorted segments, and
                                   entries keep key order */
     uint32_t    order_levels;  /* the skip list's levels in use */

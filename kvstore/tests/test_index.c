@@ -284,6 +284,54 @@ test_full_index(void **state)
 }
 
 
+/*
+ * The memory of keys gone serves keys of another size: a zone filled with
+ * short keys and emptied takes as many long ones as fit, not none (each
+ * slot size used to keep its pages for good).
+ */
+static void
+test_slot_pages_return(void **state)
+{
+    int       i, n, shorts;
+    char      key[300];
+    index_t   x;
+
+    (void) state;
+
+    index_open(&x, 64 * KV_ENTRY_PAGE, 16);
+
+    for (shorts = 0; ; shorts++) {
+        n = snprintf(key, sizeof(key), "s%d", shorts);
+        if (index_set(&x, key, (size_t) n, 1) != KV_OK) {
+            break;
+        }
+    }
+
+    assert_true(shorts > 1000);
+
+    for (i = 0; i < shorts; i++) {
+        n = snprintf(key, sizeof(key), "s%d", i);
+        assert_int_equal(index_remove(&x, key, (size_t) n), KV_OK);
+    }
+
+    /* 200-byte keys: entries of 224 bytes, 18 a page */
+
+    memset(key, 'L', sizeof(key));
+
+    for (i = 0; ; i++) {
+        n = snprintf(key, 12, "%010d", i);
+        key[n] = 'L';
+        if (index_set(&x, key, 200, 2) != KV_OK) {
+            break;
+        }
+    }
+
+    assert_true(i > 18 * 40);
+
+    kv_test_close(&x.t);
+}
+
+
 /* entries of one size share pages without rounding; a freed slot is reused */
 static void
 test_entry_slots(void **state)
@@ -583,6 +631,76 @@ test_order(void **state)
 }
 
 
+/*
+ * Keys' hashes are seeded per zone: keys found to share a bucket of one
+ * zone (as a client flooding a bucket would find them) spread over the
+ * buckets of another, and keys found to stay on the skip list's lowest
+ * level rise in another.
+ */
+static void
+test_hash_seed(void **state)
+{
+    char      keys[64][16];
+    size_t    klen[64];
+    uint32_t  i, n, bucket, spread;
+    index_t   a, b;
+
+    (void) state;
+
+    index_open(&a, 64 * 1024, 1024);
+    index_open(&b, 64 * 1024, 1024);
+    assert_true(a.sh->hash_seed != b.sh->hash_seed);
+
+    /* eight keys of one bucket of a: all eight in one of b, (1/1024)^7 */
+
+    n = 0;
+    bucket = 0;
+
+    for (i = 0; n < 8; i++) {
+        klen[n] = (size_t) snprintf(keys[n], sizeof(keys[n]), "k%u", i);
+
+        if (n == 0) {
+            bucket = kv_key_hash(a.sh, (uint8_t *) keys[0], klen[0]) & 1023;
+        }
+
+        if ((kv_key_hash(a.sh, (uint8_t *) keys[n], klen[n]) & 1023)
+            == bucket)
+        {
+            n++;
+        }
+    }
+
+    bucket = kv_key_hash(b.sh, (uint8_t *) keys[0], klen[0]) & 1023;
+    spread = 0;
+
+    for (i = 1; i < 8; i++) {
+        spread += (kv_key_hash(b.sh, (uint8_t *) keys[i], klen[i]) & 1023)
+                  != bucket;
+    }
+
+    assert_true(spread > 0);
+
+    /* 64 keys of height 1 in a: all 64 of height 1 in b, (3/4)^64 */
+
+    n = 0;
+
+    for (i = 0; n < 64; i++) {
+        klen[n] = (size_t) snprintf(keys[n], sizeof(keys[n]), "k%u", i);
+        n += kv_order_height(a.sh, (uint8_t *) keys[n], klen[n]) == 1;
+    }
+
+    spread = 0;
+
+    for (i = 0; i < 64; i++) {
+        spread += kv_order_height(b.sh, (uint8_t *) keys[i], klen[i]) != 1;
+    }
+
+    assert_true(spread > 0);
+
+    kv_test_close(&a.t);
+    kv_test_close(&b.t);
+}
+
 int
 main(void)
 {
@@ -595,6 +713,8 @@ main(void)
         cmocka_unit_test(test_full_index),
         cmocka_unit_test(test_entry_slots),
         cmocka_unit_test(test_order),
+        cmocka_unit_test(test_hash_seed),
+        cmocka_unit_test(test_slot_pages_return),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

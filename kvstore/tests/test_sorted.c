@@ -356,7 +356,10 @@ test_sorted_commit(void **state)
 
 /*
  * The index memory holds a few thousand keys; merging whenever it is
- * full, the store takes many more, all readable.
+ * crowded, as nginx starts a merge, the store takes many more, all
+ * readable, and opens again in the same memory.  (Filled to the last
+ * byte, a zone may not hold the same keys again after a restart: the
+ * keys' heights in the skip list come from a hash seeded anew.)
  */
 static void
 test_sorted_beyond_memory(void **state)
@@ -383,16 +386,13 @@ test_sorted_beyond_memory(void **state)
         vlen = value_of(i, 1, value);
 
         rc = kv_put(&t.s, (uint8_t *) key, klen, (uint8_t *) value, vlen, 0);
-
-        if (rc == KV_ENOMEM) {
-            merge(&t);
-            merges++;
-            rc = kv_put(&t.s, (uint8_t *) key, klen, (uint8_t *) value, vlen,
-                        0);
-        }
-
         assert_int_equal(rc, KV_OK);
         round[i] = 1;
+
+        if (kv_index_crowded(t.sh)) {
+            merge(&t);
+            merges++;
+        }
     }
 
     kv_stats(&t.s, &st);
