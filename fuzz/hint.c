@@ -105,7 +105,12 @@ kv_fuzz_alloc(void *ctx, size_t size)
 
     size = (size + 7) & ~(size_t) 7;
 
-    if (size > sizeof(a->mem) - a->top) {
+    /* the index's slot pages are aligned to their size, as kvstore.h asks */
+    if (size == KV_ENTRY_PAGE) {
+        a->top = (a->top + KV_ENTRY_PAGE - 1) & ~(size_t) (KV_ENTRY_PAGE - 1);
+    }
+
+    if (a->top > sizeof(a->mem) || size > sizeof(a->mem) - a->top) {
         return NULL;
     }
 

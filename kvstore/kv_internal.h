@@ -8,7 +8,8 @@
  * The files, each calling only the ones listed before it:
  *   kv_codec.c    record frames: encode, verify, decode
  *   kv_segment.c  paths, file helpers, listing and scanning segments, logs
- *   kv_seq.c      the SEQ file: the sequence floor that compaction keeps
+ *   kv_seq.c      the SEQ and SEED files: the sequence floor that
+ *                 compaction keeps, the seed of the keys' hashes
  *   kv_order.c    index=sorted: the index's keys in order (a skip list)
  *   kv_index.c    the hash index in host memory, replaying a record into it
  *   kv_filter.c   the Bloom filter of a sorted segment
@@ -44,7 +45,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  7
+#define KV_SHARED_VERSION  8
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -674,6 +675,14 @@ int kv_merge_outputs(kv_store_t *s, uint32_t *first, uint32_t *last);
  */
 int kv_seq_save(kv_store_t *s, uint64_t seq);
 int kv_seq_load(kv_store_t *s);
+
+/*
+ * The SEED file: recovery sets the empty zone's seed of the keys' hashes
+ * to the directory's, or writes the zone's as the directory's if it has
+ * none (a damaged one is logged and replaced).  KV_OK, or an error
+ * writing it.
+ */
+int kv_seed_load(kv_store_t *s);
 
 
 /*

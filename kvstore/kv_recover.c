@@ -521,6 +521,13 @@ kv_recover(kv_store_t *s)
     sh->sorted = s->conf.sorted;
     host->unlock(host->ctx);
 
+    /* the directory's seed of the keys' hashes, before the first key too */
+    rc = kv_seed_load(s);
+    if (rc != KV_OK) {
+        free(ids);
+        return rc;
+    }
+
     hints = 0;
     scans = 0;
     end = 0;

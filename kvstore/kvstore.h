@@ -15,7 +15,8 @@
  *                kept in key order, for listings).  Fields change with the
  *                host lock held; the few that hot paths read without it
  *                (synced, sync_failed, first_segment, flusher) only move
- *                one way and are read and written atomically.  Hosts never
+ *                one way and are read and written atomically, and so is
+ *                lock_waiting, a count kept outside the lock.  Hosts never
  *                read it: kv_stats() says what they may want to know.
  *   kv_store_t   one per process: the directory, open file descriptors
  *                (and sorted segments' tables, for lookups and listings).
@@ -91,6 +92,7 @@
                                               are sorted */
 #define KV_SEQ_FILE      "SEQ"             /* no sequence number at or below
                                               it is ever written again */
+#define KV_SEED_FILE     "SEED"            /* of the keys' hashes */
 #define KV_TMP_SUFFIX    ".tmp"            /* written, then renamed */
 
 /*
@@ -283,9 +285,10 @@ typedef struct {
     uint64_t    seq;           /* last sequence number written */
     uint32_t    segment;       /* active segment */
     uint32_t    nbuckets;      /* power of two */
-    uint64_t    hash_seed;     /* of the keys' hashes, new with each zone:
-                                  keys chosen to share a bucket or a low
-                                  skip-list height do not under another */
+    uint64_t    hash_seed;     /* of the keys' hashes, random, then the
+                                  directory's (SEED): keys a client chose
+                                  to share a bucket or a low skip-list
+                                  height do not under another seed */
     uint64_t    write_off;     /* end of the last whole record */
     kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
     uint32_t    max_key;       /* both stored and loaded atomically: */

@@ -613,6 +613,66 @@ test_seq_continues(void **state)
 }
 
 
+/*
+ * The keys' hash seed is the directory's: a restart keeps it (each key's
+ * bucket and height), a read-only open writes none, a lost or damaged
+ * SEED file is replaced by the new zone's seed, logged.
+ */
+static void
+test_seed_kept(void **state)
+{
+    char              dir[PATH_MAX], path[PATH_MAX];
+    uint8_t          *buf;
+    size_t            len;
+    uint64_t          seed;
+    kv_conf_t         conf;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_test_path(dir, KV_SEED_FILE, path);
+
+    kv_test_conf(&conf, dir);
+    conf.read_only = 1;
+    assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA, 64), KV_OK);
+    assert_int_equal(access(path, F_OK), -1);
+    kv_test_close(&t);
+
+    assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64), KV_OK);
+    seed = t.sh->hash_seed;
+    put(&t, S("a"), "1");
+    kv_test_close(&t);
+    assert_int_equal(access(path, F_OK), 0);
+
+    assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64), KV_OK);
+    assert_true(t.sh->hash_seed == seed);
+    kv_test_expect(&t, S("a"), "1", 1);
+    kv_test_close(&t);
+
+    /* damaged: replaced by the zone's own, and the keys still found */
+
+    buf = kv_test_read_file(path, &len);
+    buf[10] ^= 1;
+    kv_test_write_file(path, buf, len);
+    free(buf);
+
+    kv_test_log_reset();
+    assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64), KV_OK);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_WARN], "a new seed"));
+    assert_true(t.sh->hash_seed != seed);
+    seed = t.sh->hash_seed;
+    kv_test_expect(&t, S("a"), "1", 1);
+    kv_test_close(&t);
+
+    assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64), KV_OK);
+    assert_true(t.sh->hash_seed == seed);
+    kv_test_close(&t);
+
+    kv_test_rmdir(dir);
+}
+
+
 static void
 test_bad_arguments(void **state)
 {
@@ -674,6 +734,7 @@ main(void)
         cmocka_unit_test(test_write_failure),
         cmocka_unit_test(test_full_index),
         cmocka_unit_test(test_seq_continues),
+        cmocka_unit_test(test_seed_kept),
         cmocka_unit_test(test_bad_arguments),
     };
 
