@@ -45,7 +45,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  8
+#define KV_SHARED_VERSION  9
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -187,8 +187,8 @@ kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 
 
 /*
- * kv_store.c: the store lock.  Requests take it with kv_lock(), counted
- * while they wait; a background loop that takes it batch after batch (a
+ * kv_store.c: the store lock.  Requests take it with kv_lock(), each with
+ * a ticket served once it holds the lock; a background loop that takes it batch after batch (a
  * merge, a compaction) takes it with kv_lock_background(), which first
  * lets waiting requests in: else the loop's thread, running, takes the
  * lock again before a woken waiter is back on a CPU, and a request waits
@@ -196,6 +196,8 @@ kv_key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
  */
 void kv_lock(kv_store_t *s);
 void kv_lock_background(kv_store_t *s);
+/* 1 while a request waits for the lock (or one was killed waiting) */
+int kv_lock_wanted(const kv_shared_t *sh);
 void kv_unlock(kv_store_t *s);
 
 

@@ -23,19 +23,39 @@
 
 /*
  * How long a background batch lets waiting requests go first, in naps of
- * KV_DEFER_NAP_NS: bounded, as a worker killed while it waited leaves
- * lock_waiting counting it.
+ * KV_DEFER_NAP_NS (about 5 ms in all with the kernel's timer slack):
+ * bounded, as a request may stop waiting without being served.
  */
 #define KV_DEFER_NAPS    40
 #define KV_DEFER_NAP_NS  50000
 
 
+/*
+ * Each request takes a ticket before it waits and marks it served once it
+ * holds the lock: a ticket not served is a request waiting.  A worker
+ * killed while it waited leaves its ticket unserved only until the next
+ * request gets the lock, which marks every ticket up to its own.
+ */
 void
 kv_lock(kv_store_t *s)
 {
-    __atomic_add_fetch(&s->sh->lock_waiting, 1, __ATOMIC_RELAXED);
+    uint32_t  ticket;
+
+    ticket = __atomic_add_fetch(&s->sh->lock_tickets, 1, __ATOMIC_RELAXED);
+
     s->host->lock(s->host->ctx);
-    __atomic_sub_fetch(&s->sh->lock_waiting, 1, __ATOMIC_RELAXED);
+
+    if ((int32_t) (ticket - s->sh->lock_served) > 0) {
+        __atomic_store_n(&s->sh->lock_served, ticket, __ATOMIC_RELAXED);
+    }
+}
+
+
+int
+kv_lock_wanted(const kv_shared_t *sh)
+{
+    return __atomic_load_n(&sh->lock_tickets, __ATOMIC_RELAXED)
+           != __atomic_load_n(&sh->lock_served, __ATOMIC_RELAXED);
 }
 
 
@@ -50,11 +70,7 @@ kv_lock_background(kv_store_t *s)
 
     /* a nap, not a spin: on a busy machine the waiter needs this CPU */
 
-    for (naps = 0;
-         naps < KV_DEFER_NAPS
-         && __atomic_load_n(&s->sh->lock_waiting, __ATOMIC_RELAXED) != 0;
-         naps++)
-    {
+    for (naps = 0; naps < KV_DEFER_NAPS && kv_lock_wanted(s->sh); naps++) {
         (void) nanosleep(&nap, NULL);
     }
 
@@ -486,6 +502,35 @@ kv_table_current(kv_store_t *s, const uint8_t *key, size_t klen,
 }
 
 
+/*
+ * Before the lock: reads what kv_write() will read of the key's current
+ * record under it (a delete's or a conditional write's lookup in the
+ * sorted segments, an ETag condition's sequence number), so that those
+ * reads find the page cache warm and no cold pread holds up every worker.
+ * The results are dropped: the write looks again, locked.
+ */
+static void
+kv_write_warm(kv_store_t *s, const uint8_t *key, size_t klen,
+    const kv_write_t *w)
+{
+    int       seq;
+    kv_loc_t  loc;
+
+    seq = (w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
+          || (w->if_none_match.n != 0 && w->if_none_match.n != KV_COND_ANY);
+
+    if (!seq && !(s->conf.sorted && (w->tombstone || w->if_match.n != 0
+                                     || w->if_none_match.n != 0)))
+    {
+        return;
+    }
+
+    if (kv_lookup(s, key, klen, &loc) == KV_OK && seq) {
+        (void) kv_read_seq(s, &loc);
+    }
+}
+
+
 int
 kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
 {
@@ -505,6 +550,8 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     host = s->host;
     slot.e = NULL;
     cur = NULL;
+
+    kv_write_warm(s, key, klen, w);
 
     kv_lock(s);
 

@@ -15,9 +15,10 @@
  *                kept in key order, for listings).  Fields change with the
  *                host lock held; the few that hot paths read without it
  *                (synced, sync_failed, first_segment, flusher) only move
- *                one way and are read and written atomically, and so is
- *                lock_waiting, a count kept outside the lock.  Hosts never
- *                read it: kv_stats() says what they may want to know.
+ *                one way and are read and written atomically, and so
+ *                are lock_tickets and lock_served (kv_lock()).  Hosts
+ *                never read it: kv_stats() says what they may want to
+ *                know.
  *   kv_store_t   one per process: the directory, open file descriptors
  *                (and sorted segments' tables, for lookups and listings).
  */
@@ -306,7 +307,8 @@ typedef struct {
                                   completed since */
     uint32_t    expire_next;   /* the bucket kv_expire() sweeps next */
     kv_runs_t   runs;          /* index=sorted: the sorted segments */
-    uint32_t    lock_waiting;  /* requests waiting in kv_lock() */
+    uint32_t    lock_tickets;  /* kv_lock() calls begun */
+    uint32_t    lock_served;   /* the newest of them that got the lock */
     int32_t     flusher;       /* pid that claimed the next flush, or 0 */
     pthread_mutex_t  flush_mutex;  /* one kv_sync() flushes at a time;
                                       robust and process-shared */

@@ -5,14 +5,16 @@
  * the index to them, deletes and expiry that masks what they hold,
  * conditional writes on their keys, recovery (tables loaded, masks
  * replayed, a damaged or missing table file rebuilt, a crash at the
- * merge's commit), index=hash opening the same directory, and more keys
- * than the index memory holds.
+ * merge's commit), index=hash opening the same directory, more keys than
+ * the index memory holds, and no cold read under the lock for a delete.
  */
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "test_util.h"
@@ -554,6 +556,98 @@ test_sorted_expire_during_merge(void **state)
     kv_test_rmdir(dir);
 }
 
+/* the page of the record a locked read would fetch, and what it saw */
+static const char  *warm_path;
+static uint64_t     warm_offset;
+static int          warm_resident;
+static void       (*warm_host_lock)(void *ctx);
+
+
+static int
+page_resident(const char *path, uint64_t offset)
+{
+    int            fd;
+    long           page;
+    void          *p;
+    unsigned char  vec;
+
+    page = sysconf(_SC_PAGESIZE);
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+
+    /* mapping a file reads none of it: mincore() says what is cached */
+    p = mmap(NULL, page, PROT_READ, MAP_SHARED, fd,
+             (off_t) (offset & ~(uint64_t) (page - 1)));
+    assert_true(p != MAP_FAILED);
+    assert_int_equal(mincore(p, page, &vec), 0);
+    munmap(p, page);
+    close(fd);
+
+    return vec & 1;
+}
+
+
+static void
+warm_lock(void *ctx)
+{
+    warm_resident = page_resident(warm_path, warm_offset);
+    warm_host_lock(ctx);
+}
+
+
+/*
+ * A delete of a key only a sorted segment holds reads the segment under
+ * the lock; it must find the page cached (read before the lock), or a
+ * cold read would stall every worker waiting for the lock.
+ */
+static void
+test_sorted_delete_reads_warm(void **state)
+{
+    int               fd;
+    char              dir[PATH_MAX], path[PATH_MAX], key[32];
+    int               klen;
+    uint32_t          i;
+    kv_loc_t          loc;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, ZONE, 1);
+
+    for (i = 0; i < 2000; i++) {
+        put(&t, i, 1);
+    }
+
+    merge(&t);
+
+    klen = key_of(1234, key);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) key, klen, &loc), KV_OK);
+    kv_test_segment(dir, loc.segment, path);
+
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(fdatasync(fd), 0);
+    assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+    assert_false(page_resident(path, loc.offset));
+
+    warm_path = path;
+    warm_offset = loc.offset;
+    warm_host_lock = t.host.lock;
+    t.host.lock = warm_lock;
+
+    assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+    assert_true(warm_resident);
+
+    t.host.lock = warm_host_lock;
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) key, klen, &loc),
+                     KV_NOTFOUND);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
 
 int
 main(void)
@@ -564,6 +658,7 @@ main(void)
         cmocka_unit_test(test_sorted_beyond_memory),
         cmocka_unit_test(test_sorted_delete_during_merge),
         cmocka_unit_test(test_sorted_expire_during_merge),
+        cmocka_unit_test(test_sorted_delete_reads_warm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

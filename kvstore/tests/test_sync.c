@@ -679,8 +679,7 @@ test_lock_background(void **state)
         kv_lock_background(&t.s);
         assert_int_equal(pthread_create(&th, NULL, request_thread, &rt), 0);
 
-        while (__atomic_load_n(&t.sh->lock_waiting, __ATOMIC_RELAXED) == 0)
-        {
+        while (!kv_lock_wanted(t.sh)) {
             usleep(100);
         }
 
@@ -695,13 +694,20 @@ test_lock_background(void **state)
     }
 
     assert_int_equal(rt.in, 1);
-    assert_int_equal(t.sh->lock_waiting, 0);
+    assert_false(kv_lock_wanted(t.sh));
 
-    /* a waiter killed while counted: the loop still gets the lock */
-    t.sh->lock_waiting = 1;
+    /*
+     * a waiter killed before it got the lock: its ticket is never served,
+     * the loop still gets the lock, and the next request clears it
+     */
+    t.sh->lock_tickets++;
+    assert_true(kv_lock_wanted(t.sh));
     kv_lock_background(&t.s);
     kv_unlock(&t.s);
-    t.sh->lock_waiting = 0;
+
+    kv_lock(&t.s);
+    kv_unlock(&t.s);
+    assert_false(kv_lock_wanted(t.sh));
 
     close_small(&t, dir);
 }
