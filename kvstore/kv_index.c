@@ -259,8 +259,8 @@ kv_entry_loc(const kv_entry_t *e, kv_loc_t *loc)
 /*
  * A page of index slots: this header, then slots of one size.  The pages
  * of a size that have a free slot form a list; a page whose slots are all
- * free goes back to the host, so that the memory of keys gone serves keys
- * of any size and height.
+ * free goes back to the host (but the last with room), so that the memory
+ * of keys gone serves keys of any size and height.
  */
 typedef struct {
     kv_ref_t   prev;           /* the size's pages with a free slot */
@@ -376,6 +376,14 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
     } else {
         head = &sh->slot_pages[size / 8 - 1];
 
+        /* a worker killed as it filled a page may have left it listed */
+
+        while (*head != 0
+               && ((kv_slot_page_t *) kv_ptr(host, *head))->free == 0)
+        {
+            kv_slot_page_unlink(host, head, kv_ptr(host, *head));
+        }
+
         if (*head != 0) {
             pg = kv_ptr(host, *head);
 
@@ -392,8 +400,9 @@ kv_entry_alloc(const kv_host_t *host, kv_shared_t *sh, size_t klen,
             kv_unpoison(e, size);
         }
 
-        pg->free = e->next;
+        /* counted first: killed between the two, the page is never freed */
         pg->used++;
+        pg->free = e->next;
 
         if (pg->free == 0) {
             /* full: off the list until a slot of it is freed */
@@ -428,8 +437,13 @@ kv_entry_free(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
     head = &sh->slot_pages[size / 8 - 1];
     pg = kv_slot_page_of(host, e);
 
-    if (pg->used == 1) {
-        /* its last slot in use: the page goes back to the host */
+    /*
+     * Its last slot in use: the page goes back to the host, unless it is
+     * the size's only page with room (a key freed and added again would
+     * take a page and give it back each time).
+     */
+    if (pg->used == 1 && !(pg->free != 0 && pg->prev == 0 && pg->next == 0))
+    {
         if (pg->free != 0) {
             kv_slot_page_unlink(host, head, pg);
         }

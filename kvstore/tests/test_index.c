@@ -332,6 +332,109 @@ test_slot_pages_return(void **state)
 }
 
 
+/* the index pages the host gave and took back */
+static int     page_allocs, page_frees;
+static void  *(*page_host_alloc)(void *ctx, size_t size);
+static void   (*page_host_free)(void *ctx, void *p);
+
+
+static void *
+counting_alloc(void *ctx, size_t size)
+{
+    page_allocs += (size == KV_ENTRY_PAGE);
+
+    return page_host_alloc(ctx, size);
+}
+
+
+static void
+counting_free(void *ctx, void *p)
+{
+    page_frees++;
+    page_host_free(ctx, p);
+}
+
+
+/*
+ * An emptied page stays if it is its size's only page with room, so that
+ * a key removed and added again does not take and return a page each
+ * time; beside another page with room it goes back to the host.
+ */
+static void
+test_slot_page_kept(void **state)
+{
+    int       i, per_page;
+    char      key[32];
+    uint8_t  *full;
+    index_t   x;
+
+    (void) state;
+
+    index_open(&x, 64 * KV_ENTRY_PAGE, 64);
+    page_host_alloc = x.t.host.alloc;
+    page_host_free = x.t.host.free;
+    x.t.host.alloc = counting_alloc;
+    x.t.host.free = counting_free;
+    page_allocs = 0;
+    page_frees = 0;
+
+    /* 16-byte keys: 40-byte slots after the page's header */
+    per_page = (KV_ENTRY_PAGE - 16) / 40;
+
+    for (i = 0; i <= per_page; i++) {
+        snprintf(key, sizeof(key), "key-%012d", i);
+        assert_int_equal(index_set(&x, key, 16, 1), KV_OK);
+    }
+
+    assert_int_equal(page_allocs, 2);
+    snprintf(key, sizeof(key), "key-%012d", per_page);
+
+    for (i = 0; i < 100; i++) {
+        assert_int_equal(index_remove(&x, key, 16), KV_OK);
+        assert_int_equal(index_set(&x, key, 16, 1), KV_OK);
+    }
+
+    assert_int_equal(page_allocs, 2);
+    assert_int_equal(page_frees, 0);
+
+    /* the first page has room again: the second, emptied, goes back */
+    snprintf(key, sizeof(key), "key-%012d", 0);
+    assert_int_equal(index_remove(&x, key, 16), KV_OK);
+    snprintf(key, sizeof(key), "key-%012d", per_page);
+    assert_int_equal(index_remove(&x, key, 16), KV_OK);
+    assert_int_equal(page_frees, 1);
+
+    /*
+     * A worker killed as it took a page's last slot, before it took the
+     * full page off the list: the next allocation skips it.
+     */
+    for (i = per_page + 1; i < per_page + 2; i++) {
+        snprintf(key, sizeof(key), "key-%012d", i);
+        assert_int_equal(index_set(&x, key, 16, 1), KV_OK);
+    }
+
+    assert_int_equal(x.sh->slot_pages[40 / 8 - 1], 0);
+    full = (uint8_t *) kv_index_find(&x.t.host, x.sh, (uint8_t *) key, 16,
+                                     NULL);
+    full = x.t.host.base
+           + ((size_t) (full - x.t.host.base) & ~(size_t) (KV_ENTRY_PAGE - 1));
+    x.sh->slot_pages[40 / 8 - 1] = kv_ref(&x.t.host, full);
+
+    snprintf(key, sizeof(key), "key-%012d", 9999);
+    assert_int_equal(index_set(&x, key, 16, 7), KV_OK);
+    assert_int_equal(page_allocs, 3);
+
+    for (i = 1; i < per_page + 2; i++) {
+        snprintf(key, sizeof(key), "key-%012d", i);
+        assert_int_equal(index_get(&x, key, 16), i == per_page ? -1 : 1);
+    }
+
+    x.t.host.alloc = page_host_alloc;
+    x.t.host.free = page_host_free;
+    kv_test_close(&x.t);
+}
+
+
 /* entries of one size share pages without rounding; a freed slot is reused */
 static void
 test_entry_slots(void **state)
@@ -715,6 +818,7 @@ main(void)
         cmocka_unit_test(test_order),
         cmocka_unit_test(test_hash_seed),
         cmocka_unit_test(test_slot_pages_return),
+        cmocka_unit_test(test_slot_page_kept),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
