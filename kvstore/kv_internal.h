@@ -614,6 +614,10 @@ int kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor);
  * leaves TABLES behind, naming runs that are gone.
  */
 int kv_level_present(kv_store_t *s);
+
+/* the first segment of runs missing from ids (sorted, n of them), or 0 */
+uint32_t kv_runs_missing(const kv_runs_t *runs, const uint32_t *ids,
+    size_t n);
 int kv_level_has(const kv_runs_t *runs, uint32_t id);
 int kv_level_open(kv_store_t *s, const kv_runs_t *runs);
 void kv_level_close(kv_store_t *s);

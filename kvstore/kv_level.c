@@ -99,12 +99,29 @@ kv_level_load(kv_store_t *s, kv_runs_t *runs, uint32_t *floor)
 }
 
 
+uint32_t
+kv_runs_missing(const kv_runs_t *runs, const uint32_t *ids, size_t n)
+{
+    uint32_t  id, r;
+
+    for (r = 0; r < runs->n; r++) {
+        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
+            if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) == NULL) {
+                return id;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
 int
 kv_level_present(kv_store_t *s)
 {
-    int        rc;
-    char       path[PATH_MAX];
-    uint32_t   floor, id, r;
+    int        rc, present;
+    size_t     n;
+    uint32_t   floor, *ids;
     kv_runs_t  runs;
 
     rc = kv_level_load(s, &runs, &floor);
@@ -114,17 +131,19 @@ kv_level_present(kv_store_t *s)
         return rc != KV_NOTFOUND;
     }
 
-    for (r = 0; r < runs.n; r++) {
-        for (id = runs.run[r].first; id <= runs.run[r].last; id++) {
-            kv_segment_path(s, id, path);
-
-            if (access(path, F_OK) != 0) {
-                return 0;
-            }
-        }
+    if (runs.n == 0) {
+        return 0;
     }
 
-    return runs.n != 0;
+    if (kv_list_segments(s, &ids, &n) != KV_OK) {
+        /* logged; recovery meets the same error */
+        return 1;
+    }
+
+    present = (kv_runs_missing(&runs, ids, n) == 0);
+    free(ids);
+
+    return present;
 }
 
 

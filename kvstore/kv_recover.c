@@ -373,21 +373,16 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
         return rc;
     }
 
-    for (r = 0; r < runs->n; r++) {
-        for (id = runs->run[r].first; id <= runs->run[r].last; id++) {
-            if (bsearch(&id, ids, n, sizeof(uint32_t), kv_cmp_id) != NULL) {
-                continue;
-            }
+    id = kv_runs_missing(runs, ids, n);
 
-            kv_log(s->host, KV_LOG_NOTICE, 0, "sorted segment %u of \"%s\" "
-                   "is gone (compacted in index=hash): every segment is "
-                   "replayed into the index", id, s->conf.dir);
-            runs->n = 0;
+    if (id != 0) {
+        kv_log(s->host, KV_LOG_NOTICE, 0, "sorted segment %u of \"%s\" is "
+               "gone (compacted in index=hash): every segment is replayed "
+               "into the index", id, s->conf.dir);
+        runs->n = 0;
 
-            /* the runs are no more: TABLES says so, the floor stays */
-            return s->conf.read_only ? KV_OK
-                                     : kv_level_save(s, runs, floor);
-        }
+        /* the runs are no more: TABLES says so, the floor stays */
+        return s->conf.read_only ? KV_OK : kv_level_save(s, runs, floor);
     }
 
     /* a damaged or missing table file is built again from its segment */
