@@ -882,8 +882,8 @@ full:
 /*
  * Sweeps 1/16 of the buckets from where the last call stopped, at most
  * KV_EXPIRE_MAX (a host calls it from its event loop: a few ms), holding
- * the lock for KV_EXPIRE_CHUNK buckets at a time so that requests
- * interleave.
+ * the lock for KV_EXPIRE_CHUNK buckets at a time and letting waiting
+ * requests in between.
  */
 #define KV_EXPIRE_CHUNK  4096
 #define KV_EXPIRE_MAX    65536
@@ -933,8 +933,7 @@ kv_expire(kv_store_t *s)
 
         sh->expire_next = end & (sh->nbuckets - 1);
 
-        host->unlock(host->ctx);
-        host->lock(host->ctx);
+        kv_lock_pause(s);
     }
 
     host->unlock(host->ctx);

@@ -198,6 +198,11 @@ void kv_lock(kv_store_t *s);
 void kv_lock_background(kv_store_t *s);
 /* 1 while a request waits for the lock (or one was killed waiting) */
 int kv_lock_wanted(const kv_shared_t *sh);
+/*
+ * Between two batches of a sweep that runs in an event loop, lock held:
+ * lets a waiting request in (one nap, as that loop waits too).
+ */
+void kv_lock_pause(kv_store_t *s);
 void kv_unlock(kv_store_t *s);
 
 

@@ -59,10 +59,10 @@ kv_lock_wanted(const kv_shared_t *sh)
 }
 
 
-void
-kv_lock_background(kv_store_t *s)
+/* up to naps naps while a request waits for the lock */
+static void
+kv_lock_defer(kv_store_t *s, int naps)
 {
-    int              naps;
     struct timespec  nap;
 
     nap.tv_sec = 0;
@@ -70,9 +70,27 @@ kv_lock_background(kv_store_t *s)
 
     /* a nap, not a spin: on a busy machine the waiter needs this CPU */
 
-    for (naps = 0; naps < KV_DEFER_NAPS && kv_lock_wanted(s->sh); naps++) {
+    while (naps-- > 0 && kv_lock_wanted(s->sh)) {
         (void) nanosleep(&nap, NULL);
     }
+}
+
+
+void
+kv_lock_background(kv_store_t *s)
+{
+    kv_lock_defer(s, KV_DEFER_NAPS);
+    s->host->lock(s->host->ctx);
+}
+
+
+void
+kv_lock_pause(kv_store_t *s)
+{
+    s->host->unlock(s->host->ctx);
+
+    /* one nap only: the caller's own event loop waits meanwhile */
+    kv_lock_defer(s, 1);
 
     s->host->lock(s->host->ctx);
 }

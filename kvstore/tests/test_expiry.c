@@ -6,6 +6,7 @@
  * files, through compaction, and across restarts.
  */
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -409,6 +410,86 @@ test_expiry_sweep(void **state)
 }
 
 
+/* a request that waits for the lock while kv_expire() sweeps */
+static kv_test_store_t  *pause_t;
+static pthread_t         pause_th;
+static int               pause_armed;
+static uint32_t          pause_seen;
+
+
+static void *
+pause_request(void *arg)
+{
+    (void) arg;
+
+    kv_lock(&pause_t->s);
+    pause_seen = pause_t->sh->expire_next;
+    kv_unlock(&pause_t->s);
+
+    return NULL;
+}
+
+
+/* the clock, read under the lock as each batch begins */
+static uint64_t
+pause_clock(void *ctx)
+{
+    (void) ctx;
+
+    if (pause_armed) {
+        pause_armed = 0;
+        assert_int_equal(pthread_create(&pause_th, NULL, pause_request,
+                                        NULL), 0);
+
+        while (!kv_lock_wanted(pause_t->sh)) {
+            usleep(100);
+        }
+    }
+
+    return T0;
+}
+
+
+/*
+ * kv_expire() runs in an event loop and takes the lock batch after batch:
+ * a request waiting meanwhile gets it between two batches, not after the
+ * sweep.  Bounded naps may be missed on a loaded machine: a few tries.
+ */
+static void
+test_expiry_sweep_pause(void **state)
+{
+    int              tries;
+    char             dir[PATH_MAX];
+    kv_test_store_t  t;
+
+    (void) state;
+
+    kv_test_now = T0;
+    kv_test_mkdtemp(dir);
+
+    /* 2 batches of 4096 buckets a call */
+    assert_int_equal(kv_test_open(&t, dir, 8 * 1024 * 1024, 131072), KV_OK);
+    assert_int_equal(put_ttl(&t, "soon", "v", T0 + 60000, NULL), KV_OK);
+
+    pause_t = &t;
+    t.host.now_ms = pause_clock;
+    pause_seen = 0;
+
+    for (tries = 0; tries < 5 && pause_seen != 4096; tries++) {
+        t.sh->expire_next = 0;
+        pause_armed = 1;
+        assert_int_equal(kv_expire(&t.s), 0);
+        assert_int_equal(pthread_join(pause_th, NULL), 0);
+    }
+
+    assert_int_equal(pause_seen, 4096);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+    kv_test_now = 0;
+}
+
+
 static int
 write_if(kv_test_store_t *t, const char *key, const char *value,
     uint32_t nmatch, const uint64_t *match, uint32_t nnone,
@@ -575,6 +656,7 @@ main(void)
         cmocka_unit_test(test_expiry_hint_v1),
         cmocka_unit_test(test_expiry_compaction),
         cmocka_unit_test(test_expiry_sweep),
+        cmocka_unit_test(test_expiry_sweep_pause),
         cmocka_unit_test(test_conditions),
         cmocka_unit_test(test_seq_floor),
     };
