@@ -456,6 +456,26 @@ kv_cond_holds(const kv_cond_t *c, uint64_t seq)
 }
 
 
+/* 1 if a condition of w names ETags: the current record's seq is needed */
+static int
+kv_write_names_etags(const kv_write_t *w)
+{
+    return (w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
+           || (w->if_none_match.n != 0 && w->if_none_match.n != KV_COND_ANY);
+}
+
+
+/*
+ * 1 if w asks whether the key exists (a delete, a condition): in
+ * index=sorted that reads the sorted segments for a key the index lacks
+ */
+static int
+kv_write_asks_current(const kv_write_t *w)
+{
+    return w->tombstone || w->if_match.n != 0 || w->if_none_match.n != 0;
+}
+
+
 /*
  * Evaluates If-Match, then If-None-Match, against the key's current
  * record: its entry e, or (index=sorted) its record in a sorted segment
@@ -472,11 +492,7 @@ kv_cond_check(kv_store_t *s, const kv_entry_t *e, const kv_loc_t *tloc,
     seq = tloc != NULL ? tloc->seq : 0;
     exists = (e != NULL || tloc != NULL);
 
-    if (e != NULL
-        && ((w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
-            || (w->if_none_match.n != 0
-                && w->if_none_match.n != KV_COND_ANY)))
-    {
+    if (e != NULL && kv_write_names_etags(w)) {
         rc = kv_entry_seq(s, e, &seq);
         if (rc != KV_OK) {
             return rc;
@@ -534,12 +550,9 @@ kv_write_warm(kv_store_t *s, const uint8_t *key, size_t klen,
     int       seq;
     kv_loc_t  loc;
 
-    seq = (w->if_match.n != 0 && w->if_match.n != KV_COND_ANY)
-          || (w->if_none_match.n != 0 && w->if_none_match.n != KV_COND_ANY);
+    seq = kv_write_names_etags(w);
 
-    if (!seq && !(s->conf.sorted && (w->tombstone || w->if_match.n != 0
-                                     || w->if_none_match.n != 0)))
-    {
+    if (!seq && !(s->conf.sorted && kv_write_asks_current(w))) {
         return;
     }
 
@@ -607,10 +620,7 @@ kv_write(kv_store_t *s, const uint8_t *key, size_t klen, kv_write_t *w)
     if (masked) {
         e = NULL;
 
-    } else if (e == NULL
-               && (w->tombstone || w->if_match.n != 0
-                   || w->if_none_match.n != 0))
-    {
+    } else if (e == NULL && kv_write_asks_current(w)) {
         /*
          * only a delete or a conditional write asks what the sorted
          * segments hold: a plain put replaces it unseen, without a read
