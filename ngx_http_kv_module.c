@@ -706,6 +706,7 @@ ngx_http_kv_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ctx->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
     ctx->host.base = (uint8_t *) ctx->shpool;
+    ctx->host.size = shm_zone->shm.size;
 
     if (octx) {
 

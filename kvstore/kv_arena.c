@@ -279,6 +279,7 @@ kv_arena_host(kv_arena_t *a, kv_host_t *host)
 
     host->ctx = a;
     host->base = a->base;
+    host->size = a->size;
     host->alloc = kv_arena_alloc;
     host->free = kv_arena_free;
     host->lock = kv_arena_lock;

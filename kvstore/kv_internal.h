@@ -350,6 +350,15 @@ unsigned kv_order_height(const kv_shared_t *sh, const uint8_t *key,
 void kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e);
 
 /*
+ * Without the lock: walks key's search path, so that the search under the
+ * lock finds its entries in the CPU's cache.  Returns what the walk saw
+ * as the first entry at or past key, NULL at the end or if the list
+ * changed under it in a way it could not follow: a guess, for tests.
+ */
+const kv_entry_t *kv_order_warm(const kv_host_t *host,
+    const kv_shared_t *sh, const uint8_t *key, size_t klen);
+
+/*
  * Where the last search through it stopped: the entry (NULL: the head)
  * before its key on each level.  Valid while the lock is held and only
  * removals through it change the index (a merge's swap, in key order).

@@ -116,6 +116,88 @@ kv_order_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
 }
 
 
+/*
+ * The walk before the lock reads entries that other processes change,
+ * free and reuse meanwhile: it copies each field once, trusts no link
+ * until it has checked that the entry and its tower lie in the zone,
+ * stops after a bounded number of steps, and compares keys with a loop
+ * of its own (memcmp() under AddressSanitizer would check a freed slot's
+ * poisoned bytes, which the walk may read and then ignores).
+ */
+#define KV_ORDER_WARM_STEPS  (KV_ORDER_LEVELS * 8)
+
+
+__attribute__((no_sanitize_address))
+const kv_entry_t *
+kv_order_warm(const kv_host_t *host, const kv_shared_t *sh,
+    const uint8_t *key, size_t klen)
+{
+    int                l, c;
+    size_t             off, i, n;
+    uint8_t            flags;
+    uint16_t           nklen;
+    unsigned           steps;
+    kv_ref_t           ref;
+    const kv_ref_t    *x;
+    const kv_entry_t  *e;
+
+    if (host->size < sizeof(kv_entry_t)) {
+        return NULL;
+    }
+
+    l = (int) __atomic_load_n(&sh->order_levels, __ATOMIC_RELAXED);
+    l = l < KV_ORDER_LEVELS ? l : KV_ORDER_LEVELS;
+    x = sh->order_head;
+    e = NULL;
+    steps = 0;
+
+    while (--l >= 0) {
+
+        for ( ;; ) {
+            ref = __atomic_load_n(&x[l], __ATOMIC_RELAXED);
+            off = (size_t) ref * 8;
+            e = NULL;
+
+            if (ref == 0) {
+                break;
+            }
+
+            if (++steps > KV_ORDER_WARM_STEPS
+                || off > host->size - sizeof(kv_entry_t))
+            {
+                return NULL;
+            }
+
+            e = kv_ptr(host, ref);
+            nklen = __atomic_load_n(&e->klen, __ATOMIC_RELAXED);
+            flags = __atomic_load_n(&e->flags, __ATOMIC_RELAXED);
+
+            if (KV_ENTRY_HEIGHT(flags) <= (unsigned) l
+                || kv_entry_size(nklen, flags) > host->size - off)
+            {
+                return NULL;
+            }
+
+            n = nklen < klen ? nklen : klen;
+            c = 0;
+
+            for (i = 0; i < n && c == 0; i++) {
+                c = (int) e->key[i] - (int) key[i];
+            }
+
+            if (c > 0 || (c == 0 && nklen >= klen)) {
+                break;
+            }
+
+            x = (const kv_ref_t *) ((const uint8_t *) e
+                                    + kv_entry_tower_off(nklen, flags));
+        }
+    }
+
+    return e;
+}
+
+
 void
 kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
 {

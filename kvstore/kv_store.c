@@ -540,8 +540,10 @@ kv_table_current(kv_store_t *s, const uint8_t *key, size_t klen,
  * Before the lock: reads what kv_write() will read of the key's current
  * record under it (a delete's or a conditional write's lookup in the
  * sorted segments, an ETag condition's sequence number), so that those
- * reads find the page cache warm and no cold pread holds up every worker.
- * The results are dropped: the write looks again, locked.
+ * reads find the page cache warm and no cold pread holds up every worker,
+ * and walks the key order, so that the search under the lock finds its
+ * entries in the CPU's cache.  The results are dropped: the write looks
+ * again, locked.
  */
 static void
 kv_write_warm(kv_store_t *s, const uint8_t *key, size_t klen,
@@ -549,6 +551,11 @@ kv_write_warm(kv_store_t *s, const uint8_t *key, size_t klen,
 {
     int       seq;
     kv_loc_t  loc;
+
+    if (s->conf.sorted) {
+        /* every write of index=sorted searches the key order, locked */
+        (void) kv_order_warm(s->host, s->sh, key, klen);
+    }
 
     seq = kv_write_names_etags(w);
 

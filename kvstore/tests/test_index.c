@@ -671,6 +671,12 @@ test_order(void **state)
 
             e = kv_order_seek(host, x.sh, probe.key, probe.klen, excl);
 
+            /* the walk before the lock takes the search's path */
+            if (!excl) {
+                assert_ptr_equal(kv_order_warm(host, x.sh, probe.key,
+                                               probe.klen), e);
+            }
+
             if (j == nkeys) {
                 assert_null(e);
 
@@ -730,6 +736,74 @@ test_order(void **state)
     host->unlock(host->ctx);
 
     free(keys);
+    kv_test_close(&x.t);
+}
+
+
+/*
+ * The walk before the lock reads links that other processes may be
+ * changing: one that points out of the zone, an entry whose tower is
+ * lower than the level it was reached on, or a cycle ends the walk with
+ * NULL instead of a crash, a read past the entry or a loop.
+ */
+static void
+test_order_warm_damaged(void **state)
+{
+    int                i;
+    char               key[17];
+    kv_ref_t           saved, *tower;
+    index_t            x;
+    const uint8_t     *probe = (const uint8_t *) "key-000000000005";
+    kv_entry_t        *first, *last;
+    const kv_host_t   *host;
+
+    (void) state;
+
+    index_open(&x, 1024 * 1024, 64);
+    host = &x.t.host;
+    x.sh->sorted = 1;
+
+    for (i = 0; i < 200; i++) {
+        snprintf(key, sizeof(key), "key-%012d", i);
+        assert_int_equal(index_set(&x, key, 16, (uint32_t) i), KV_OK);
+    }
+
+    first = kv_order_seek(host, x.sh, NULL, 0, 0);
+    last = kv_order_seek(host, x.sh, (uint8_t *) "key-000000000199", 16, 0);
+    assert_non_null(first);
+    assert_non_null(last);
+    assert_ptr_equal(kv_order_warm(host, x.sh,
+                                   (uint8_t *) "key-000000000199", 16),
+                     last);
+    assert_null(kv_order_warm(host, x.sh, (uint8_t *) "key-1", 5));
+
+    /* a link out of the zone: far past its end, unmapped */
+    saved = x.sh->order_head[0];
+    x.sh->order_head[0] = 0xfffffff0;
+    x.sh->order_levels = 1;
+    assert_null(kv_order_warm(host, x.sh, probe, 16));
+    x.sh->order_head[0] = saved;
+    assert_non_null(kv_order_warm(host, x.sh, probe, 16));
+
+    /* a cycle: the first entry links to itself */
+    tower = (kv_ref_t *) ((uint8_t *) first
+                          + kv_entry_tower_off(first->klen, first->flags));
+    saved = tower[0];
+    tower[0] = kv_ref(host, first);
+    assert_null(kv_order_warm(host, x.sh, probe, 16));
+    tower[0] = saved;
+
+    /*
+     * an entry of height 1 reached on level 1: its tower's second word
+     * (padding) is no link, here one that would lead on to a wrong entry
+     */
+    x.sh->order_levels = 2;
+    x.sh->order_head[1] = kv_ref(host, first);
+    first->flags = (uint8_t) ((first->flags & 0x0f)
+                              | (1 << KV_ENTRY_HEIGHT_SHIFT));
+    tower[1] = kv_ref(host, last);
+    assert_null(kv_order_warm(host, x.sh, probe, 16));
+
     kv_test_close(&x.t);
 }
 
@@ -816,6 +890,7 @@ main(void)
         cmocka_unit_test(test_full_index),
         cmocka_unit_test(test_entry_slots),
         cmocka_unit_test(test_order),
+        cmocka_unit_test(test_order_warm_damaged),
         cmocka_unit_test(test_hash_seed),
         cmocka_unit_test(test_slot_pages_return),
         cmocka_unit_test(test_slot_page_kept),
