@@ -1542,7 +1542,7 @@ kv_compact_swap(kv_compact_t *c)
 static void
 kv_merge_swap(kv_compact_t *c)
 {
-    size_t              i, n, moved;
+    size_t              i, j, k, n, moved;
     uint64_t            bytes;
     kv_ref_t           *link;
     kv_entry_t         *e;
@@ -1580,6 +1580,18 @@ kv_merge_swap(kv_compact_t *c)
 
     for (i = 0; i < c->nindex; i = n) {
         n = c->nindex - i > KV_SWAP_BATCH ? i + KV_SWAP_BATCH : c->nindex;
+
+        /*
+         * the batch's buckets, then their chains' first entries, are
+         * loaded into the cache before the lock, not missed under it
+         */
+        for (j = 0; j < 2; j++) {
+            for (k = i; k < n; k++) {
+                m = &c->index[k];
+                kv_index_prefetch(host, sh, c->index_keys + m->key, m->klen,
+                                  (int) j);
+            }
+        }
 
         kv_lock_background(c->s);
 

@@ -785,15 +785,20 @@ void
 kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
     size_t klen, int stage)
 {
-    kv_ref_t  *ref;
+    kv_ref_t   *ref, first;
 
     ref = kv_bucket(host, sh, key, klen);
 
     if (stage == 0) {
         __builtin_prefetch(ref);
+        return;
+    }
 
-    } else if (*ref != 0) {
-        __builtin_prefetch(kv_ptr(host, *ref));
+    /* without the lock too: a prefetch of any address is harmless */
+    first = __atomic_load_n(ref, __ATOMIC_RELAXED);
+
+    if (first != 0) {
+        __builtin_prefetch(kv_ptr(host, first));
     }
 }
 

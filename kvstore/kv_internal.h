@@ -462,7 +462,7 @@ int kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
 
 /*
  * A hint that the key is looked up soon; stage 0 a while before, stage 1
- * shortly before.
+ * shortly before.  With or without the lock.
  */
 void kv_index_prefetch(const kv_host_t *host, kv_shared_t *sh,
     const uint8_t *key, size_t klen, int stage);
