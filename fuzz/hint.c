@@ -187,6 +187,7 @@ kv_fuzz_open(kv_fuzz_store_t *t, unsigned read_only)
 
     t->host.ctx = &kv_fuzz_arena;
     t->host.base = (uint8_t *) kv_fuzz_arena.mem;
+    t->host.size = sizeof(kv_fuzz_arena.mem);
     t->host.alloc = kv_fuzz_alloc;
     t->host.free = kv_fuzz_free;
     t->host.lock = kv_fuzz_lock;

@@ -124,7 +124,7 @@ kv_order_find(const kv_host_t *host, kv_shared_t *sh, const uint8_t *key,
  * of its own (memcmp() under AddressSanitizer would check a freed slot's
  * poisoned bytes, which the walk may read and then ignores).
  */
-#define KV_ORDER_WARM_STEPS  (KV_ORDER_LEVELS * 8)
+#define KV_ORDER_WARM_STEPS  (KV_ORDER_LEVELS * 32)
 
 
 __attribute__((no_sanitize_address))
@@ -219,11 +219,12 @@ kv_order_insert(const kv_host_t *host, kv_shared_t *sh, kv_entry_t *e)
     }
 
     for (l = 0; l < h; l++) {
-        tower[l] = prev[l][l];
+        __atomic_store_n(&tower[l], prev[l][l], __ATOMIC_RELAXED);
     }
 
+    /* release: a walk without the lock that meets e sees its tower */
     for (l = 0; l < h; l++) {
-        prev[l][l] = ref;
+        __atomic_store_n(&prev[l][l], ref, __ATOMIC_RELEASE);
     }
 }
 
@@ -244,7 +245,7 @@ kv_order_remove(const kv_host_t *host, kv_shared_t *sh, const kv_entry_t *e,
 
     for (l = kv_order_linked_height(sh, e); l-- > 0; /* void */ ) {
         if (prev[l][l] == ref) {
-            prev[l][l] = tower[l];
+            __atomic_store_n(&prev[l][l], tower[l], __ATOMIC_RELAXED);
         }
     }
 
@@ -274,12 +275,12 @@ kv_order_replace(const kv_host_t *host, kv_shared_t *sh,
     linked = kv_order_linked_height(sh, old);
 
     for (l = 0; l < h; l++) {
-        tower[l] = otower[l];
+        __atomic_store_n(&tower[l], otower[l], __ATOMIC_RELAXED);
     }
 
     for (l = 0; l < linked; l++) {
         if (prev[l][l] == oref) {
-            prev[l][l] = ref;
+            __atomic_store_n(&prev[l][l], ref, __ATOMIC_RELEASE);
         }
     }
 }

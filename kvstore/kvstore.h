@@ -130,8 +130,8 @@ typedef struct {
     void      *ctx;
     uint8_t   *base;
     size_t     size;     /* of the memory at base that alloc() hands out;
-                            0: unknown (then nothing reads the index
-                            before taking the lock) */
+                            0: unknown (then no write walks the key
+                            order before taking the lock) */
 
     /*
      * Called with the lock held.  Returns 8-byte aligned memory or NULL;
