@@ -144,6 +144,9 @@ typedef struct {
     uint8_t          *buf;               /* frames not yet written */
     size_t            buf_len;
     size_t            buf_cap;
+    kv_hint_writer_t  hint;              /* out's, if hint_open */
+    int               hint_open;
+    kv_table_builder_t table;            /* index=sorted: out's */
 
     uint32_t          scan;              /* the segment being scanned */
     kv_map_t          in;                /* the input being copied */
@@ -812,14 +815,20 @@ kv_output_write(kv_compact_t *c)
 }
 
 
-/* Completes the current output: written and flushed. */
+/*
+ * Completes the current output: written and flushed, then its hint and
+ * (index=sorted) its table file, built as its records were copied.  With
+ * rc not KV_OK (a failed compaction), only closes it and drops them.
+ */
 static int
-kv_output_close(kv_compact_t *c)
+kv_output_close(kv_compact_t *c, int rc)
 {
-    int   rc;
-    char  path[PATH_MAX];
+    char      path[PATH_MAX];
+    uint64_t  len;
 
-    rc = kv_output_write(c);
+    if (rc == KV_OK) {
+        rc = kv_output_write(c);
+    }
 
     if (rc == KV_OK) {
         kv_segment_path(c->s, c->out, path);
@@ -829,6 +838,19 @@ kv_output_close(kv_compact_t *c)
     close(c->out_fd);
     c->out_fd = -1;
     c->out_bytes += c->out_size;
+
+    /* a hint only saves a scan at start-up: its failure is logged only */
+    if (c->hint_open) {
+        (void) kv_hint_end(&c->hint, c->out_size, rc);
+        c->hint_open = 0;
+    }
+
+    /* a sorted segment is found through its table file: it must exist */
+    if (c->s->conf.sorted) {
+        len = 0;
+        rc = kv_table_end(&c->table, c->out_size, rc, &len);
+        c->table_index_bytes += len;
+    }
 
     return rc;
 }
@@ -841,7 +863,7 @@ kv_output_next(kv_compact_t *c)
     char  path[PATH_MAX];
 
     if (c->out_fd != -1) {
-        rc = kv_output_close(c);
+        rc = kv_output_close(c, KV_OK);
         if (rc != KV_OK) {
             return rc;
         }
@@ -867,7 +889,54 @@ kv_output_next(kv_compact_t *c)
 
     kv_compact_count(c->s, 1, 0);
 
+    /* without a hint (logged), start-up scans the output instead */
+    c->hint_open = (kv_hint_begin(c->s, c->out, &c->hint) == KV_OK);
+
+    if (c->s->conf.sorted) {
+        kv_table_begin(&c->table, c->s, c->out);
+    }
+
     return KV_OK;
+}
+
+
+/*
+ * The hint entry and (index=sorted) the table's key of a frame copied to
+ * off of the current output, from the frame itself: no second pass over
+ * the output reads it again.
+ */
+static int
+kv_output_describe(kv_compact_t *c, const uint8_t *frame, uint32_t flen,
+    uint64_t off)
+{
+    int          rc;
+    kv_peek_t    pk;
+    kv_record_t  rec;
+
+    if (kv_frame_peek(frame, flen, &pk) != 0 || pk.flen != flen) {
+        return KV_ECORRUPT;
+    }
+
+    if (c->hint_open) {
+        memset(&rec, 0, sizeof(kv_record_t));
+        rec.seq = pk.seq;
+        rec.key = pk.key;
+        rec.klen = pk.klen;
+        rec.vlen = pk.vlen;
+        rec.type = pk.type;
+        rec.tombstone = pk.tombstone;
+        rec.expires_at_ms = pk.expires_at_ms;
+
+        rc = kv_hint_add(&c->hint, &rec, flen);
+
+        if (rc != KV_OK) {
+            (void) kv_hint_end(&c->hint, 0, rc);
+            c->hint_open = 0;
+        }
+    }
+
+    return c->s->conf.sorted ? kv_table_add(&c->table, pk.key, pk.klen, off)
+                             : KV_OK;
 }
 
 
@@ -929,6 +998,19 @@ kv_compact_copy(kv_compact_t *c, const kv_map_t *in, uint32_t id,
                "\"%s\" in \"%s\" at offset %" PRIu64 " (%u bytes) failed",
                kv_key_str(key, klen, kbuf), path, off, flen);
         return KV_ECORRUPT;
+    }
+
+    rc = kv_output_describe(c, in->p + off, flen, c->out_size);
+
+    if (rc == KV_ECORRUPT) {
+        kv_segment_path(c->s, id, path);
+        kv_log(c->s->host, KV_LOG_ERR, 0, "the record of key \"%s\" in "
+               "\"%s\" at offset %" PRIu64 " (%u bytes) does not decode",
+               kv_key_str(key, klen, kbuf), path, off, flen);
+    }
+
+    if (rc != KV_OK) {
+        return rc;
     }
 
     memcpy(c->buf + c->buf_len, in->p + off, flen);
@@ -1318,10 +1400,8 @@ kv_compact_outputs(kv_compact_t *c)
     int          rc;
     char         path[PATH_MAX];
     size_t       i;
-    uint32_t     id;
     kv_run_t    *r;
     kv_store_t  *s;
-    struct stat  st;
 
     s = c->s;
 
@@ -1362,32 +1442,9 @@ kv_compact_outputs(kv_compact_t *c)
     }
 
     if (c->out_fd != -1) {
-        rc = kv_output_close(c);
+        rc = kv_output_close(c, KV_OK);
         if (rc != KV_OK) {
             return rc;
-        }
-    }
-
-    /* a hint only saves a scan at start-up: its failure is logged only */
-    for (id = c->first_out; c->out != 0 && id <= c->out; id++) {
-        if (kv_compact_cancelled(c)) {
-            return KV_ECANCELED;
-        }
-
-        (void) kv_write_hint(s, id);
-
-        /* a sorted segment is found through its table file: it must exist */
-        if (s->conf.sorted) {
-            rc = kv_table_build(s, id);
-            if (rc != KV_OK) {
-                return rc;
-            }
-
-            kv_table_path(s, id, path);
-
-            if (stat(path, &st) == 0) {
-                c->table_index_bytes += (uint64_t) st.st_size;
-            }
         }
     }
 
@@ -1719,7 +1776,7 @@ kv_compact(kv_store_t *s)
         }
 
         if (c->out_fd != -1) {
-            close(c->out_fd);
+            (void) kv_output_close(c, rc == KV_OK ? KV_EIO : rc);
         }
 
         /* undo: MERGE, while it exists, names the outputs to remove */

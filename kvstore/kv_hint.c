@@ -26,8 +26,10 @@
  * Version 1 (written before expiry times existed) is version 2 without
  * bit 3, and is still read.
  *
- * A hint is written only from a flushed segment, to a temporary file that
- * is flushed, renamed and its directory flushed.  Any doubt at load time
+ * A hint is written to a temporary file as its segment's records become
+ * known (a compaction's copies, or a scan of the segment), and is flushed,
+ * renamed and its directory flushed only once the segment is flushed: it
+ * never describes records that are not durable.  Any doubt at load time
  * (another size, a checksum mismatch, a malformed entry) means scanning the
  * segment instead.
  */
@@ -62,18 +64,6 @@
 
 /* how far ahead of the entry being applied buckets are prefetched */
 #define KV_HINT_AHEAD    16
-
-
-typedef struct {
-    kv_store_t     *s;
-    int             fd;
-    const char     *path;
-    uint8_t        *buf;
-    size_t          used;
-    uint64_t        count;
-    uint64_t        seq;            /* of the previous entry */
-    XXH3_state_t    hash;
-} kv_hint_writer_t;
 
 
 /* suffix: "" or KV_TMP_SUFFIX */
@@ -141,7 +131,7 @@ kv_hint_write(kv_hint_writer_t *w)
             }
 
             kv_log(w->s->host, KV_LOG_ERR, errno, "writing \"%s\" failed",
-                   w->path);
+                   w->tmp);
             return KV_EIO;
         }
     }
@@ -152,29 +142,15 @@ kv_hint_write(kv_hint_writer_t *w)
 }
 
 
-/* Hashes and writes out the buffered bytes. */
-static int
-kv_hint_out(kv_hint_writer_t *w)
+int
+kv_hint_add(kv_hint_writer_t *w, const kv_record_t *rec, uint32_t flen)
 {
-    XXH3_64bits_update(&w->hash, w->buf, w->used);
-
-    return kv_hint_write(w);
-}
-
-
-static int
-kv_hint_add(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
-{
-    int                rc;
-    uint8_t           *p;
-    uint64_t           d;
-    kv_hint_writer_t  *w;
-
-    (void) off;
-    w = ctx;
+    int        rc;
+    uint8_t   *p;
+    uint64_t   d;
 
     if (KV_HINT_BUF - w->used < KV_HINT_ENTRY_MAX) {
-        rc = kv_hint_out(w);
+        rc = kv_hint_write(w);
         if (rc != KV_OK) {
             return rc;
         }
@@ -201,6 +177,15 @@ kv_hint_add(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
     w->count++;
 
     return KV_OK;
+}
+
+
+static int
+kv_hint_scan(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
+{
+    (void) off;
+
+    return kv_hint_add(ctx, rec, flen);
 }
 
 
@@ -255,46 +240,111 @@ kv_hint_entry(const uint8_t *p, const uint8_t *end, kv_record_t *rec,
 }
 
 
-/* Writes the hint of segment (size bytes, flushed) to the open tmp file. */
-static int
-kv_hint_fill(kv_store_t *s, uint32_t id, uint64_t size, kv_hint_writer_t *w)
+int
+kv_hint_begin(kv_store_t *s, uint32_t id, kv_hint_writer_t *w)
 {
-    int       rc;
-    char      path[PATH_MAX];
-    uint8_t  *p;
-    uint64_t  end, scanned;
+    int  err;
 
-    XXH3_INITSTATE(&w->hash);
-    XXH3_64bits_reset(&w->hash);
+    memset(w, 0, sizeof(kv_hint_writer_t));
+    w->s = s;
+    w->id = id;
+    kv_hint_path(s, id, KV_TMP_SUFFIX, w->tmp);
 
-    p = kv_put_le(w->buf, KV_HINT_MAGIC, 4);
-    p = kv_put_le(p, KV_HINT_VERSION, 4);
-    p = kv_put_le(p, id, 4);
-    p = kv_put_le(p, 0, 4);
-    p = kv_put_le(p, size, 8);
-    w->used = KV_HINT_HEADER;
+    w->fd = kv_create_file(s, w->tmp, O_RDWR);
+    if (w->fd == -1) {
+        if (errno != EEXIST) {
+            return KV_EIO;
+        }
 
-    rc = kv_scan_segment(s, id, 0, kv_hint_add, w, &end, &scanned);
-    if (rc != KV_OK) {
-        return rc;
+        kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" exists: another process is "
+               "writing the hint", w->tmp);
+        return KV_EBUSY;
     }
 
-    if (end != size || scanned != size) {
-        kv_segment_path(s, id, path);
-        kv_log(s->host, KV_LOG_ERR, 0, "no hint for \"%s\": bad record at "
-               "offset %" PRIu64 " of %" PRIu64 " bytes", path, end, size);
-        return KV_ECORRUPT;
+    w->buf = malloc(KV_HINT_BUF);
+    if (w->buf == NULL) {
+        err = errno;
+        close(w->fd);
+        unlink(w->tmp);
+        kv_log(s->host, KV_LOG_ERR, err, "no memory to write \"%s\"",
+               w->tmp);
+        return KV_ENOMEM;
+    }
+
+    /* the header needs the segment's size: kv_hint_seal() writes it */
+    memset(w->buf, 0, KV_HINT_HEADER);
+    w->used = KV_HINT_HEADER;
+
+    return KV_OK;
+}
+
+
+/*
+ * The header, then the checksum of everything before it, read back from
+ * the file: the entries went out before the header was known, and the
+ * file (about a sixth of its segment) is in the page cache.
+ */
+static int
+kv_hint_seal(kv_hint_writer_t *w, uint64_t size)
+{
+    int            rc;
+    off_t          off;
+    ssize_t        n;
+    uint8_t        head[KV_HINT_HEADER], *p;
+    XXH3_state_t   hash;
+
+    if (KV_HINT_BUF - w->used < 8) {
+        rc = kv_hint_write(w);
+        if (rc != KV_OK) {
+            return rc;
+        }
     }
 
     kv_put_le(w->buf + w->used, w->count, 8);
     w->used += 8;
 
-    rc = kv_hint_out(w);
+    rc = kv_hint_write(w);
     if (rc != KV_OK) {
         return rc;
     }
 
-    kv_put_le(w->buf, XXH3_64bits_digest(&w->hash), 8);
+    p = kv_put_le(head, KV_HINT_MAGIC, 4);
+    p = kv_put_le(p, KV_HINT_VERSION, 4);
+    p = kv_put_le(p, w->id, 4);
+    p = kv_put_le(p, 0, 4);
+    kv_put_le(p, size, 8);
+
+    if (pwrite(w->fd, head, KV_HINT_HEADER, 0) != KV_HINT_HEADER) {
+        kv_log(w->s->host, KV_LOG_ERR, errno, "writing the header of \"%s\" "
+               "failed", w->tmp);
+        return KV_EIO;
+    }
+
+    XXH3_INITSTATE(&hash);
+    XXH3_64bits_reset(&hash);
+
+    for (off = 0; /* void */; off += n) {
+        n = pread(w->fd, w->buf, KV_HINT_BUF, off);
+
+        if (n == -1 && errno == EINTR) {
+            n = 0;
+            continue;
+        }
+
+        if (n == -1) {
+            kv_log(w->s->host, KV_LOG_ERR, errno, "reading \"%s\" back at "
+                   "offset %lld failed", w->tmp, (long long) off);
+            return KV_EIO;
+        }
+
+        if (n == 0) {
+            break;
+        }
+
+        XXH3_64bits_update(&hash, w->buf, (size_t) n);
+    }
+
+    kv_put_le(w->buf, XXH3_64bits_digest(&hash), 8);
     w->used = 8;
 
     return kv_hint_write(w);
@@ -302,12 +352,45 @@ kv_hint_fill(kv_store_t *s, uint32_t id, uint64_t size, kv_hint_writer_t *w)
 
 
 int
+kv_hint_end(kv_hint_writer_t *w, uint64_t size, int rc)
+{
+    char  hint[PATH_MAX];
+
+    if (rc == KV_OK) {
+        rc = kv_hint_seal(w, size);
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_flush(w->s, w->fd, w->tmp);
+    }
+
+    close(w->fd);
+    free(w->buf);
+
+    kv_hint_path(w->s, w->id, "", hint);
+
+    if (rc == KV_OK && rename(w->tmp, hint) == -1) {
+        kv_log(w->s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") "
+               "failed", w->tmp, hint);
+        rc = KV_EIO;
+    }
+
+    if (rc != KV_OK) {
+        unlink(w->tmp);
+        return rc;
+    }
+
+    return kv_flush(w->s, -1, w->s->conf.dir);
+}
+
+
+int
 kv_write_hint(kv_store_t *s, uint32_t id)
 {
     int               fd, rc;
-    char              seg[PATH_MAX], hint[PATH_MAX], tmp[PATH_MAX];
+    char              seg[PATH_MAX];
     uint32_t          active;
-    uint64_t          size;
+    uint64_t          size, end, scanned;
     kv_hint_writer_t  w;
 
     s->host->lock(s->host->ctx);
@@ -339,54 +422,20 @@ kv_write_hint(kv_store_t *s, uint32_t id)
         return rc;
     }
 
-    kv_hint_path(s, id, "", hint);
-    kv_hint_path(s, id, KV_TMP_SUFFIX, tmp);
-
-    memset(&w, 0, sizeof(w));
-    w.s = s;
-    w.path = tmp;
-
-    w.fd = kv_create_file(s, tmp, O_WRONLY);
-    if (w.fd == -1) {
-        if (errno != EEXIST) {
-            return KV_EIO;
-        }
-
-        kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" exists: another process is "
-               "writing the hint", tmp);
-        return KV_EBUSY;
-    }
-
-    w.buf = malloc(KV_HINT_BUF);
-
-    if (w.buf == NULL) {
-        kv_log(s->host, KV_LOG_ERR, errno, "no memory to write \"%s\"", tmp);
-        rc = KV_EIO;
-
-    } else {
-        rc = kv_hint_fill(s, id, size, &w);
-    }
-
-    free(w.buf);
-
-    if (rc == KV_OK) {
-        rc = kv_flush(s, w.fd, tmp);
-    }
-
-    close(w.fd);
-
-    if (rc == KV_OK && rename(tmp, hint) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "rename(\"%s\", \"%s\") failed",
-               tmp, hint);
-        rc = KV_EIO;
-    }
-
+    rc = kv_hint_begin(s, id, &w);
     if (rc != KV_OK) {
-        unlink(tmp);
         return rc;
     }
 
-    return kv_flush(s, -1, s->conf.dir);
+    rc = kv_scan_segment(s, id, 0, kv_hint_scan, &w, &end, &scanned);
+
+    if (rc == KV_OK && (end != size || scanned != size)) {
+        kv_log(s->host, KV_LOG_ERR, 0, "no hint for \"%s\": bad record at "
+               "offset %" PRIu64 " of %" PRIu64 " bytes", seg, end, size);
+        rc = KV_ECORRUPT;
+    }
+
+    return kv_hint_end(&w, size, rc);
 }
 
 

@@ -482,6 +482,30 @@ void kv_hint_path(const kv_store_t *s, uint32_t id, const char *suffix,
 /* kv_hint.c: writes the hint file of immutable segment id (tmp, rename). */
 int kv_write_hint(kv_store_t *s, uint32_t id);
 
+/* a hint being written, entry by entry */
+typedef struct {
+    kv_store_t     *s;
+    uint32_t        id;
+    int             fd;
+    char            tmp[PATH_MAX];
+    uint8_t        *buf;
+    size_t          used;
+    uint64_t        count;
+    uint64_t        seq;            /* of the previous entry */
+} kv_hint_writer_t;
+
+/*
+ * Segment id's hint, written as its records become known: kv_hint_begin()
+ * creates the temporary file (KV_EBUSY if another process is writing it),
+ * kv_hint_add() adds the next record (frame of flen bytes), and
+ * kv_hint_end() completes it for a segment of size bytes, flushed by then,
+ * and renames it, if rc is KV_OK; otherwise, or if that fails, it removes
+ * the file.  Either way it frees w.
+ */
+int kv_hint_begin(kv_store_t *s, uint32_t id, kv_hint_writer_t *w);
+int kv_hint_add(kv_hint_writer_t *w, const kv_record_t *rec, uint32_t flen);
+int kv_hint_end(kv_hint_writer_t *w, uint64_t size, int rc);
+
 /*
  * Loads segment id's hint into the index, as replaying the segment would.
  * KV_NOTFOUND if there is no usable hint (missing, stale or corrupt: the
@@ -550,6 +574,37 @@ void kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX]);
  * logged, if it is not or has a bad frame).
  */
 int kv_table_build(kv_store_t *s, uint32_t id);
+
+/* a table file being built, key by key */
+typedef struct {
+    kv_store_t     *s;
+    uint32_t        id;
+    uint64_t        nkeys;
+    uint64_t       *hashes;        /* of every key, for the filter */
+    uint64_t        nhashes;
+    uint8_t        *blocks;        /* KV_TABLE_ENTRY bytes each */
+    uint32_t        nblocks;
+    uint8_t        *keys;
+    size_t          keys_len;
+    size_t          cap_hashes, cap_blocks, cap_keys;
+    uint64_t        block_start;
+    uint8_t        *prev;          /* the previous key, for the order */
+    size_t          prev_len, prev_cap;
+} kv_table_builder_t;
+
+/*
+ * Segment id's table file, built as its records become known (a merge's
+ * copies, or kv_table_build()'s scan): kv_table_add() takes the next key,
+ * whose frame is at off (KV_ECORRUPT, logged, if it is not above the last
+ * one), and kv_table_end() writes the file for a segment of size bytes if
+ * rc is KV_OK, with its length in *len if len is not NULL.  Either way it
+ * frees b.
+ */
+void kv_table_begin(kv_table_builder_t *b, kv_store_t *s, uint32_t id);
+int kv_table_add(kv_table_builder_t *b, const uint8_t *key, size_t klen,
+    uint64_t off);
+int kv_table_end(kv_table_builder_t *b, uint64_t size, int rc,
+    uint64_t *len);
 
 /*
  * Maps segment id's table file and opens the segment, with the file's

@@ -26,10 +26,11 @@
  * is: the filter (one cache line), a binary search of the blocks, one
  * pread.
  *
- * The file is built by scanning the finished segment (kv_table_build()),
- * the same way whether the segment was just written or the file is
- * missing or damaged, and is written as hints are: a temporary file,
- * flushed, renamed, the directory flushed.  kv_table_open() maps it and
+ * The merge that writes a segment builds the file from the records it
+ * copies (kv_table_begin(), kv_table_add(), kv_table_end()); the same
+ * builder rebuilds a missing or damaged file by scanning the segment
+ * (kv_table_build()).  It is written as hints are: a temporary file,
+ * flushed, renamed, the directory flushed, once the segment is flushed.  kv_table_open() maps it and
  * trusts nothing it has not checked: the header, the parts' sizes, the
  * segment's size, and, when recovery or kvtool opens it, the checksum and
  * every block.  Workers and listings, which open every table again after
@@ -61,24 +62,6 @@
 #define KV_TABLE_TRAILER  8
 
 
-typedef struct {
-    kv_store_t     *s;
-    uint32_t        id;
-    int             failed;
-    uint64_t        nkeys;
-    uint64_t       *hashes;        /* of every key, for the filter */
-    uint64_t        nhashes;
-    uint8_t        *blocks;        /* KV_TABLE_ENTRY bytes each */
-    uint32_t        nblocks;
-    uint8_t        *keys;
-    size_t          keys_len;
-    size_t          cap_hashes, cap_blocks, cap_keys;
-    uint64_t        block_start;
-    uint8_t        *prev;          /* the previous key, for the order */
-    size_t          prev_len, prev_cap;
-} kv_table_builder_t;
-
-
 static int kv_table_scan(void *ctx, const kv_record_t *rec, uint64_t off,
     uint32_t flen);
 static int kv_table_grow(void **p, size_t *cap, size_t need, size_t size);
@@ -91,134 +74,54 @@ kv_table_path(const kv_store_t *s, uint32_t id, char path[PATH_MAX])
 }
 
 
-int
-kv_table_build(kv_store_t *s, uint32_t id)
+void
+kv_table_begin(kv_table_builder_t *b, kv_store_t *s, uint32_t id)
 {
-    int                  rc;
-    char                 name[64];
-    size_t               len, filter_len;
-    uint8_t             *buf, *p;
-    uint64_t             end, size, i;
-    kv_table_builder_t   b;
-
-    memset(&b, 0, sizeof(b));
-    b.s = s;
-    b.id = id;
-
-    rc = kv_scan_segment(s, id, 0, kv_table_scan, &b, &end, &size);
-
-    if (rc == KV_OK && end != size) {
-        kv_log(s->host, KV_LOG_ERR, 0, "sorted segment %u of \"%s\" has a "
-               "bad frame at offset %llu", id, s->conf.dir,
-               (unsigned long long) end);
-        rc = KV_ECORRUPT;
-    }
-
-    if (rc != KV_OK || b.failed) {
-        rc = rc != KV_OK ? rc : b.failed;
-        goto done;
-    }
-
-    filter_len = kv_filter_size(b.nkeys);
-    len = KV_TABLE_HEADER + (size_t) b.nblocks * KV_TABLE_ENTRY + b.keys_len
-          + filter_len + KV_TABLE_TRAILER;
-
-    buf = calloc(1, len);
-    if (buf == NULL) {
-        kv_log(s->host, KV_LOG_ERR, errno, "no memory for the table of "
-               "sorted segment %u of \"%s\"", id, s->conf.dir);
-        rc = KV_ENOMEM;
-        goto done;
-    }
-
-    p = kv_put_le(buf, KV_TABLE_MAGIC, 4);
-    p = kv_put_le(p, KV_TABLE_VERSION, 4);
-    p = kv_put_le(p, id, 4);
-    p = kv_put_le(p, b.nblocks, 4);
-    p = kv_put_le(p, b.nkeys, 8);
-    p = kv_put_le(p, size, 8);
-    p = kv_put_le(p, filter_len, 4);
-    p = kv_put_le(p, b.keys_len, 4);
-    p = kv_put_le(p, KV_TABLE_BLOCK, 4);
-    p = kv_put_le(p, 0, 4);
-
-    if (b.nblocks) {
-        memcpy(p, b.blocks, (size_t) b.nblocks * KV_TABLE_ENTRY);
-        p += (size_t) b.nblocks * KV_TABLE_ENTRY;
-    }
-
-    if (b.keys_len) {
-        memcpy(p, b.keys, b.keys_len);
-        p += b.keys_len;
-    }
-
-    for (i = 0; i < b.nhashes; i++) {
-        kv_filter_add(p, filter_len, b.hashes[i]);
-    }
-
-    p += filter_len;
-    kv_put_le(p, XXH3_64bits(buf, (size_t) (p - buf)), 8);
-
-    snprintf(name, sizeof(name), KV_TABLE_FMT, id);
-    rc = kv_replace_file(s, name, buf, len);
-
-    free(buf);
-
-done:
-
-    free(b.hashes);
-    free(b.blocks);
-    free(b.keys);
-    free(b.prev);
-
-    return rc;
+    memset(b, 0, sizeof(kv_table_builder_t));
+    b->s = s;
+    b->id = id;
 }
 
 
-static int
-kv_table_scan(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
+int
+kv_table_add(kv_table_builder_t *b, const uint8_t *key, size_t klen,
+    uint64_t off)
 {
-    kv_table_builder_t  *b = ctx;
-
     int       c;
     char      kbuf[KV_KEY_STR_LEN];
     uint8_t  *e;
 
-    (void) flen;
-
     if (b->nkeys != 0) {
-        c = memcmp(rec->key, b->prev,
-                   rec->klen < b->prev_len ? rec->klen : b->prev_len);
+        c = memcmp(key, b->prev, klen < b->prev_len ? klen : b->prev_len);
 
-        if (c < 0 || (c == 0 && rec->klen <= b->prev_len)) {
+        if (c < 0 || (c == 0 && klen <= b->prev_len)) {
             kv_log(b->s->host, KV_LOG_ERR, 0, "segment %u of \"%s\" is not "
                    "sorted: key \"%s\" at offset %llu", b->id,
-                   b->s->conf.dir, kv_key_str(rec->key, rec->klen, kbuf),
+                   b->s->conf.dir, kv_key_str(key, klen, kbuf),
                    (unsigned long long) off);
-            b->failed = KV_ECORRUPT;
             return KV_ECORRUPT;
         }
     }
 
     if (kv_table_grow((void **) &b->hashes, &b->cap_hashes, b->nhashes + 1,
                       sizeof(uint64_t)) != KV_OK
-        || kv_table_grow((void **) &b->prev, &b->prev_cap, rec->klen, 1)
+        || kv_table_grow((void **) &b->prev, &b->prev_cap, klen, 1)
            != KV_OK)
     {
         goto nomem;
     }
 
-    b->hashes[b->nhashes++] = kv_filter_hash(rec->key, rec->klen);
-    memcpy(b->prev, rec->key, rec->klen);
-    b->prev_len = rec->klen;
+    b->hashes[b->nhashes++] = kv_filter_hash(key, klen);
+    memcpy(b->prev, key, klen);
+    b->prev_len = klen;
 
     if (b->nkeys == 0 || off - b->block_start >= KV_TABLE_BLOCK) {
         if (kv_table_grow((void **) &b->blocks, &b->cap_blocks,
                           ((size_t) b->nblocks + 1) * KV_TABLE_ENTRY, 1)
             != KV_OK
             || kv_table_grow((void **) &b->keys, &b->cap_keys,
-                             b->keys_len + rec->klen, 1) != KV_OK
-            || b->keys_len + rec->klen > UINT32_MAX)
+                             b->keys_len + klen, 1) != KV_OK
+            || b->keys_len + klen > UINT32_MAX)
         {
             goto nomem;
         }
@@ -226,11 +129,11 @@ kv_table_scan(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
         e = b->blocks + (size_t) b->nblocks * KV_TABLE_ENTRY;
         e = kv_put_le(e, off, 8);
         e = kv_put_le(e, b->keys_len, 4);
-        e = kv_put_le(e, rec->klen, 2);
+        e = kv_put_le(e, klen, 2);
         kv_put_le(e, 0, 2);
 
-        memcpy(b->keys + b->keys_len, rec->key, rec->klen);
-        b->keys_len += rec->klen;
+        memcpy(b->keys + b->keys_len, key, klen);
+        b->keys_len += klen;
         b->nblocks++;
         b->block_start = off;
     }
@@ -243,9 +146,111 @@ nomem:
 
     kv_log(b->s->host, KV_LOG_ERR, errno, "no memory to build the table of "
            "sorted segment %u of \"%s\"", b->id, b->s->conf.dir);
-    b->failed = KV_ENOMEM;
 
     return KV_ENOMEM;
+}
+
+
+int
+kv_table_end(kv_table_builder_t *b, uint64_t size, int rc, uint64_t *len)
+{
+    char      name[64];
+    size_t    n, filter_len;
+    uint8_t  *buf, *p;
+    uint64_t  i;
+
+    if (rc != KV_OK) {
+        goto done;
+    }
+
+    filter_len = kv_filter_size(b->nkeys);
+    n = KV_TABLE_HEADER + (size_t) b->nblocks * KV_TABLE_ENTRY + b->keys_len
+        + filter_len + KV_TABLE_TRAILER;
+
+    buf = calloc(1, n);
+    if (buf == NULL) {
+        kv_log(b->s->host, KV_LOG_ERR, errno, "no memory for the table of "
+               "sorted segment %u of \"%s\"", b->id, b->s->conf.dir);
+        rc = KV_ENOMEM;
+        goto done;
+    }
+
+    p = kv_put_le(buf, KV_TABLE_MAGIC, 4);
+    p = kv_put_le(p, KV_TABLE_VERSION, 4);
+    p = kv_put_le(p, b->id, 4);
+    p = kv_put_le(p, b->nblocks, 4);
+    p = kv_put_le(p, b->nkeys, 8);
+    p = kv_put_le(p, size, 8);
+    p = kv_put_le(p, filter_len, 4);
+    p = kv_put_le(p, b->keys_len, 4);
+    p = kv_put_le(p, KV_TABLE_BLOCK, 4);
+    p = kv_put_le(p, 0, 4);
+
+    if (b->nblocks) {
+        memcpy(p, b->blocks, (size_t) b->nblocks * KV_TABLE_ENTRY);
+        p += (size_t) b->nblocks * KV_TABLE_ENTRY;
+    }
+
+    if (b->keys_len) {
+        memcpy(p, b->keys, b->keys_len);
+        p += b->keys_len;
+    }
+
+    for (i = 0; i < b->nhashes; i++) {
+        kv_filter_add(p, filter_len, b->hashes[i]);
+    }
+
+    p += filter_len;
+    kv_put_le(p, XXH3_64bits(buf, (size_t) (p - buf)), 8);
+
+    snprintf(name, sizeof(name), KV_TABLE_FMT, b->id);
+    rc = kv_replace_file(b->s, name, buf, n);
+
+    free(buf);
+
+    if (rc == KV_OK && len != NULL) {
+        *len = n;
+    }
+
+done:
+
+    free(b->hashes);
+    free(b->blocks);
+    free(b->keys);
+    free(b->prev);
+
+    return rc;
+}
+
+
+int
+kv_table_build(kv_store_t *s, uint32_t id)
+{
+    int                  rc;
+    uint64_t             end, size;
+    kv_table_builder_t   b;
+
+    kv_table_begin(&b, s, id);
+
+    rc = kv_scan_segment(s, id, 0, kv_table_scan, &b, &end, &size);
+
+    if (rc == KV_OK && end != size) {
+        kv_log(s->host, KV_LOG_ERR, 0, "sorted segment %u of \"%s\" has a "
+               "bad frame at offset %llu", id, s->conf.dir,
+               (unsigned long long) end);
+        rc = KV_ECORRUPT;
+    }
+
+    return kv_table_end(&b, size, rc, NULL);
+}
+
+
+static int
+kv_table_scan(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
+{
+    (void) flen;
+
+    return kv_table_add(ctx, rec->key, rec->klen, off);
 }
 
 

@@ -334,7 +334,9 @@ static void
 test_reclaim(void **state)
 {
     int               i, v;
-    char              dir[PATH_MAX], key[16];
+    char              dir[PATH_MAX], key[16], path[PATH_MAX];
+    uint32_t          id;
+    uint64_t          hints;
     size_t            klen;
     uint8_t           buf[512];
     uint64_t          before, after, n, durable;
@@ -389,6 +391,18 @@ test_reclaim(void **state)
     assert_true(kv_ct_dir_bytes(dir, ".kvhint", &n) > 0);
     assert_true(n == st.segments - 1);
     assert_false(kv_ct_exists(dir, KV_MERGE_FILE));
+
+    /* the outputs' hints, written as the records were copied */
+    for (id = 1, hints = 0; id < st.active_segment; id++) {
+        kv_hint_path(&t.s, id, "", path);
+
+        if (access(path, F_OK) == 0) {
+            kv_test_same_as_scanned(&t.s, id, 0);
+            hints++;
+        }
+    }
+
+    assert_true(hints == n);
     kv_ct_check_bytes(&t, dir);
     kv_ct_check(&t, &ref);
 

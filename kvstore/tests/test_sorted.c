@@ -99,6 +99,22 @@ check(kv_test_store_t *t, const uint32_t *round, uint32_t n)
 }
 
 
+/* every sorted segment's hint and table file as a scan writes them */
+static void
+check_merge_files(kv_test_store_t *t)
+{
+    uint32_t  r, id;
+
+    for (r = 0; r < t->sh->runs.n; r++) {
+        for (id = t->sh->runs.run[r].first; id <= t->sh->runs.run[r].last;
+             id++)
+        {
+            kv_test_same_as_scanned(&t->s, id, 1);
+        }
+    }
+}
+
+
 static void
 test_sorted_merge(void **state)
 {
@@ -137,6 +153,7 @@ test_sorted_merge(void **state)
     assert_int_equal(t.sh->runs.n, 1);
     assert_true(t.sh->runs.run[0].last >= t.sh->runs.run[0].first);
     check(&t, round, n);
+    check_merge_files(&t);
 
     /* a delete of a key only a sorted segment holds leaves a mask */
     klen = key_of(1, key);
@@ -192,6 +209,7 @@ test_sorted_merge(void **state)
 
     /* the small merge made a second run, its tombstones hide the first's */
     assert_int_equal(st.runs, 2);
+    check_merge_files(&t);
 
     /* recovery: the tables, then the log with a mask */
     klen = key_of(600, key);

@@ -269,3 +269,38 @@ kv_test_file_size(const char *path)
 
     return (uint64_t) st.st_size;
 }
+
+
+static void
+kv_test_same_file(const char *path, kv_store_t *s, uint32_t id,
+    int (*write)(kv_store_t *s, uint32_t id))
+{
+    size_t    len, again_len;
+    uint8_t  *data, *again;
+
+    data = kv_test_read_file(path, &len);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(write(s, id), KV_OK);
+    again = kv_test_read_file(path, &again_len);
+
+    assert_int_equal(again_len, len);
+    assert_memory_equal(again, data, len);
+
+    free(data);
+    free(again);
+}
+
+
+void
+kv_test_same_as_scanned(kv_store_t *s, uint32_t id, int table)
+{
+    char  path[PATH_MAX];
+
+    kv_hint_path(s, id, "", path);
+    kv_test_same_file(path, s, id, kv_write_hint);
+
+    if (table) {
+        kv_table_path(s, id, path);
+        kv_test_same_file(path, s, id, kv_table_build);
+    }
+}

@@ -86,4 +86,11 @@ uint8_t *kv_test_read_file(const char *path, size_t *len);
 void kv_test_write_file(const char *path, const uint8_t *data, size_t len);
 uint64_t kv_test_file_size(const char *path);
 
+/*
+ * Asserts that segment id's hint file (and, with table set, its table
+ * file), as a compaction wrote them from the records it copied, are byte
+ * for byte what a scan of the segment writes.
+ */
+void kv_test_same_as_scanned(kv_store_t *s, uint32_t id, int table);
+
 #endif /* KV_TEST_UTIL_H */
