@@ -101,6 +101,10 @@
 #define KV_COMPACT_BUF   (1024 * 1024)   /* output write buffer */
 #define KV_SWAP_KEYS     (64 * 1024)     /* >= KV_MAX_KEY_LIMIT */
 #define KV_SWAP_BATCH    512             /* swaps per lock hold */
+#define KV_COLLECT_BATCH 4096            /* entries collected per lock
+                                            hold */
+#define KV_MERGE_AHEAD   8               /* index entries whose records
+                                            are prefetched */
 
 
 typedef struct {
@@ -1101,19 +1105,22 @@ kv_compact_scan(kv_compact_t *c, uint32_t id, kv_scan_pt fn)
 
 
 /*
- * index=sorted, step 3: the index entries of the inputs, by key.  The
- * index is walked a few thousand buckets per hold of the lock; a write
- * meanwhile goes to a segment past the inputs, so what is collected is
- * each key's newest record among the inputs, unless a newer one replaces
- * it later (the swap then leaves that entry alone).
+ * index=sorted, step 3: the index entries of the inputs, by key: the key
+ * order's entries, a few thousand per hold of the lock, each batch from
+ * where the last one ended (the first key past its last one: entries may
+ * go meanwhile), so they need no sort.  A write meanwhile goes to a
+ * segment past the inputs, so what is collected is each key's newest
+ * record among the inputs, unless a newer one replaces it later (the swap
+ * then leaves that entry alone).
  */
 static int
 kv_merge_collect(kv_compact_t *c)
 {
     int                ret;
     void              *p;
-    uint32_t           i, end, seg, last;
-    kv_ref_t          *buckets, ref;
+    size_t             n, last_len;
+    uint8_t           *last;
+    uint32_t           seg, end;
     kv_entry_t        *e;
     kv_shared_t       *sh;
     kv_merge_entry_t  *m;
@@ -1121,84 +1128,83 @@ kv_merge_collect(kv_compact_t *c)
 
     sh = c->s->sh;
     host = c->s->host;
-    last = c->first_out - 1;
+    end = c->first_out - 1;
+    last_len = 0;
     ret = KV_OK;
 
-    for (i = 0; ret == KV_OK; i = end) {
+    last = malloc(KV_MAX_KEY_LIMIT);
+    if (last == NULL) {
+        ret = KV_ENOMEM;
+        goto failed;
+    }
+
+    do {
         kv_lock_background(c->s);
 
-        if (i == sh->nbuckets) {
-            kv_unlock(c->s);
-            break;
-        }
+        e = kv_order_seek(host, sh, last_len ? last : NULL, last_len, 1);
 
-        buckets = kv_ptr(host, sh->buckets);
-        end = sh->nbuckets - i > 4096 ? i + 4096 : sh->nbuckets;
+        for (n = 0; e != NULL && n < KV_COLLECT_BATCH && ret == KV_OK;
+             e = kv_order_next(host, e), n++)
+        {
+            memcpy(last, e->key, e->klen);
+            last_len = e->klen;
 
-        for ( /* void */ ; i < end && ret == KV_OK; i++) {
-            for (ref = buckets[i]; ref != 0; ref = e->next) {
-                e = kv_ptr(host, ref);
-                seg = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+            seg = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
 
-                if (seg < c->first || seg > last) {
-                    continue;
-                }
-
-                if (c->nindex == c->index_cap) {
-                    c->index_cap = 2 * c->index_cap + 4096;
-                    p = realloc(c->index,
-                                c->index_cap * sizeof(kv_merge_entry_t));
-                    if (p == NULL) {
-                        ret = KV_ENOMEM;
-                        break;
-                    }
-
-                    c->index = p;
-                }
-
-                if (c->index_keys_cap - c->index_keys_len < e->klen) {
-                    c->index_keys_cap = 2 * c->index_keys_cap + 65536;
-                    p = realloc(c->index_keys, c->index_keys_cap);
-                    if (p == NULL) {
-                        ret = KV_ENOMEM;
-                        break;
-                    }
-
-                    c->index_keys = p;
-                }
-
-                m = &c->index[c->nindex++];
-                m->key = c->index_keys_len;
-                m->klen = e->klen;
-                m->loc = e->loc;
-                m->flen = e->flen;
-                m->dead = (e->flags & KV_ENTRY_MASK)
-                          || kv_entry_expired(e, c->now);
-
-                memcpy(c->index_keys + c->index_keys_len, e->key, e->klen);
-                c->index_keys_len += e->klen;
+            if (seg < c->first || seg > end) {
+                continue;
             }
+
+            if (c->nindex == c->index_cap) {
+                c->index_cap = 2 * c->index_cap + 4096;
+                p = realloc(c->index, c->index_cap * sizeof(kv_merge_entry_t));
+                if (p == NULL) {
+                    ret = KV_ENOMEM;
+                    break;
+                }
+
+                c->index = p;
+            }
+
+            if (c->index_keys_cap - c->index_keys_len < e->klen) {
+                c->index_keys_cap = 2 * c->index_keys_cap + 65536;
+                p = realloc(c->index_keys, c->index_keys_cap);
+                if (p == NULL) {
+                    ret = KV_ENOMEM;
+                    break;
+                }
+
+                c->index_keys = p;
+            }
+
+            m = &c->index[c->nindex++];
+            m->key = c->index_keys_len;
+            m->klen = e->klen;
+            m->loc = e->loc;
+            m->flen = e->flen;
+            m->dead = (e->flags & KV_ENTRY_MASK)
+                      || kv_entry_expired(e, c->now);
+
+            memcpy(c->index_keys + c->index_keys_len, e->key, e->klen);
+            c->index_keys_len += e->klen;
         }
 
         kv_unlock(c->s);
+
+    } while (e != NULL && ret == KV_OK);
+
+    free(last);
+
+    if (ret == KV_OK) {
+        return KV_OK;
     }
 
-    if (ret != KV_OK) {
-        kv_log(host, KV_LOG_ERR, errno, "no memory for the index entries "
-               "of the merge of \"%s\"", c->s->conf.dir);
-    }
+failed:
+
+    kv_log(host, KV_LOG_ERR, errno, "no memory for the index entries "
+           "of the merge of \"%s\"", c->s->conf.dir);
 
     return ret;
-}
-
-
-static int
-kv_merge_cmp(const void *a, const void *b, void *arg)
-{
-    const uint8_t           *keys = arg;
-    const kv_merge_entry_t  *x = a, *y = b;
-
-    return kv_key_cmp(keys + x->key, x->klen, keys + y->key, y->klen);
 }
 
 
@@ -1230,6 +1236,32 @@ kv_merge_input(kv_compact_t *c, uint32_t id, const kv_map_t **in)
     *in = m;
 
     return KV_OK;
+}
+
+
+/*
+ * An index entry's record lies anywhere in the log: the merge reads them
+ * in key order, so each would be a cache miss, taken here KV_MERGE_AHEAD
+ * entries early instead.
+ */
+static void
+kv_merge_prefetch(kv_compact_t *c, const kv_merge_entry_t *h)
+{
+    uint64_t         off;
+    const kv_map_t  *in;
+
+    if (kv_merge_input(c, (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS), &in)
+        != KV_OK)
+    {
+        return;
+    }
+
+    off = h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
+
+    if (off < in->len && in->len - off >= h->flen) {
+        __builtin_prefetch(in->p + off);
+        __builtin_prefetch(in->p + off + h->flen - 1);
+    }
 }
 
 
@@ -1287,11 +1319,6 @@ kv_merge_sorted(kv_compact_t *c)
         goto done;
     }
 
-    if (c->nindex > 1) {
-        qsort_r(c->index, c->nindex, sizeof(kv_merge_entry_t),
-                kv_merge_cmp, c->index_keys);
-    }
-
     /* a handle of its own: any generation but the ones in use */
     runs = c->runs;
     runs.gen = UINT32_MAX;
@@ -1342,6 +1369,10 @@ kv_merge_sorted(kv_compact_t *c)
 
         if (cmp <= 0) {
             /* the index entry is the newest record of its key */
+
+            if (hi + KV_MERGE_AHEAD < c->nindex) {
+                kv_merge_prefetch(c, &c->index[hi + KV_MERGE_AHEAD]);
+            }
 
             if (!h->dead || !drop) {
                 rc = kv_merge_copy(c, (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS),

@@ -433,6 +433,99 @@ test_sorted_beyond_memory(void **state)
 }
 
 
+/* writes between the merge's holds of the lock */
+static kv_test_store_t  *churn_t;
+static uint32_t         *churn_round;
+static uint32_t          churn_next, churn_n;
+static int               churn_busy;
+static void            (*churn_lock)(void *ctx);
+
+
+static void
+churn_before_lock(void *ctx)
+{
+    char      key[32];
+    int       klen;
+    uint32_t  i;
+
+    if (!churn_busy && churn_next < churn_n) {
+        churn_busy = 1;
+
+        /* a key deleted, one overwritten, one added, all over the order */
+        i = churn_next;
+        klen = key_of(i, key);
+        assert_int_equal(kv_delete(&churn_t->s, (uint8_t *) key, klen),
+                         KV_OK);
+        churn_round[i] = 0;
+
+        put(churn_t, churn_n - 1 - i, 2);
+        churn_round[churn_n - 1 - i] = 2;
+
+        put(churn_t, churn_n + i, 2);
+        churn_round[churn_n + i] = 2;
+
+        churn_next += 7;
+        churn_busy = 0;
+    }
+
+    churn_lock(ctx);
+}
+
+
+/*
+ * A merge of more index entries than one hold of the lock collects, while
+ * keys are deleted, overwritten and added between every two holds: each
+ * batch goes on from where the last one ended.
+ */
+static void
+test_sorted_merge_batches(void **state)
+{
+    char              dir[PATH_MAX];
+    uint32_t          i, n, *round;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 20000;
+    round = calloc(2 * n, sizeof(uint32_t));
+    assert_non_null(round);
+
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, 16 * ZONE, 1);
+
+    for (i = 0; i < n; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    churn_t = &t;
+    churn_round = round;
+    churn_next = 3;
+    churn_n = n;
+    churn_lock = t.host.lock;
+    t.host.lock = churn_before_lock;
+
+    merge(&t);
+
+    t.host.lock = churn_lock;
+    assert_true(churn_next > 3 + 7 * 4);
+
+    kv_stats(&t.s, &st);
+    assert_true(st.table_keys > 10000);
+    check(&t, round, 2 * n);
+    check_merge_files(&t);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, 16 * ZONE, 1);
+    check(&t, round, 2 * n);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+    free(round);
+}
+
+
 /* a delete (or an expiry) that lands while the first merge writes */
 static kv_test_store_t  *race_t;
 static int               race_armed;
@@ -674,6 +767,7 @@ main(void)
         cmocka_unit_test(test_sorted_merge),
         cmocka_unit_test(test_sorted_commit),
         cmocka_unit_test(test_sorted_beyond_memory),
+        cmocka_unit_test(test_sorted_merge_batches),
         cmocka_unit_test(test_sorted_delete_during_merge),
         cmocka_unit_test(test_sorted_expire_during_merge),
         cmocka_unit_test(test_sorted_delete_reads_warm),
