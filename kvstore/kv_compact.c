@@ -22,9 +22,10 @@
  *     so no older put of their key survives the compaction.  (A tombstone
  *     may only go once no older file can hold its key: Bitcask
  *     resurrected deleted keys by dropping them earlier.)
- *  4. Each output is flushed and gets a hint file; the directory is
- *     flushed; MERGE is removed and the directory flushed: from then on
- *     the outputs are part of the store.
+ *  4. Each output is flushed, then gets its hint file (and, index=sorted,
+ *     its table file), both built as its records were copied; the
+ *     directory is flushed; MERGE is removed and the directory flushed:
+ *     from then on the outputs are part of the store.
  *  5. The outputs are scanned again and each index entry that still points
  *     at the old copy is pointed at the new one (batches per lock hold).
  *  6. The SEQ file keeps the newest sequence number of the inputs (a
@@ -39,8 +40,7 @@
  * Cancel (kv_compact_cancel(), or host->stopping() saying 1): both are
  * checked before each record of step 3 (a relaxed load and a call, cheap
  * beside the lock taken for the index check; at most one record is copied
- * after a cancel) and before each output's hint in step 4 (which re-reads
- * the output).  Until MERGE is removed the compaction is undone as
+ * after a cancel).  Until MERGE is removed the compaction is undone as
  * recovery undoes a crash: the outputs MERGE names, then MERGE, are
  * deleted; no index entry refers to them yet, and the roll stays, as after
  * a crash.  Once MERGE is gone there is nothing to undo, only steps 5 and
