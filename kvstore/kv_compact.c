@@ -49,7 +49,9 @@
  *
  * Memory: 8 bytes per copied record (its old location; the new one and the
  * key come back from the scan of step 5), a 1 MiB output buffer (or one
- * frame if bigger) and a 64 KiB batch of keys for the swaps.
+ * frame if bigger), a 1 MiB buffer of the output's hint, for index=sorted
+ * its table file's builder (8 bytes a key, the first key of each block)
+ * and a 64 KiB batch of keys for the swaps.
  *
  * A kill -9 at any moment (recovery replays segments in id order: inputs,
  * outputs, then the new active segment A + K + 1, so a newer write wins):
@@ -101,10 +103,8 @@
 #define KV_COMPACT_BUF   (1024 * 1024)   /* output write buffer */
 #define KV_SWAP_KEYS     (64 * 1024)     /* >= KV_MAX_KEY_LIMIT */
 #define KV_SWAP_BATCH    512             /* swaps per lock hold */
-#define KV_COLLECT_BATCH 4096            /* entries collected per lock
-                                            hold */
-#define KV_MERGE_AHEAD   8               /* index entries whose records
-                                            are prefetched */
+#define KV_COLLECT_BATCH 4096           /* entries collected per hold */
+#define KV_MERGE_AHEAD   8              /* records prefetched ahead */
 
 
 typedef struct {
@@ -148,9 +148,10 @@ typedef struct {
     uint8_t          *buf;               /* frames not yet written */
     size_t            buf_len;
     size_t            buf_cap;
-    kv_hint_writer_t  hint;              /* out's, if hint_open */
     int               hint_open;
-    kv_table_builder_t table;            /* index=sorted: out's */
+    kv_hint_writer_t  hint;              /* out's, if hint_open */
+    kv_table_builder_t
+                      table;             /* index=sorted: out's */
 
     uint32_t          scan;              /* the segment being scanned */
     kv_map_t          in;                /* the input being copied */
@@ -214,13 +215,20 @@ kv_compact_unlink(kv_store_t *s, const char *path)
 
 
 /*
- * Unlinks a segment, its hint and its table file, those first: neither
- * outlives its segment.  Returns what unlinking the segment did.
+ * Unlinks a segment, its hint (and a hint a dead compactor was writing)
+ * and its table file, those first: neither outlives its segment.  Returns
+ * what unlinking the segment did.
  */
 static int
 kv_compact_drop(kv_store_t *s, uint32_t id)
 {
     char  path[PATH_MAX];
+
+    kv_hint_path(s, id, KV_TMP_SUFFIX, path);
+
+    if (kv_compact_unlink(s, path) == KV_EIO) {
+        return KV_EIO;
+    }
 
     kv_hint_path(s, id, "", path);
 
@@ -914,10 +922,15 @@ kv_output_describe(kv_compact_t *c, const uint8_t *frame, uint32_t flen,
     uint64_t off)
 {
     int          rc;
+    char         path[PATH_MAX];
     kv_peek_t    pk;
     kv_record_t  rec;
 
     if (kv_frame_peek(frame, flen, &pk) != 0 || pk.flen != flen) {
+        kv_segment_path(c->s, c->out, path);
+        kv_log(c->s->host, KV_LOG_ERR, 0, "a record copied to \"%s\" at "
+               "offset %" PRIu64 " (%u bytes) does not decode", path, off,
+               flen);
         return KV_ECORRUPT;
     }
 
@@ -1005,14 +1018,6 @@ kv_compact_copy(kv_compact_t *c, const kv_map_t *in, uint32_t id,
     }
 
     rc = kv_output_describe(c, in->p + off, flen, c->out_size);
-
-    if (rc == KV_ECORRUPT) {
-        kv_segment_path(c->s, id, path);
-        kv_log(c->s->host, KV_LOG_ERR, 0, "the record of key \"%s\" in "
-               "\"%s\" at offset %" PRIu64 " (%u bytes) does not decode",
-               kv_key_str(key, klen, kbuf), path, off, flen);
-    }
-
     if (rc != KV_OK) {
         return rc;
     }
@@ -1121,7 +1126,7 @@ kv_merge_collect(kv_compact_t *c)
     size_t             n, last_len;
     uint8_t           *last;
     uint32_t           seg, end;
-    kv_entry_t        *e;
+    kv_entry_t        *e, *b;
     kv_shared_t       *sh;
     kv_merge_entry_t  *m;
     const kv_host_t   *host;
@@ -1146,10 +1151,24 @@ kv_merge_collect(kv_compact_t *c)
         for (n = 0; e != NULL && n < KV_COLLECT_BATCH && ret == KV_OK;
              e = kv_order_next(host, e), n++)
         {
+            /*
+             * the bucket's entry is the key's: a worker killed between
+             * the key order and the bucket may have left the order an
+             * entry the bucket no longer holds, or a second one of a key
+             */
+            if (kv_key_cmp(e->key, e->klen, last, last_len) == 0) {
+                continue;
+            }
+
             memcpy(last, e->key, e->klen);
             last_len = e->klen;
 
-            seg = (uint32_t) (e->loc >> KV_LOC_OFFSET_BITS);
+            b = kv_index_find(host, sh, last, last_len, NULL);
+            if (b == NULL) {
+                continue;
+            }
+
+            seg = (uint32_t) (b->loc >> KV_LOC_OFFSET_BITS);
 
             if (seg < c->first || seg > end) {
                 continue;
@@ -1179,14 +1198,14 @@ kv_merge_collect(kv_compact_t *c)
 
             m = &c->index[c->nindex++];
             m->key = c->index_keys_len;
-            m->klen = e->klen;
-            m->loc = e->loc;
-            m->flen = e->flen;
-            m->dead = (e->flags & KV_ENTRY_MASK)
-                      || kv_entry_expired(e, c->now);
+            m->klen = b->klen;
+            m->loc = b->loc;
+            m->flen = b->flen;
+            m->dead = (b->flags & KV_ENTRY_MASK)
+                      || kv_entry_expired(b, c->now);
 
-            memcpy(c->index_keys + c->index_keys_len, e->key, e->klen);
-            c->index_keys_len += e->klen;
+            memcpy(c->index_keys + c->index_keys_len, b->key, b->klen);
+            c->index_keys_len += b->klen;
         }
 
         kv_unlock(c->s);
@@ -1247,15 +1266,20 @@ kv_merge_input(kv_compact_t *c, uint32_t id, const kv_map_t **in)
 static void
 kv_merge_prefetch(kv_compact_t *c, const kv_merge_entry_t *h)
 {
+    uint32_t        *i, id;
     uint64_t         off;
     const kv_map_t  *in;
 
-    if (kv_merge_input(c, (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS), &in)
-        != KV_OK)
-    {
+    /* an input not mapped yet is left to kv_merge_input(), which logs */
+
+    id = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
+    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
+
+    if (i == NULL || c->ins[i - c->ids].p == NULL) {
         return;
     }
 
+    in = &c->ins[i - c->ids];
     off = h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
 
     if (off < in->len && in->len - off >= h->flen) {

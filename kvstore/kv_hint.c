@@ -257,7 +257,7 @@ kv_hint_begin(kv_store_t *s, uint32_t id, kv_hint_writer_t *w)
         }
 
         kv_log(s->host, KV_LOG_INFO, 0, "\"%s\" exists: another process is "
-               "writing the hint", w->tmp);
+               "writing the hint, or one that died left it", w->tmp);
         return KV_EBUSY;
     }
 

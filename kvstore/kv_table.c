@@ -30,14 +30,14 @@
  * copies (kv_table_begin(), kv_table_add(), kv_table_end()); the same
  * builder rebuilds a missing or damaged file by scanning the segment
  * (kv_table_build()).  It is written as hints are: a temporary file,
- * flushed, renamed, the directory flushed, once the segment is flushed.  kv_table_open() maps it and
- * trusts nothing it has not checked: the header, the parts' sizes, the
- * segment's size, and, when recovery or kvtool opens it, the checksum and
- * every block.  Workers and listings, which open every table again after
- * each merge, do not sum it (about 90 MB at 50 million keys): a table file
- * never changes, and each one was summed when recovery opened it or was
- * written from memory since by the merge that made it; what they read of
- * a block is bounds-checked where it is read (kv_table_block()), and a
+ * flushed, renamed, the directory flushed, once the segment is flushed.
+ * kv_table_open() maps it and trusts nothing it has not checked: the
+ * header, the parts' sizes, the segment's size, and, when recovery or
+ * kvtool opens it, the checksum and every block.  Workers and listings,
+ * which open every table again after each merge, do not sum it (about 90
+ * MB at 50 million keys): a table file never changes, and each one was
+ * summed when recovery opened it or was written from memory since by the
+ * merge that made it; what they read of a block is bounds-checked where it is read (kv_table_block()), and a
  * frame is verified when it is read, so a table damaged since costs a
  * lookup, never memory safety.
  */

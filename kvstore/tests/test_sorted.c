@@ -526,6 +526,76 @@ test_sorted_merge_batches(void **state)
 }
 
 
+/*
+ * What a worker killed in kv_index_unlink() leaves: key i out of its
+ * bucket, still in the key order.
+ */
+static void
+order_only(kv_test_store_t *t, uint32_t i)
+{
+    char         key[32];
+    int          klen;
+    kv_ref_t    *link;
+    kv_entry_t  *e;
+
+    klen = key_of(i, key);
+
+    t->host.lock(t->host.ctx);
+    e = kv_index_find(&t->host, t->sh, (uint8_t *) key, klen, &link);
+    assert_non_null(e);
+    *link = e->next;
+    t->host.unlock(t->host.ctx);
+}
+
+
+/*
+ * The merge collects the bucket's entry of each key in the key order: an
+ * entry the order alone holds comes back neither as the key's value nor
+ * as a second record of a key written again.
+ */
+static void
+test_sorted_merge_order_only(void **state)
+{
+    char              dir[PATH_MAX], key[32];
+    int               klen;
+    uint32_t          i, round[100];
+    kv_loc_t          loc;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_sorted(&t, dir, ZONE, 1);
+
+    for (i = 0; i < 100; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    order_only(&t, 5);
+    round[5] = 0;
+    klen = key_of(5, key);
+    assert_int_equal(kv_lookup(&t.s, (uint8_t *) key, klen, &loc),
+                     KV_NOTFOUND);
+
+    /* and a second entry of key 6 in the order, after a write again */
+    order_only(&t, 6);
+    put(&t, 6, 2);
+    round[6] = 2;
+
+    merge(&t);
+    check(&t, round, 100);
+    check_merge_files(&t);
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 1);
+    check(&t, round, 100);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 /* a delete (or an expiry) that lands while the first merge writes */
 static kv_test_store_t  *race_t;
 static int               race_armed;
@@ -768,6 +838,7 @@ main(void)
         cmocka_unit_test(test_sorted_commit),
         cmocka_unit_test(test_sorted_beyond_memory),
         cmocka_unit_test(test_sorted_merge_batches),
+        cmocka_unit_test(test_sorted_merge_order_only),
         cmocka_unit_test(test_sorted_delete_during_merge),
         cmocka_unit_test(test_sorted_expire_during_merge),
         cmocka_unit_test(test_sorted_delete_reads_warm),
