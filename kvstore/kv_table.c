@@ -37,9 +37,9 @@
  * which open every table again after each merge, do not sum it (about 90
  * MB at 50 million keys): a table file never changes, and each one was
  * summed when recovery opened it or was written from memory since by the
- * merge that made it; what they read of a block is bounds-checked where it is read (kv_table_block()), and a
- * frame is verified when it is read, so a table damaged since costs a
- * lookup, never memory safety.
+ * merge that made it; what they read of a block is bounds-checked where
+ * it is read (kv_table_block()), and a frame is verified when it is read,
+ * so a table damaged since costs a lookup, never memory safety.
  */
 
 #include <errno.h>
