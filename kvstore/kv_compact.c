@@ -1227,23 +1227,32 @@ failed:
 }
 
 
+/* the map of input id, NULL if the merge did not list it */
+static kv_map_t *
+kv_merge_slot(kv_compact_t *c, uint32_t id)
+{
+    uint32_t  *i;
+
+    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
+
+    return i != NULL ? &c->ins[i - c->ids] : NULL;
+}
+
+
 /* input id, mapped once */
 static int
 kv_merge_input(kv_compact_t *c, uint32_t id, const kv_map_t **in)
 {
     int        rc;
-    uint32_t  *i;
     kv_map_t  *m;
 
-    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
-    if (i == NULL) {
+    m = kv_merge_slot(c, id);
+    if (m == NULL) {
         kv_log(c->s->host, KV_LOG_ERR, 0, "a record to merge in \"%s\" is "
                "in segment %u, which the merge did not list", c->s->conf.dir,
                id);
         return KV_ECORRUPT;
     }
-
-    m = &c->ins[i - c->ids];
 
     if (m->p == NULL) {
         rc = kv_segment_map(c->s, id, m);
@@ -1266,20 +1275,17 @@ kv_merge_input(kv_compact_t *c, uint32_t id, const kv_map_t **in)
 static void
 kv_merge_prefetch(kv_compact_t *c, const kv_merge_entry_t *h)
 {
-    uint32_t        *i, id;
     uint64_t         off;
     const kv_map_t  *in;
 
     /* an input not mapped yet is left to kv_merge_input(), which logs */
 
-    id = (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS);
-    i = bsearch(&id, c->ids, c->nids, sizeof(uint32_t), kv_cmp_id);
+    in = kv_merge_slot(c, (uint32_t) (h->loc >> KV_LOC_OFFSET_BITS));
 
-    if (i == NULL || c->ins[i - c->ids].p == NULL) {
+    if (in == NULL || in->p == NULL) {
         return;
     }
 
-    in = &c->ins[i - c->ids];
     off = h->loc & (((uint64_t) 1 << KV_LOC_OFFSET_BITS) - 1);
 
     if (off < in->len && in->len - off >= h->flen) {
