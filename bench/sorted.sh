@@ -30,7 +30,7 @@ PAGES=${PAGES:-21}
 ROUNDS=${ROUNDS:-3}
 THREADS=2
 
-need wrk curl jq awk
+need wrk curl jq awk ss
 
 out=$(out_dir sorted)
 data=$KV_TMP/kv-sorted-bench-$$
@@ -82,14 +82,32 @@ pages() {
         END { printf "%.1f", v[int((NR + 1) / 2)] * 1000 }'
 }
 
+# conn_split: how wrk's connections are spread over the workers, e.g. "9 7".
+# Nothing spreads them evenly (no reuseport, as in nginx.conf.example):
+# which worker accepts first decides, and a run's throughput moves with
+# the split as much as with the code (bench/README.md, session 31).
+conn_split() {
+    local pids w
+    pids=$(ss -tnpH state established "( sport = :$KV_PORT )" \
+           | grep -o 'pid=[0-9]*')
+    for w in $(pgrep -P "$kv_pid"); do
+        grep -c "pid=$w\$" <<< "$pids" || true
+    done | sort -rn | paste -sd' '
+}
+
 set_run() {
-    local name=$1
+    local name=$1 w conns
     wrk -t$THREADS -c16 -d${SET_SECONDS}s --latency -s "$bench_dir/kv.lua" \
         "$kv_url/db/" -- op=set keys="$KEYS" klen=16 vsize=100 \
-        nthreads=$THREADS > "$out/wrk-$name.txt"
+        nthreads=$THREADS > "$out/wrk-$name.txt" &
+    w=$!
+    sleep 2
+    conns=$(conn_split)
+    wait "$w"
     echo "  SET $name: $(rps "$out/wrk-$name.txt") req/s, p99 $(awk \
         '/^ +99%/ { print $2 }' "$out/wrk-$name.txt"), non-2xx: $(awk \
-        '/Non-2xx/ { print $4 }' "$out/wrk-$name.txt")"
+        '/Non-2xx/ { print $4 }' "$out/wrk-$name.txt"), connections per" \
+        "worker: $conns"
 }
 
 zone=$(( (KEYS * 80 / 1048576) + 256 ))m
