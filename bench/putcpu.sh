@@ -13,7 +13,9 @@
 # one of 50 million keys) and with its compaction kept from starting, as
 # in bench/sorted.sh.  KV_WORKERS=1 takes the spread of the connections
 # over the workers out of the figures (bench/README.md, session 31).
-# Environment: SET_SECONDS, ROUNDS (2), HASH_ZONE, and those of lib.sh.
+# MODES="sorted" with MODULE set, in turns with another build, compares
+# builds.  Environment: SET_SECONDS, ROUNDS (2), MODES ("sorted hash"),
+# HASH_ZONE, and those of lib.sh.
 
 set -euo pipefail
 
@@ -25,6 +27,7 @@ src=$1
 keys=$2
 SET_SECONDS=${SET_SECONDS:-20}
 ROUNDS=${ROUNDS:-2}
+MODES=${MODES:-sorted hash}
 HASH_ZONE=${HASH_ZONE:-4070m}
 THREADS=2
 tick=$(getconf CLK_TCK)
@@ -106,6 +109,7 @@ round() {
 
 for ((r = 1; r <= ROUNDS; r++)); do
     echo "round $r:"
-    round sorted
-    round hash
+    for mode in $MODES; do
+        round "$mode"
+    done
 done
