@@ -43,6 +43,7 @@ struct kv_arena_s {
                                    begin */
     uint32_t          free_pages;  /* a free page, in 8-byte units, whose
                                       first 4 bytes name the next */
+    const kv_host_t  *outer;    /* kv_arena_host_over()'s */
     pthread_mutex_t   mutex;
     pthread_t         owner;
     int               locked;   /* written only by the mutex's holder */
@@ -203,6 +204,59 @@ kv_arena_log(void *ctx, int level, int err, const char *msg)
 }
 
 
+/* kv_arena_host_over(): the outer host's hooks, with its context */
+
+static void
+kv_arena_outer_log(void *ctx, int level, int err, const char *msg)
+{
+    const kv_host_t  *outer = ((kv_arena_t *) ctx)->outer;
+
+    outer->log(outer->ctx, level, err, msg);
+}
+
+
+static int
+kv_arena_outer_sync(void *ctx, int fd, const char *path)
+{
+    const kv_host_t  *outer = ((kv_arena_t *) ctx)->outer;
+
+    return outer->sync(outer->ctx, fd, path);
+}
+
+
+static int
+kv_arena_outer_stopping(void *ctx)
+{
+    const kv_host_t  *outer = ((kv_arena_t *) ctx)->outer;
+
+    return outer->stopping(outer->ctx);
+}
+
+
+static uint64_t
+kv_arena_outer_now_ms(void *ctx)
+{
+    const kv_host_t  *outer = ((kv_arena_t *) ctx)->outer;
+
+    return outer->now_ms(outer->ctx);
+}
+
+
+size_t
+kv_arena_size_for(uint64_t data, uint32_t *nbuckets)
+{
+    uint64_t  n, size;
+
+    n = data / 128 > 1024 ? data / 128 : 1024;
+    n = n < 0x80000000u ? n : 0x80000000u;
+    size = 64 * 1024 * 1024 + n * 8 + data / 2 * 5;
+
+    *nbuckets = (uint32_t) n;
+
+    return (size_t) (size < KV_ARENA_MAX ? size : KV_ARENA_MAX);
+}
+
+
 kv_arena_t *
 kv_arena_create(size_t size)
 {
@@ -214,7 +268,7 @@ kv_arena_create(size_t size)
     size &= ~(size_t) (KV_ENTRY_PAGE - 1);
 
     /* the first 8 bytes are reserved; kv_ref_t reaches 32 GiB */
-    if (size == 0 || size > ((size_t) UINT32_MAX + 1) * 8) {
+    if (size == 0 || size > KV_ARENA_MAX) {
         return NULL;
     }
 
@@ -285,4 +339,29 @@ kv_arena_host(kv_arena_t *a, kv_host_t *host)
     host->lock = kv_arena_lock;
     host->unlock = kv_arena_unlock;
     host->log = kv_arena_log;
+}
+
+
+void
+kv_arena_host_over(kv_arena_t *a, const kv_host_t *outer, kv_host_t *host)
+{
+    kv_arena_host(a, host);
+
+    a->outer = outer;
+
+    if (outer->log != NULL) {
+        host->log = kv_arena_outer_log;
+    }
+
+    if (outer->sync != NULL) {
+        host->sync = kv_arena_outer_sync;
+    }
+
+    if (outer->stopping != NULL) {
+        host->stopping = kv_arena_outer_stopping;
+    }
+
+    if (outer->now_ms != NULL) {
+        host->now_ms = kv_arena_outer_now_ms;
+    }
 }

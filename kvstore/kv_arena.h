@@ -1,6 +1,7 @@
 /*
- * kv_arena: a kv_host_t over one malloc()ed region, for unit tests and
- * command-line tools (nginx uses its shared-memory zone instead).
+ * kv_arena: a kv_host_t over one malloc()ed region, for unit tests,
+ * command-line tools and the private index of a conversion to
+ * index=sorted (nginx serves from its shared-memory zone instead).
  */
 
 #ifndef KV_ARENA_H
@@ -11,6 +12,19 @@
 
 typedef struct kv_arena_s  kv_arena_t;
 
+
+/* the largest arena a kv_ref_t can address */
+#define KV_ARENA_MAX  ((uint64_t) 32 * 1024 * 1024 * 1024)
+
+
+/*
+ * The size of an arena whose index holds every key of a log of data
+ * bytes, and its number of buckets: a live frame takes at least 17 bytes
+ * of log and its index entry at most 39 bytes more than the key, so 2.5
+ * bytes of arena per byte of log hold any store; at most KV_ARENA_MAX.
+ * The region is malloc()ed, and pages never touched cost nothing.
+ */
+size_t kv_arena_size_for(uint64_t data, uint32_t *nbuckets);
 
 /* NULL if the region cannot be allocated. */
 kv_arena_t *kv_arena_create(size_t size);
@@ -23,5 +37,12 @@ void kv_arena_destroy(kv_arena_t *a);
  * the optional hooks (sync, stopping) are NULL: set them after.
  */
 void kv_arena_host(kv_arena_t *a, kv_host_t *host);
+
+/*
+ * kv_arena_host() whose log, sync, stopping and now_ms are outer's (those
+ * outer has): a private index that logs, flushes and stops as outer does.
+ */
+void kv_arena_host_over(kv_arena_t *a, const kv_host_t *outer,
+    kv_host_t *host);
 
 #endif /* KV_ARENA_H */

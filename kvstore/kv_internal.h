@@ -266,6 +266,9 @@ int kv_cmp_id(const void *a, const void *b);
 /* Segment ids present in the directory, ascending; *ids is malloc()ed. */
 int kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n);
 
+/* The bytes of the regular files in dir (0 if it does not exist). */
+uint64_t kv_dir_bytes(const char *dir);
+
 /*
  * kv_scan_segment() reads the frames of segment id in order, starting at
  * offset from (0, or where a frame starts: kvtool resumes after damage),

@@ -383,6 +383,36 @@ kv_list_segments(kv_store_t *s, uint32_t **ids, size_t *n)
 }
 
 
+/* The bytes of the regular files in dir (0 if it does not exist). */
+uint64_t
+kv_dir_bytes(const char *dir)
+{
+    DIR            *d;
+    uint64_t        bytes;
+    struct stat     st;
+    struct dirent  *de;
+
+    d = opendir(dir);
+    if (d == NULL) {
+        return 0;
+    }
+
+    bytes = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
+            && S_ISREG(st.st_mode))
+        {
+            bytes += (uint64_t) st.st_size;
+        }
+    }
+
+    closedir(d);
+
+    return bytes;
+}
+
+
 /*
  * Makes buf[*pos ...] hold at least need bytes unless the file (as long as
  * it was when the scan began) ends first: moves the unread bytes to the

@@ -72,7 +72,6 @@ const char *kvtool_last_log(void);
 int kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data,
     unsigned mode, uint64_t segment_size);
 void kvtool_close(kvtool_store_t *t);
-uint64_t kvtool_dir_bytes(const char *dir);
 long kvtool_lock_holder(const char *dir);
 void kvtool_hint_path(const char *dir, uint32_t id, char path[PATH_MAX]);
 

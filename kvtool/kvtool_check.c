@@ -187,7 +187,7 @@ kvtool_check(const char *dir)
         return KVTOOL_FAIL;
     }
 
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_SCAN,
+    if (kvtool_open(&t, dir, kv_dir_bytes(dir), KVTOOL_SCAN,
                     KV_SEGMENT_SIZE_DEFAULT)
         != KV_OK)
     {

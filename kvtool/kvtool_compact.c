@@ -80,7 +80,7 @@ kvtool_compact(const char *dir, uint64_t segment_size, unsigned mode)
         return KVTOOL_FAIL;
     }
 
-    before_bytes = kvtool_dir_bytes(dir);
+    before_bytes = kv_dir_bytes(dir);
 
     if (kvtool_open(&t, dir, before_bytes, mode, segment_size)
         != KV_OK)
@@ -116,7 +116,7 @@ kvtool_compact(const char *dir, uint64_t segment_size, unsigned mode)
         return KVTOOL_FAIL;
     }
 
-    after_bytes = kvtool_dir_bytes(dir);
+    after_bytes = kv_dir_bytes(dir);
 
     kvtool_compact_report("before:", before_bytes, &before);
     kvtool_compact_report("after: ", after_bytes, &after);

@@ -319,7 +319,7 @@ kvtool_repair(const char *dir)
      * Damaged segments are rewritten in place, smaller, and nothing is
      * appended: no segment rolls over, so repair needs no --segment-size.
      */
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_LOCK,
+    if (kvtool_open(&t, dir, kv_dir_bytes(dir), KVTOOL_LOCK,
                     KV_SEGMENT_SIZE_DEFAULT)
         != KV_OK)
     {

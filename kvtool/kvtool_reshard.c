@@ -440,7 +440,7 @@ kvtool_reshard(int argc, char **argv)
         return KVTOOL_FAIL;
     }
 
-    if (kvtool_open(&t, dir, kvtool_dir_bytes(dir), KVTOOL_READ,
+    if (kvtool_open(&t, dir, kv_dir_bytes(dir), KVTOOL_READ,
                     KV_SEGMENT_SIZE_DEFAULT)
         != KV_OK)
     {

@@ -202,7 +202,7 @@ kvtool_import_seed(const char *file, const char *dir, uint64_t segment_size)
               ? (uint64_t) fst.st_size : UINT64_MAX;
 
     if (kvtool_open(&t, dir, (sd.size != UINT64_MAX ? sd.size : 0)
-                             + kvtool_dir_bytes(dir),
+                             + kv_dir_bytes(dir),
                     KVTOOL_WRITE, segment_size)
         != KV_OK)
     {

@@ -5,7 +5,6 @@
  * opening a store over an arena host, the directory lock's holder.
  */
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -16,10 +15,6 @@
 #include <sys/sysmacros.h>
 
 #include "kvtool.h"
-
-
-/* the largest arena a kv_ref_t can address */
-#define KVTOOL_ARENA_MAX  ((uint64_t) 32 * 1024 * 1024 * 1024)
 
 
 /* the engine's last error or warning, for reports that quote it */
@@ -65,11 +60,9 @@ kvtool_last_log(void)
 
 /*
  * Prepares a store in dir as mode says, its log rolling over to a new
- * segment at segment_size, with an arena for a log of data bytes: a live
- * frame takes at least 17 bytes of log and its index entry at most 39
- * bytes more than the key, so 2.5 bytes of arena per byte of log hold any
- * store; the arena is malloc()ed, and pages never touched cost nothing.
- * Failures are reported; nothing is left open then.
+ * segment at segment_size, with an arena that holds the index of a log of
+ * data bytes (kv_arena_size_for()).  Failures are reported; nothing is
+ * left open then.
  */
 int
 kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
@@ -77,28 +70,26 @@ kvtool_open(kvtool_store_t *t, const char *dir, uint64_t data, unsigned mode,
 {
     int          rc;
     long         pid;
-    uint64_t     size, nbuckets;
+    size_t       size;
+    uint32_t     nbuckets;
     kv_conf_t    conf;
     struct stat  st;
 
     memset(t, 0, sizeof(kvtool_store_t));
 
-    nbuckets = data / 128 > 1024 ? data / 128 : 1024;
-    nbuckets = nbuckets < 0x80000000u ? nbuckets : 0x80000000u;
-    size = 64 * 1024 * 1024 + nbuckets * 8 + data / 2 * 5;
-    size = size < KVTOOL_ARENA_MAX ? size : KVTOOL_ARENA_MAX;
+    size = kv_arena_size_for(data, &nbuckets);
 
-    t->arena = kv_arena_create((size_t) size);
+    t->arena = kv_arena_create(size);
     if (t->arena == NULL) {
-        kvtool_error("cannot allocate %llu bytes for the index of \"%s\"",
-                     (unsigned long long) size, dir);
+        kvtool_error("cannot allocate %zu bytes for the index of \"%s\"",
+                     size, dir);
         return KV_ENOMEM;
     }
 
     kv_arena_host(t->arena, &t->host);
     t->host.log = kvtool_log;
 
-    t->sh = kv_shared_create(&t->host, (uint32_t) nbuckets, KV_MAX_KEY_LIMIT,
+    t->sh = kv_shared_create(&t->host, nbuckets, KV_MAX_KEY_LIMIT,
                              KV_MAX_VALUE_LIMIT);
     if (t->sh == NULL) {
         kv_arena_destroy(t->arena);
@@ -181,36 +172,6 @@ kvtool_close(kvtool_store_t *t)
 
     kv_arena_destroy(t->arena);
     t->arena = NULL;
-}
-
-
-/* The bytes of the regular files in dir (0 if it does not exist). */
-uint64_t
-kvtool_dir_bytes(const char *dir)
-{
-    DIR            *d;
-    uint64_t        bytes;
-    struct stat     st;
-    struct dirent  *de;
-
-    d = opendir(dir);
-    if (d == NULL) {
-        return 0;
-    }
-
-    bytes = 0;
-
-    while ((de = readdir(d)) != NULL) {
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0
-            && S_ISREG(st.st_mode))
-        {
-            bytes += (uint64_t) st.st_size;
-        }
-    }
-
-    closedir(d);
-
-    return bytes;
 }
 
 
