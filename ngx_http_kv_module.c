@@ -914,6 +914,7 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.compact_dead_bytes = ctx->compact_dead;
         conf.read_only = 0;
         conf.sorted = ctx->sorted;
+        conf.convert = 1;
 
         /* the master usually runs as root, the workers as "user" */
 

@@ -775,6 +775,41 @@ kv_index_walk(const kv_host_t *host, kv_shared_t *sh, kv_walk_pt fn,
 }
 
 
+void
+kv_index_clear(kv_store_t *s)
+{
+    uint32_t          i;
+    kv_ref_t         *buckets;
+    kv_entry_t       *e;
+    kv_shared_t      *sh;
+    const kv_host_t  *host;
+
+    sh = s->sh;
+    host = s->host;
+
+    host->lock(host->ctx);
+
+    buckets = kv_ptr(host, sh->buckets);
+
+    for (i = 0; i < sh->nbuckets; i++) {
+        while (buckets[i] != 0) {
+            e = kv_ptr(host, buckets[i]);
+            buckets[i] = e->next;
+            kv_entry_free(host, sh, e);
+        }
+    }
+
+    memset(sh->order_head, 0, sizeof(sh->order_head));
+    sh->order_levels = 0;
+    memset(&sh->runs, 0, sizeof(kv_runs_t));
+    memset(&sh->stats, 0, sizeof(kv_stats_t));
+    sh->seq = 0;
+    sh->expire_next = 0;
+
+    host->unlock(host->ctx);
+}
+
+
 /*
  * Starts loading what a kv_index_find() of the key will touch, so that bulk
  * inserts (hint loading) overlap their cache and TLB misses instead of
@@ -866,19 +901,27 @@ kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
 full:
 
     kv_segment_path(s, id, path);
+    kv_key_str(rec->key, rec->klen, kbuf);
+
+    if (kv_recover_converts(s)) {
+        kv_log(host, KV_LOG_NOTICE, 0, "the log segments of \"%s\" hold "
+               "more keys than the index memory (full at key \"%s\" in "
+               "\"%s\" at offset %" PRIu64 "): index=sorted moves them into "
+               "sorted segments first", s->conf.dir, kbuf, path, off);
+        return rc;
+    }
+
     /* the advice first: a long key or path cuts the end of a message */
     kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys in "
            "\"%s\": %s (full at key \"%s\" in \"%s\" at offset %" PRIu64 ")",
            s->conf.dir,
-           sh->sorted ? "index=sorted holds the keys of the log segments, "
-                        "and this directory has more there than the zone "
-                        "holds: with nginx stopped, \"kvtool compact "
-                        "--index=sorted DIR\" moves them into sorted "
-                        "segments; or give the zone more memory"
+           sh->sorted ? "index=sorted holds the keys of the log segments "
+                        "and could not move them into sorted segments: "
+                        "give it more memory"
                       : "index=hash holds every key: give the zone more "
-                        "memory, or use index=sorted after \"kvtool "
-                        "compact --index=sorted DIR\" with nginx stopped",
-           kv_key_str(rec->key, rec->klen, kbuf), path, off);
+                        "memory, or use index=sorted, which moves the keys "
+                        "into sorted segments at start",
+           kbuf, path, off);
 
     return rc;
 }

@@ -457,6 +457,16 @@ uint64_t kv_now_ms(const kv_host_t *host);
 int kv_replay_apply(kv_store_t *s, uint32_t id, const kv_record_t *rec,
     uint64_t off, uint32_t flen);
 
+/*
+ * Frees every entry and forgets what a recovery built (the runs, the
+ * sequence number, the counters): for a recovery that starts again.
+ * Takes the lock.
+ */
+void kv_index_clear(kv_store_t *s);
+
+/* 1 if a recovery of s whose index fills converts rather than fails */
+int kv_recover_converts(const kv_store_t *s);
+
 /* Calls fn for every entry; fn must not change the index. */
 typedef int (*kv_walk_pt)(void *ctx, const kv_entry_t *e);
 

@@ -5,7 +5,9 @@
  * id order (from its hint file when a usable one exists, else by scanning
  * it), cut torn tails, refuse mid-segment damage and open the store.  The
  * segments are listed and scanned by kv_segment.c; each record found goes
- * into the index through kv_replay_apply() of kv_index.c.
+ * into the index through kv_replay_apply() of kv_index.c.  In index=sorted,
+ * a log with more keys than the index holds is first moved into sorted
+ * segments (kv_convert()).
  */
 
 #include <dirent.h>
@@ -20,6 +22,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include "kv_arena.h"
 #include "kv_internal.h"
 
 
@@ -449,8 +452,8 @@ kv_recover_tables(kv_store_t *s, uint32_t *ids, size_t n, kv_runs_t *runs)
 }
 
 
-int
-kv_recover(kv_store_t *s)
+static int
+kv_recover_dir(kv_store_t *s)
 {
     int               rc;
     char              path[PATH_MAX];
@@ -608,4 +611,131 @@ kv_recover(kv_store_t *s)
            "%" PRIu64 " ms", records, keys, n, s->conf.dir, hints, scans, ms);
 
     return KV_OK;
+}
+
+
+int
+kv_recover_converts(const kv_store_t *s)
+{
+    return s->conf.sorted && s->conf.convert && !s->conf.read_only;
+}
+
+
+/*
+ * index=sorted, when the log segments hold more keys than the index
+ * memory (a directory written in index=hash, say): every key moves into
+ * sorted segments by the full merge "kvtool compact --index=sorted" runs,
+ * over an index of all of them in private memory sized from the
+ * directory, freed at the end.  It is a compaction like any other, so a
+ * crash in it leaves the store as it was or converted, never in between,
+ * and the next start converts again if it must.
+ */
+static int
+kv_convert(kv_store_t *s)
+{
+    int               rc;
+    size_t            size;
+    uint32_t          nbuckets;
+    uint64_t          ms;
+    kv_conf_t         conf;
+    kv_host_t         host;
+    kv_arena_t       *a;
+    kv_shared_t      *sh;
+    kv_store_t        c;
+    struct timespec   t0, t1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+
+    size = kv_arena_size_for(kv_dir_bytes(s->conf.dir), &nbuckets);
+
+    a = kv_arena_create(size);
+    if (a == NULL) {
+        kv_log(s->host, KV_LOG_ERR, errno, "cannot allocate %zu bytes for "
+               "an index of every key of \"%s\", to move them into sorted "
+               "segments", size, s->conf.dir);
+        return KV_ENOMEM;
+    }
+
+    kv_arena_host_over(a, s->host, &host);
+
+    /* the records are copied as they are, whatever the limits now */
+    sh = kv_shared_create(&host, nbuckets, KV_MAX_KEY_LIMIT,
+                          KV_MAX_VALUE_LIMIT);
+    if (sh == NULL) {
+        kv_arena_destroy(a);
+        return KV_ENOMEM;
+    }
+
+    /* the directory lock is held, by the zone's descriptor */
+    sh->lock_fd = s->sh->lock_fd;
+
+    conf = s->conf;
+    conf.max_key = KV_MAX_KEY_LIMIT;
+    conf.max_value = KV_MAX_VALUE_LIMIT;
+    conf.convert = 0;
+
+    kv_store_init(&c, sh, &host, &conf);
+
+    rc = kv_recover_dir(&c);
+
+    if (rc == KV_OK) {
+        rc = kv_compact_begin(&c);
+    }
+
+    if (rc == KV_OK) {
+        /* a full merge: every log segment and every run */
+        kv_compact_request(&c);
+        rc = kv_compact(&c);
+    }
+
+    if (rc == KV_OK) {
+        rc = kv_write_hints(&c);
+    }
+
+    kv_store_close(&c);
+    kv_arena_destroy(a);
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000
+                     + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+
+    if (rc != KV_OK) {
+        kv_log(s->host, KV_LOG_ERR, 0, "moving the keys of \"%s\" into "
+               "sorted segments failed: %s (nothing in it is lost, and the "
+               "next start tries again)", s->conf.dir, kv_strerror(rc));
+        return rc;
+    }
+
+    kv_log(s->host, KV_LOG_NOTICE, 0, "moved the keys of \"%s\" into sorted "
+           "segments in %" PRIu64 " ms", s->conf.dir, ms);
+
+    return KV_OK;
+}
+
+
+int
+kv_recover(kv_store_t *s)
+{
+    int  rc;
+
+    rc = kv_recover_dir(s);
+
+    if (rc != KV_ENOMEM || !kv_recover_converts(s)) {
+        return rc;
+    }
+
+    /* the zone's partial index goes first: its memory serves again */
+    kv_index_clear(s);
+
+    rc = kv_convert(s);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    /* only an empty active segment is left to replay: it cannot fill */
+    s->conf.convert = 0;
+    rc = kv_recover_dir(s);
+    s->conf.convert = 1;
+
+    return rc;
 }

@@ -342,6 +342,10 @@ typedef struct {
                                                writes sorted segments and
                                                the index holds only the
                                                keys written since */
+    unsigned            convert;            /* index=sorted: a recovery
+                                               whose index fills moves
+                                               the log's keys into sorted
+                                               segments (kv_recover()) */
 } kv_conf_t;
 
 
@@ -420,6 +424,11 @@ void kv_store_sweep(kv_store_t *s);
  * process holds it), scans the log, truncates a torn or corrupt tail with a
  * warning, rebuilds the index and marks the store open.  Run once, by the
  * process that owns the store's lifetime, before any request.
+ *
+ * index=sorted with conf.convert: if the log segments hold more keys than
+ * the index memory, they are first moved into sorted segments by a full
+ * merge over a private index of every key (malloc()ed, sized from the
+ * directory, freed before this returns), and the recovery starts again.
  */
 int kv_recover(kv_store_t *s);
 

@@ -24,7 +24,6 @@
 
 #define KV_CT_KEYS     400
 #define KV_CT_ABSENT   -1
-#define KV_CT_KILLED   3      /* exit status of a child killed in a flush */
 
 
 /* the version each key holds, or KV_CT_ABSENT */
@@ -78,8 +77,6 @@ typedef struct {
 
 
 /* the moments the sync hook acts at, and how */
-static int           kv_ct_kill_at;     /* kill at this flush, 0: never */
-static int           kv_ct_syncs;
 static int           kv_ct_phase;
 static const char   *kv_ct_dir;
 static kv_store_t   *kv_ct_other;       /* writes "during" a compaction */
@@ -873,25 +870,6 @@ test_merge_left(void **state)
 
 
 /*
- * host->sync: dies at flush number kv_ct_kill_at; never flushes, since a
- * process crash keeps the page cache (and the test runs faster).
- */
-static int
-kv_ct_kill_sync(void *ctx, int fd, const char *path)
-{
-    (void) ctx;
-    (void) fd;
-    (void) path;
-
-    if (++kv_ct_syncs == kv_ct_kill_at) {
-        _exit(KV_CT_KILLED);
-    }
-
-    return 0;
-}
-
-
-/*
  * A kill at every flush of a compaction (anything written before it is in
  * the page cache, as after kill -9): the store recovers with every key at
  * its last value, and goes on.
@@ -909,8 +887,8 @@ test_kill_anywhere(void **state)
     (void) state;
 
     done = 0;
-    kv_ct_kill_at = 0;
-    kv_test_sync = kv_ct_kill_sync;
+    kv_test_kill_at = 0;
+    kv_test_sync = kv_test_kill_sync;
 
     for (kill_at = 1; !done; kill_at++) {
         kv_test_mkdtemp(dir);
@@ -923,8 +901,8 @@ test_kill_anywhere(void **state)
         assert_true(pid >= 0);
 
         if (pid == 0) {
-            kv_ct_syncs = 0;
-            kv_ct_kill_at = kill_at;
+            kv_test_syncs = 0;
+            kv_test_kill_at = kill_at;
 
             if (kv_compact_begin(&t.s) != KV_OK || kv_compact(&t.s) != KV_OK)
             {
@@ -936,7 +914,7 @@ test_kill_anywhere(void **state)
 
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status));
-        assert_true(WEXITSTATUS(status) == KV_CT_KILLED
+        assert_true(WEXITSTATUS(status) == KV_TEST_KILLED
                     || WEXITSTATUS(status) == 0);
         done = (WEXITSTATUS(status) == 0);
 

@@ -6,7 +6,8 @@
  * conditional writes on their keys, recovery (tables loaded, masks
  * replayed, a damaged or missing table file rebuilt, a crash at the
  * merge's commit), index=hash opening the same directory, more keys than
- * the index memory holds, and no cold read under the lock for a delete.
+ * the index memory holds, no cold read under the lock for a delete, and
+ * the conversion at start of a log with more keys than the index holds.
  */
 
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_util.h"
@@ -830,6 +832,199 @@ test_sorted_delete_reads_warm(void **state)
 }
 
 
+/* index=sorted, converting (with convert) a log the zone cannot hold */
+static int
+open_convert(kv_test_store_t *t, const char *dir, size_t zone,
+    unsigned convert)
+{
+    kv_conf_t  conf;
+
+    kv_test_conf(&conf, dir);
+    conf.segment_size = SEG;
+    conf.sorted = 1;
+    conf.convert = convert;
+
+    return kv_test_open_conf(t, &conf, zone, 1024);
+}
+
+
+/*
+ * The directory the conversion tests start from: n keys, the first 3000
+ * merged into sorted segments in index=sorted, some of them deleted
+ * after; then index=hash, with a zone for every key, writes the rest and
+ * overwrites some.
+ */
+static void
+convert_fill(const char *dir, uint32_t *round, uint32_t n)
+{
+    char              key[32];
+    int               klen;
+    uint32_t          i;
+    kv_test_store_t   t;
+
+    open_sorted(&t, dir, ZONE, 1);
+
+    for (i = 0; i < 3000; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    merge(&t);
+
+    for (i = 0; i < 3000; i += 10) {
+        klen = key_of(i, key);
+        assert_int_equal(kv_delete(&t.s, (uint8_t *) key, klen), KV_OK);
+        round[i] = 0;
+    }
+
+    kv_test_close(&t);
+    open_sorted(&t, dir, ZONE, 0);
+
+    for (i = 3000; i < n; i++) {
+        put(&t, i, 1);
+        round[i] = 1;
+    }
+
+    for (i = 1; i < n; i += 7) {
+        put(&t, i, 2);
+        round[i] = 2;
+    }
+
+    kv_test_close(&t);
+}
+
+
+/*
+ * index=sorted opens a directory whose log holds more keys than its zone:
+ * without conf.convert it refuses, with it the keys move into sorted
+ * segments first, once.
+ */
+static void
+test_sorted_convert(void **state)
+{
+    char              dir[PATH_MAX];
+    uint32_t          n, live, i, *round;
+    kv_runs_t         runs;
+    kv_stats_t        st;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 20000;
+    round = calloc(n, sizeof(uint32_t));
+    assert_non_null(round);
+
+    kv_test_mkdtemp(dir);
+    convert_fill(dir, round, n);
+
+    for (i = 0, live = 0; i < n; i++) {
+        live += round[i] != 0;
+    }
+
+    kv_test_log_reset();
+    assert_int_equal(open_convert(&t, dir, 256 * 1024, 0), KV_ENOMEM);
+    assert_true(kv_test_logged(KV_LOG_ERR, "could not move them into sorted "
+                                           "segments"));
+    kv_test_close(&t);
+
+    kv_test_log_reset();
+    assert_int_equal(open_convert(&t, dir, 256 * 1024, 1), KV_OK);
+    assert_int_equal(kv_test_log_count[KV_LOG_ERR], 0);
+    assert_true(kv_test_logged(KV_LOG_NOTICE, "hold more keys than the index "
+                                              "memory"));
+    assert_true(kv_test_logged(KV_LOG_NOTICE, "into sorted segments in"));
+
+    kv_stats(&t.s, &st);
+    assert_int_equal(st.keys, 0);
+    assert_int_equal(st.table_keys, live);
+    assert_int_equal(st.runs, 1);
+    check(&t, round, n);
+    check_merge_files(&t);
+
+    /* the store goes on in its zone, and opens again without converting */
+    for (i = 0; i < n; i += 3) {
+        put(&t, i, 3);
+        round[i] = 3;
+
+        if (kv_index_crowded(t.sh)) {
+            merge(&t);
+        }
+    }
+
+    runs = t.sh->runs;
+    kv_test_close(&t);
+    kv_test_log_reset();
+    assert_int_equal(open_convert(&t, dir, 256 * 1024, 1), KV_OK);
+    assert_false(kv_test_logged(KV_LOG_NOTICE, "into sorted segments"));
+    assert_int_equal(t.sh->runs.n, runs.n);
+    assert_memory_equal(t.sh->runs.run, runs.run,
+                        runs.n * sizeof(kv_run_t));
+    check(&t, round, n);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+    free(round);
+}
+
+
+/*
+ * A kill at every flush of a start that converts (what was written before
+ * it stays in the page cache, as after kill -9): the next start serves
+ * every key at its last value, converting again if it must.
+ */
+static void
+test_sorted_convert_kill_anywhere(void **state)
+{
+    int               kill_at, status, done;
+    char              dir[PATH_MAX];
+    pid_t             pid;
+    uint32_t          n, *round;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    n = 6000;
+    round = calloc(n, sizeof(uint32_t));
+    assert_non_null(round);
+    done = 0;
+
+    for (kill_at = 1; !done; kill_at++) {
+        kv_test_mkdtemp(dir);
+        convert_fill(dir, round, n);
+
+        pid = fork();
+        assert_true(pid >= 0);
+
+        if (pid == 0) {
+            kv_test_syncs = 0;
+            kv_test_kill_at = kill_at;
+            kv_test_sync = kv_test_kill_sync;
+
+            _exit(open_convert(&t, dir, 128 * 1024, 1) == KV_OK ? 0 : 1);
+        }
+
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_true(WEXITSTATUS(status) == KV_TEST_KILLED
+                    || WEXITSTATUS(status) == 0);
+        done = (WEXITSTATUS(status) == 0);
+
+        assert_int_equal(open_convert(&t, dir, 128 * 1024, 1), KV_OK);
+        check(&t, round, n);
+
+        kv_test_close(&t);
+        kv_test_rmdir(dir);
+    }
+
+    print_message("a start that converts killed at each of its %d flushes\n",
+                  kill_at - 2);
+
+    /* the kills landed in every step: the replay, the merge, the hints */
+    assert_true(kill_at > 20);
+    free(round);
+}
+
+
 int
 main(void)
 {
@@ -842,6 +1037,8 @@ main(void)
         cmocka_unit_test(test_sorted_delete_during_merge),
         cmocka_unit_test(test_sorted_expire_during_merge),
         cmocka_unit_test(test_sorted_delete_reads_warm),
+        cmocka_unit_test(test_sorted_convert),
+        cmocka_unit_test(test_sorted_convert_kill_anywhere),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,7 +14,13 @@
 char  kv_test_log_msg[KV_LOG_INFO + 1][1024];
 int   kv_test_log_count[KV_LOG_INFO + 1];
 
+/* every message at each level since the last reset, one per line */
+static char  kv_test_log_all[KV_LOG_INFO + 1][16384];
+
 int  (*kv_test_sync)(void *ctx, int fd, const char *path);
+
+int  kv_test_kill_at;
+int  kv_test_syncs;
 
 uint64_t  kv_test_now;
 
@@ -33,6 +39,8 @@ kv_test_clock(void *ctx)
 static void
 kv_test_log(void *ctx, int level, int err, const char *msg)
 {
+    size_t  len;
+
     (void) ctx;
 
     assert_true(level >= KV_LOG_ERR && level <= KV_LOG_INFO);
@@ -41,9 +49,28 @@ kv_test_log(void *ctx, int level, int err, const char *msg)
              msg, err ? ": " : "", err ? strerror(err) : "");
     kv_test_log_count[level]++;
 
+    len = strlen(kv_test_log_all[level]);
+    snprintf(kv_test_log_all[level] + len, sizeof(kv_test_log_all[level])
+             - len, "%s\n", kv_test_log_msg[level]);
+
     if (getenv("KV_TEST_VERBOSE") != NULL) {
         fprintf(stderr, "  log %d: %s\n", level, kv_test_log_msg[level]);
     }
+}
+
+
+int
+kv_test_kill_sync(void *ctx, int fd, const char *path)
+{
+    (void) ctx;
+    (void) fd;
+    (void) path;
+
+    if (++kv_test_syncs == kv_test_kill_at) {
+        _exit(KV_TEST_KILLED);
+    }
+
+    return 0;
 }
 
 
@@ -52,6 +79,14 @@ kv_test_log_reset(void)
 {
     memset(kv_test_log_msg, 0, sizeof(kv_test_log_msg));
     memset(kv_test_log_count, 0, sizeof(kv_test_log_count));
+    memset(kv_test_log_all, 0, sizeof(kv_test_log_all));
+}
+
+
+int
+kv_test_logged(int level, const char *text)
+{
+    return strstr(kv_test_log_all[level], text) != NULL;
 }
 
 

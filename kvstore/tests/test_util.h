@@ -33,8 +33,24 @@ extern int   kv_test_log_count[KV_LOG_INFO + 1];
 
 void kv_test_log_reset(void);
 
+/* 1 if a message at level since the last reset contains text */
+int kv_test_logged(int level, const char *text);
+
 /* host->sync of the hosts kv_test_host() makes from now on (NULL: none) */
 extern int  (*kv_test_sync)(void *ctx, int fd, const char *path);
+
+/*
+ * A host->sync that dies at flush number kv_test_kill_at (0: never),
+ * counting them in kv_test_syncs, with exit status KV_TEST_KILLED; it
+ * never flushes, since a process killed keeps the page cache (and the
+ * tests run faster).
+ */
+#define KV_TEST_KILLED  3
+
+extern int  kv_test_kill_at;
+extern int  kv_test_syncs;
+
+int kv_test_kill_sync(void *ctx, int fd, const char *path);
 
 /* the clock (Unix ms) of the hosts kv_test_host() makes; 0: the real one */
 extern uint64_t  kv_test_now;

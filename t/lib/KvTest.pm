@@ -529,6 +529,25 @@ sub start_raw {
     return ($rc, $out);
 }
 
+# Starts nginx without waiting: returns the pid of the process that opens
+# the stores (it daemonizes once they are open), for a test to kill it.
+sub start_spawn {
+    my ($self) = @_;
+    $self->write_conf;
+    unlink $self->pid_file;
+    $self->{log_mark} = -s $self->error_log || 0;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if (!$pid) {
+        %ENV = (%ENV, %{$self->{env}});
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        exec($Binary, '-p', "$self->{root}/", '-c', $self->conf_file,
+             '-e', $self->error_log) or POSIX::_exit(127);
+    }
+    return $pid;
+}
+
 # Starts nginx and waits until it answers; dies (with a diagnostic) if not.
 sub start {
     my ($self) = @_;
