@@ -914,7 +914,13 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.compact_dead_bytes = ctx->compact_dead;
         conf.read_only = 0;
         conf.sorted = ctx->sorted;
-        conf.convert = 1;
+
+        /*
+         * A conversion holds the master for seconds a million keys: at
+         * the first start, not in a reload, where it would not reap or
+         * answer signals meanwhile
+         */
+        conf.convert = ngx_is_init_cycle(cycle->old_cycle);
 
         /* the master usually runs as root, the workers as "user" */
 

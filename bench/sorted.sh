@@ -157,9 +157,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # index=hash's SETs stay in its log (it has no merges), more keys than the
-# 64m zone holds: index=sorted would not open the directory after them
-# (README: kvtool compact --index=sorted).  So the SETs' rounds of
-# index=hash run on a copy of the store as the GETs left it.
+# 64m zone holds: index=sorted would first move them into sorted segments
+# (README), a full merge of the store at its next start.  So the SETs'
+# rounds of index=hash run on a copy of the store as the GETs left it.
 cp -a "$data" "$data-hash"
 sync
 free=$(df -k --output=avail "$KV_TMP" | tail -1)

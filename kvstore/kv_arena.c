@@ -1,14 +1,14 @@
 #define _GNU_SOURCE
 
 /*
- * A bump allocator with one free list per 8-byte size class.  Every block
- * has an 8-byte header (its size and, once free, the next free block), so
- * blocks stay 8-byte aligned and kv_ref_t 0 never names a block.  Blocks
- * of KV_ENTRY_PAGE bytes (the index's slot pages) come from the top end
- * instead, aligned to their size and without a header, as a host must
- * give them (kvstore.h).  Under
- * AddressSanitizer everything but live blocks and headers is poisoned, so
- * the index cannot touch freed entries unnoticed.
+ * A bump allocator over one mmap()ed region, with one free list per 8-byte
+ * size class.  Every block has an 8-byte header (its size and, once free,
+ * the next free block), so blocks stay 8-byte aligned and kv_ref_t 0 never
+ * names a block.  Blocks of KV_ENTRY_PAGE bytes (the index's slot pages)
+ * come from the top end instead, aligned to their size and without a
+ * header, as a host must give them (kvstore.h).  Under AddressSanitizer
+ * everything but live blocks and headers is poisoned, so the index cannot
+ * touch freed entries unnoticed.
  *
  * The lock is an error-checking pthread mutex, so tests can run a
  * compaction in one thread while another writes, and misuse (re-entry,
@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "kv_arena.h"
 #include "kv_internal.h"
@@ -253,7 +254,10 @@ kv_arena_size_for(uint64_t data, uint32_t *nbuckets)
 
     *nbuckets = (uint32_t) n;
 
-    return (size_t) (size < KV_ARENA_MAX ? size : KV_ARENA_MAX);
+    size = size < KV_ARENA_MAX ? size : KV_ARENA_MAX;
+
+    /* a 32-bit host: as much as it can address, or mmap() says no */
+    return size < SIZE_MAX ? (size_t) size : SIZE_MAX & ~(size_t) 0xfff;
 }
 
 
@@ -269,6 +273,7 @@ kv_arena_create(size_t size)
 
     /* the first 8 bytes are reserved; kv_ref_t reaches 32 GiB */
     if (size == 0 || size > KV_ARENA_MAX) {
+        errno = EINVAL;
         return NULL;
     }
 
@@ -277,13 +282,22 @@ kv_arena_create(size_t size)
         return NULL;
     }
 
-    a->base = aligned_alloc(KV_ENTRY_PAGE, size);
-    if (a->base == NULL) {
+    /*
+     * Reserved, not committed: only the pages the index touches count, so
+     * an arena sized for the worst case is refused by no overcommit
+     * heuristic.  Page-aligned, as the slot pages must be.
+     */
+    a->base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a->base == MAP_FAILED) {
+        err = errno;
         free(a);
+        errno = err;
         return NULL;
     }
 
-    if (pthread_mutexattr_init(&attr) != 0) {
+    err = pthread_mutexattr_init(&attr);
+    if (err != 0) {
         goto failed;
     }
 
@@ -308,8 +322,9 @@ kv_arena_create(size_t size)
 
 failed:
 
-    free(a->base);
+    munmap(a->base, size);
     free(a);
+    errno = err;
 
     return NULL;
 }
@@ -320,7 +335,7 @@ kv_arena_destroy(kv_arena_t *a)
 {
     kv_unpoison(a->base, a->size);
     pthread_mutex_destroy(&a->mutex);
-    free(a->base);
+    munmap(a->base, a->size);
     free(a);
 }
 

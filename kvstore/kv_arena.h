@@ -1,5 +1,5 @@
 /*
- * kv_arena: a kv_host_t over one malloc()ed region, for unit tests,
+ * kv_arena: a kv_host_t over one mmap()ed region, for unit tests,
  * command-line tools and the private index of a conversion to
  * index=sorted (nginx serves from its shared-memory zone instead).
  */
@@ -21,8 +21,10 @@ typedef struct kv_arena_s  kv_arena_t;
  * The size of an arena whose index holds every key of a log of data
  * bytes, and its number of buckets: a live frame takes at least 17 bytes
  * of log and its index entry at most 39 bytes more than the key, so 2.5
- * bytes of arena per byte of log hold any store; at most KV_ARENA_MAX.
- * The region is malloc()ed, and pages never touched cost nothing.
+ * bytes of arena per byte of log hold any index=hash store (index=sorted's
+ * skip list adds 8 bytes a key on average: within it for keys of 3 bytes
+ * or more, and a 64 MiB margin on top); at most KV_ARENA_MAX.  Pages of
+ * the region never touched cost nothing.
  */
 size_t kv_arena_size_for(uint64_t data, uint32_t *nbuckets);
 

@@ -902,12 +902,15 @@ full:
 
     kv_segment_path(s, id, path);
     kv_key_str(rec->key, rec->klen, kbuf);
+    s->replay_full = 1;
 
     if (kv_recover_converts(s)) {
         kv_log(host, KV_LOG_NOTICE, 0, "the log segments of \"%s\" hold "
                "more keys than the index memory (full at key \"%s\" in "
                "\"%s\" at offset %" PRIu64 "): index=sorted moves them into "
-               "sorted segments first", s->conf.dir, kbuf, path, off);
+               "sorted segments first, by a full merge (\"kvtool compact "
+               "--index=sorted DIR\" does the same with nginx stopped)",
+               s->conf.dir, kbuf, path, off);
         return rc;
     }
 
@@ -915,12 +918,14 @@ full:
     kv_log(host, KV_LOG_ERR, 0, "index memory too small for the keys in "
            "\"%s\": %s (full at key \"%s\" in \"%s\" at offset %" PRIu64 ")",
            s->conf.dir,
-           sh->sorted ? "index=sorted holds the keys of the log segments "
-                        "and could not move them into sorted segments: "
-                        "give it more memory"
+           sh->sorted ? "index=sorted holds the keys of the log segments: "
+                        "give the zone more memory, or move them into "
+                        "sorted segments (nginx does as it starts; "
+                        "\"kvtool compact --index=sorted DIR\" with nginx "
+                        "stopped)"
                       : "index=hash holds every key: give the zone more "
                         "memory, or use index=sorted, which moves the keys "
-                        "into sorted segments at start",
+                        "into sorted segments as nginx starts",
            kbuf, path, off);
 
     return rc;

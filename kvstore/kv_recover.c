@@ -32,6 +32,19 @@ typedef struct {
 } kv_replay_t;
 
 
+/* milliseconds since t0, on the monotonic clock */
+static uint64_t
+kv_ms_since(const struct timespec *t0)
+{
+    struct timespec  t1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+
+    return (uint64_t) ((t1.tv_sec - t0->tv_sec) * 1000
+                       + (t1.tv_nsec - t0->tv_nsec) / 1000000);
+}
+
+
 /* Creates the directory if missing and makes its entry durable. */
 static int
 kv_make_dir(kv_store_t *s)
@@ -462,7 +475,7 @@ kv_recover_dir(kv_store_t *s)
     kv_runs_t         runs;
     uint64_t          records, keys, end, ms;
     kv_shared_t      *sh;
-    struct timespec   t0, t1;
+    struct timespec   t0;
     const kv_host_t  *host;
 
     sh = s->sh;
@@ -576,9 +589,7 @@ kv_recover_dir(kv_store_t *s)
         rc = kv_seq_load(s);
     }
 
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    ms = (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000
-                     + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    ms = kv_ms_since(&t0);
 
     host->lock(host->ctx);
 
@@ -627,8 +638,7 @@ kv_recover_converts(const kv_store_t *s)
  * sorted segments by the full merge "kvtool compact --index=sorted" runs,
  * over an index of all of them in private memory sized from the
  * directory, freed at the end.  It is a compaction like any other, so a
- * crash in it leaves the store as it was or converted, never in between,
- * and the next start converts again if it must.
+ * crash in it leaves the store as it was or converted, never in between.
  */
 static int
 kv_convert(kv_store_t *s)
@@ -639,10 +649,17 @@ kv_convert(kv_store_t *s)
     uint64_t          ms;
     kv_conf_t         conf;
     kv_host_t         host;
+    kv_store_t        c;
     kv_arena_t       *a;
     kv_shared_t      *sh;
-    kv_store_t        c;
-    struct timespec   t0, t1;
+    struct timespec   t0;
+
+    /* recovery took the directory lock before any replay */
+    if (s->sh->lock_fd < 0) {
+        kv_log(s->host, KV_LOG_ERR, 0, "converting \"%s\" without its lock",
+               s->conf.dir);
+        return KV_EINVAL;
+    }
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
 
@@ -666,7 +683,7 @@ kv_convert(kv_store_t *s)
         return KV_ENOMEM;
     }
 
-    /* the directory lock is held, by the zone's descriptor */
+    /* the zone's descriptor holds the lock for both */
     sh->lock_fd = s->sh->lock_fd;
 
     conf = s->conf;
@@ -683,26 +700,26 @@ kv_convert(kv_store_t *s)
     }
 
     if (rc == KV_OK) {
-        /* a full merge: every log segment and every run */
+        /*
+         * A full merge: every log segment and every run, so that no mask
+         * is left for the zone.  Its outputs get their hint and table
+         * files as they are written; no log segment is left but the new
+         * active one.
+         */
         kv_compact_request(&c);
         rc = kv_compact(&c);
-    }
-
-    if (rc == KV_OK) {
-        rc = kv_write_hints(&c);
     }
 
     kv_store_close(&c);
     kv_arena_destroy(a);
 
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    ms = (uint64_t) ((t1.tv_sec - t0.tv_sec) * 1000
-                     + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    ms = kv_ms_since(&t0);
 
     if (rc != KV_OK) {
         kv_log(s->host, KV_LOG_ERR, 0, "moving the keys of \"%s\" into "
-               "sorted segments failed: %s (nothing in it is lost, and the "
-               "next start tries again)", s->conf.dir, kv_strerror(rc));
+               "sorted segments (over a private index of %zu bytes) failed: "
+               "%s; nothing in the directory is lost", s->conf.dir, size,
+               kv_strerror(rc));
         return rc;
     }
 
@@ -716,15 +733,22 @@ kv_convert(kv_store_t *s)
 int
 kv_recover(kv_store_t *s)
 {
-    int  rc;
+    int               rc;
+    uint64_t          truncated, ms;
+    struct timespec   t0;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+
+    s->replay_full = 0;
 
     rc = kv_recover_dir(s);
 
-    if (rc != KV_ENOMEM || !kv_recover_converts(s)) {
+    if (rc == KV_OK || !s->replay_full || !kv_recover_converts(s)) {
         return rc;
     }
 
     /* the zone's partial index goes first: its memory serves again */
+    truncated = s->sh->stats.truncated_bytes;
     kv_index_clear(s);
 
     rc = kv_convert(s);
@@ -736,6 +760,14 @@ kv_recover(kv_store_t *s)
     s->conf.convert = 0;
     rc = kv_recover_dir(s);
     s->conf.convert = 1;
+
+    ms = kv_ms_since(&t0);
+
+    /* what status says of this recovery covers all of it */
+    s->host->lock(s->host->ctx);
+    s->sh->stats.truncated_bytes += truncated;
+    s->sh->stats.recovery_ms = ms;
+    s->host->unlock(s->host->ctx);
 
     return rc;
 }

@@ -1350,6 +1350,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     s->tables_gen = 0;
     s->nruns = 0;
     s->spare = NULL;
+    s->replay_full = 0;
 
     for (i = 0; i < KV_FD_CACHE; i++) {
         s->fds[i].segment = 0;

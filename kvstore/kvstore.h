@@ -381,6 +381,8 @@ struct kv_store_s {
     kv_store_t         *spare;     /* index=sorted: a listing's handle,
                                       kept with its tables open for the
                                       next one; __atomic builtins only */
+    uint32_t            replay_full;    /* kv_recover(): the index filled
+                                           as it replayed the log */
 };
 
 
@@ -427,8 +429,10 @@ void kv_store_sweep(kv_store_t *s);
  *
  * index=sorted with conf.convert: if the log segments hold more keys than
  * the index memory, they are first moved into sorted segments by a full
- * merge over a private index of every key (malloc()ed, sized from the
+ * merge over a private index of every key (mmap()ed, sized from the
  * directory, freed before this returns), and the recovery starts again.
+ * Its host sets convert only where it can wait that long (nginx: at the
+ * first start, not on a reload).
  */
 int kv_recover(kv_store_t *s);
 

@@ -557,6 +557,17 @@ test_full_index(void **state)
     assert_int_equal(t.sh->open, 0);
     kv_test_close(&t);
 
+    /* index=hash never converts, even when asked to */
+    kv_test_log_reset();
+    kv_test_conf(&conf, dir);
+    conf.convert = 1;
+    assert_int_equal(kv_test_open_conf(&t, &conf, 2 * KV_ENTRY_PAGE, 4),
+                     KV_ENOMEM);
+    assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
+                           "index=hash holds every key"));
+    assert_int_equal(t.sh->open, 0);
+    kv_test_close(&t);
+
     /* index=sorted replays the log into the zone too: without convert
        (test_sorted.c converts), it cannot start either */
     kv_test_log_reset();
@@ -565,8 +576,9 @@ test_full_index(void **state)
     assert_int_equal(kv_test_open_conf(&t, &conf, 2 * KV_ENTRY_PAGE, 4),
                      KV_ENOMEM);
     assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
-                           "index=sorted holds the keys of the log segments "
-                           "and could not move them"));
+                           "index=sorted holds the keys of the log segments: "
+                           "give the zone more memory, or move them into "
+                           "sorted segments"));
     assert_int_equal(t.sh->open, 0);
     kv_test_close(&t);
 

@@ -894,6 +894,10 @@ convert_fill(const char *dir, uint32_t *round, uint32_t n)
 }
 
 
+/* a clock of the hosts far ahead of the system's: year 2096 */
+#define KV_CONVERT_NOW  4000000000000ULL
+
+
 /*
  * index=sorted opens a directory whose log holds more keys than its zone:
  * without conf.convert it refuses, with it the keys move into sorted
@@ -902,9 +906,11 @@ convert_fill(const char *dir, uint32_t *round, uint32_t n)
 static void
 test_sorted_convert(void **state)
 {
-    char              dir[PATH_MAX];
+    int               klen;
+    char              dir[PATH_MAX], key[32];
     uint32_t          n, live, i, *round;
     kv_runs_t         runs;
+    kv_write_t        w;
     kv_stats_t        st;
     kv_test_store_t   t;
 
@@ -921,10 +927,29 @@ test_sorted_convert(void **state)
         live += round[i] != 0;
     }
 
+    /*
+     * Keys whose time has run out by the host's clock, not the system's:
+     * the conversion drops them only if it reads the host's.
+     */
+    kv_test_now = KV_CONVERT_NOW;
+    open_sorted(&t, dir, ZONE, 0);
+
+    for (i = 0; i < 100; i++) {
+        klen = sprintf(key, "ttl-%u", i);
+        memset(&w, 0, sizeof(kv_write_t));
+        w.value = (const uint8_t *) "gone";
+        w.vlen = 4;
+        w.expires_at_ms = KV_CONVERT_NOW + 1000;
+        assert_int_equal(kv_write(&t.s, (uint8_t *) key, klen, &w), KV_OK);
+    }
+
+    kv_test_close(&t);
+    kv_test_now = KV_CONVERT_NOW + 2000;
+
     kv_test_log_reset();
     assert_int_equal(open_convert(&t, dir, 256 * 1024, 0), KV_ENOMEM);
-    assert_true(kv_test_logged(KV_LOG_ERR, "could not move them into sorted "
-                                           "segments"));
+    assert_true(kv_test_logged(KV_LOG_ERR, "give the zone more memory, or "
+                                           "move them into sorted segments"));
     kv_test_close(&t);
 
     kv_test_log_reset();
@@ -932,6 +957,8 @@ test_sorted_convert(void **state)
     assert_int_equal(kv_test_log_count[KV_LOG_ERR], 0);
     assert_true(kv_test_logged(KV_LOG_NOTICE, "hold more keys than the index "
                                               "memory"));
+    /* the private store's own lines reach the host's log */
+    assert_true(kv_test_logged(KV_LOG_NOTICE, "merged segments up to"));
     assert_true(kv_test_logged(KV_LOG_NOTICE, "into sorted segments in"));
 
     kv_stats(&t.s, &st);
@@ -963,6 +990,7 @@ test_sorted_convert(void **state)
 
     kv_test_close(&t);
     kv_test_rmdir(dir);
+    kv_test_now = 0;
     free(round);
 }
 

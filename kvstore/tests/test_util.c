@@ -15,7 +15,7 @@ char  kv_test_log_msg[KV_LOG_INFO + 1][1024];
 int   kv_test_log_count[KV_LOG_INFO + 1];
 
 /* every message at each level since the last reset, one per line */
-static char  kv_test_log_all[KV_LOG_INFO + 1][16384];
+static char  kv_test_log_all[KV_LOG_INFO + 1][65536];
 
 int  (*kv_test_sync)(void *ctx, int fd, const char *path);
 
