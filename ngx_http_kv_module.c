@@ -916,9 +916,9 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.sorted = ctx->sorted;
 
         /*
-         * A conversion holds the master for seconds a million keys: at
-         * the first start, not in a reload, where it would not reap or
-         * answer signals meanwhile
+         * A conversion holds the master for seconds per million keys: at
+         * the first start, not in a reload, where it would not reap
+         * workers or answer signals meanwhile.
          */
         conf.convert = ngx_is_init_cycle(cycle->old_cycle);
 

@@ -284,8 +284,9 @@ kv_arena_create(size_t size)
 
     /*
      * Reserved, not committed: only the pages the index touches count, so
-     * an arena sized for the worst case is refused by no overcommit
-     * heuristic.  Page-aligned, as the slot pages must be.
+     * the default overcommit heuristic does not refuse an arena sized for
+     * the worst case (vm.overcommit_memory=2 and ulimit -v still count it
+     * all).  Page-aligned, as the slot pages must be.
      */
     a->base = mmap(NULL, size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -28,7 +28,7 @@ typedef struct kv_arena_s  kv_arena_t;
  */
 size_t kv_arena_size_for(uint64_t data, uint32_t *nbuckets);
 
-/* NULL if the region cannot be allocated. */
+/* NULL if the region cannot be allocated; errno says why. */
 kv_arena_t *kv_arena_create(size_t size);
 void kv_arena_destroy(kv_arena_t *a);
 

@@ -641,7 +641,7 @@ kv_recover_converts(const kv_store_t *s)
  * crash in it leaves the store as it was or converted, never in between.
  */
 static int
-kv_convert(kv_store_t *s)
+kv_convert(kv_store_t *s, uint64_t *truncated)
 {
     int               rc;
     size_t            size;
@@ -710,6 +710,11 @@ kv_convert(kv_store_t *s)
         rc = kv_compact(&c);
     }
 
+    /* a torn tail its replay cut, the active segment's most likely */
+    host.lock(host.ctx);
+    *truncated += sh->stats.truncated_bytes;
+    host.unlock(host.ctx);
+
     kv_store_close(&c);
     kv_arena_destroy(a);
 
@@ -751,7 +756,7 @@ kv_recover(kv_store_t *s)
     truncated = s->sh->stats.truncated_bytes;
     kv_index_clear(s);
 
-    rc = kv_convert(s);
+    rc = kv_convert(s, &truncated);
     if (rc != KV_OK) {
         return rc;
     }
@@ -763,7 +768,7 @@ kv_recover(kv_store_t *s)
 
     ms = kv_ms_since(&t0);
 
-    /* what status says of this recovery covers all of it */
+    /* status' time and torn bytes cover the whole start */
     s->host->lock(s->host->ctx);
     s->sh->stats.truncated_bytes += truncated;
     s->sh->stats.recovery_ms = ms;

@@ -203,11 +203,14 @@ $srv->stop;
     }
     if ($exited) {
         is($?, 0, 'the start that converted ended well');
-        $h->wait_ready;
-        $h->stop;
     } else {
         kill 'KILL', $pid;
         waitpid($pid, 0);
+    }
+    # the start may have ended, and nginx daemonized, just before the kill
+    if ($exited || KvTest::wait_until(sub { -e $h->pid_file }, 1)) {
+        $h->wait_ready;
+        $h->stop;
     }
     note($merging ? 'the start was killed during the conversion'
                   : 'the start ended before the kill');
@@ -222,8 +225,9 @@ $srv->stop;
     my $ended = () = $h->log_text =~
         /moved the keys of "\Q$dir\E" into sorted segments in \d+ ms/g;
     ok($began >= 1, 'error.log says why the keys move');
-    is($ended, $began - ($exited ? 0 : 1),
-       'error.log says when they have moved');
+    ok($ended >= 1 && $began - $ended <= ($exited ? 0 : 1),
+       'error.log says when they have moved')
+        or diag("began $began, ended $ended, exited $exited");
     unlike($h->log_text, qr/\[(?:emerg|alert|crit|error)\]/,
            'no error in error.log');
     my $st = $h->status;

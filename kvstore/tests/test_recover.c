@@ -565,6 +565,9 @@ test_full_index(void **state)
                      KV_ENOMEM);
     assert_non_null(strstr(kv_test_log_msg[KV_LOG_ERR],
                            "index=hash holds every key"));
+    assert_int_equal(kv_test_log_count[KV_LOG_ERR], 1);
+    assert_false(kv_test_logged(KV_LOG_NOTICE, "hold more keys than the "
+                                               "index memory"));
     assert_int_equal(t.sh->open, 0);
     kv_test_close(&t);
 

@@ -907,7 +907,8 @@ static void
 test_sorted_convert(void **state)
 {
     int               klen;
-    char              dir[PATH_MAX], key[32];
+    char              dir[PATH_MAX], path[PATH_MAX], key[32];
+    FILE             *f;
     uint32_t          n, live, i, *round;
     kv_runs_t         runs;
     kv_write_t        w;
@@ -943,7 +944,13 @@ test_sorted_convert(void **state)
         assert_int_equal(kv_write(&t.s, (uint8_t *) key, klen, &w), KV_OK);
     }
 
+    /* and a torn tail in the active segment, past where the zone fills */
+    kv_test_segment(dir, t.sh->segment, path);
     kv_test_close(&t);
+    f = fopen(path, "a");
+    assert_non_null(f);
+    assert_int_equal(fwrite("garbage", 1, 7, f), 7);
+    assert_int_equal(fclose(f), 0);
     kv_test_now = KV_CONVERT_NOW + 2000;
 
     kv_test_log_reset();
@@ -964,6 +971,7 @@ test_sorted_convert(void **state)
     kv_stats(&t.s, &st);
     assert_int_equal(st.keys, 0);
     assert_int_equal(st.table_keys, live);
+    assert_int_equal(st.truncated_bytes, 7);
     assert_int_equal(st.runs, 1);
     check(&t, round, n);
     check_merge_files(&t);
