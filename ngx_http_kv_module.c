@@ -18,6 +18,7 @@ static ngx_int_t ngx_http_kv_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kv_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_kv_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kv_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_kv_exit_master(ngx_cycle_t *cycle);
 
 static char *ngx_http_kv_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_kv_zone_fsync(ngx_conf_t *cf, ngx_str_t *value,
@@ -137,7 +138,7 @@ ngx_module_t  ngx_http_kv_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_kv_exit_process,              /* exit process */
-    NULL,                                  /* exit master */
+    ngx_http_kv_exit_master,               /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -915,6 +916,10 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
         conf.read_only = 0;
         conf.sorted = ctx->sorted;
 
+        /* every acknowledgement waits for a flush: make flushes cheaper */
+        conf.preallocate = ctx->fsync == KV_FSYNC_ALWAYS
+                           ? KV_PREALLOCATE_DEFAULT : 0;
+
         /*
          * A conversion holds the master for seconds per million keys: at
          * the first start, not in a reload, where it would not reap
@@ -961,21 +966,34 @@ ngx_http_kv_init_module(ngx_cycle_t *cycle)
 }
 
 
+/* the cycle's kv_zone zones, or NULL without an http block */
+
+static ngx_array_t *
+ngx_http_kv_zones(ngx_cycle_t *cycle)
+{
+    ngx_http_kv_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
+
+    return kmcf != NULL ? &kmcf->zones : NULL;
+}
+
+
 static ngx_int_t
 ngx_http_kv_init_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                i;
     ngx_http_kv_zone_t      **zonep;
-    ngx_http_kv_main_conf_t  *kmcf;
+    ngx_array_t              *zones;
 
-    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
-    if (kmcf == NULL) {
+    zones = ngx_http_kv_zones(cycle);
+    if (zones == NULL) {
         return NGX_OK;
     }
 
-    zonep = kmcf->zones.elts;
+    zonep = zones->elts;
 
-    for (i = 0; i < kmcf->zones.nelts; i++) {
+    for (i = 0; i < zones->nelts; i++) {
         if (ngx_http_kv_sync_init(cycle, zonep[i]) != NGX_OK
             || ngx_http_kv_jobs_init(cycle, zonep[i]) != NGX_OK)
         {
@@ -992,18 +1010,42 @@ ngx_http_kv_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                i;
     ngx_http_kv_zone_t      **zonep;
-    ngx_http_kv_main_conf_t  *kmcf;
+    ngx_array_t              *zones;
 
-    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kv_module);
-    if (kmcf == NULL) {
+    zones = ngx_http_kv_zones(cycle);
+    if (zones == NULL) {
         return;
     }
 
-    zonep = kmcf->zones.elts;
+    zonep = zones->elts;
 
-    for (i = 0; i < kmcf->zones.nelts; i++) {
+    for (i = 0; i < zones->nelts; i++) {
         ngx_http_kv_sync_exit(zonep[i]);
         kv_store_close(&zonep[i]->store);
+    }
+}
+
+
+/* the workers are gone: the log ends with its last record again */
+
+static void
+ngx_http_kv_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                i;
+    ngx_http_kv_zone_t      **zonep;
+    ngx_array_t              *zones;
+
+    zones = ngx_http_kv_zones(cycle);
+    if (zones == NULL) {
+        return;
+    }
+
+    zonep = zones->elts;
+
+    for (i = 0; i < zones->nelts; i++) {
+        if (zonep[i]->store.sh != NULL) {
+            (void) kv_store_trim(&zonep[i]->store);
+        }
     }
 }
 

@@ -689,7 +689,7 @@ kv_compact_start(kv_compact_t *c)
     int           rc;
     char          path[PATH_MAX];
     size_t        i;
-    uint64_t      a, k, copy, seg;
+    uint64_t      a, k, copy, seg, size;
     kv_store_t   *s;
     kv_shared_t  *sh;
     struct stat   st;
@@ -731,10 +731,13 @@ kv_compact_start(kv_compact_t *c)
             return KV_EIO;
         }
 
-        c->in_bytes += (uint64_t) st.st_size;
+        /* the active segment's records, not the zeros ahead of them */
+        size = c->ids[i] == a ? sh->write_off : (uint64_t) st.st_size;
+
+        c->in_bytes += size;
 
         if (c->ids[i] >= c->first) {
-            copy += (uint64_t) st.st_size;
+            copy += size;
         }
     }
 

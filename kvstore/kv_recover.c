@@ -176,14 +176,16 @@ kv_replay_frame(void *ctx, const kv_record_t *rec, uint64_t off,
  * Scans segment id into the index and sets *end to the end of its last
  * good frame.  A bad frame with no valid frame after it is the torn tail
  * of a write that was never durable (or that the fsync mode allowed to
- * lose): it is cut off, in any segment.  A bad frame followed by valid
+ * lose): it is cut off, in any segment.  Zeros to the end are the space
+ * kv_preallocate() wrote ahead (or a write whose bytes never reached the
+ * disk): cut off too, with no warning.  A bad frame followed by valid
  * ones is damage to acknowledged data: the store refuses to start rather
  * than serve an older value of that record's key.
  */
 static int
 kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
 {
-    int           rc, fd;
+    int           rc, fd, zeros;
     char          path[PATH_MAX];
     uint64_t      size, next;
     kv_replay_t   r;
@@ -203,8 +205,10 @@ kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
         return rc;
     }
 
+    zeros = 0;
+
     if (*end < size) {
-        rc = kv_valid_frame_after(s, id, *end, &next);
+        rc = kv_valid_frame_after(s, id, *end, &next, &zeros);
         if (rc != KV_OK) {
             return rc == KV_NOTFOUND ? KV_EIO : rc;
         }
@@ -219,7 +223,7 @@ kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
     }
 
     if (s->conf.read_only) {
-        if (*end < size) {
+        if (*end < size && !zeros) {
             kv_log(s->host, KV_LOG_WARN, 0, "torn tail of \"%s\" at offset "
                    "%" PRIu64 " (%" PRIu64 " bytes) left as is: read-only",
                    path, *end, size - *end);
@@ -252,7 +256,12 @@ kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
         return rc;
     }
 
-    if (*end < size) {
+    if (*end < size && zeros) {
+        kv_log(s->host, KV_LOG_NOTICE, 0, "cut %" PRIu64 " bytes of "
+               "preallocated space off \"%s\" at offset %" PRIu64,
+               size - *end, path, *end);
+
+    } else if (*end < size) {
         kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
                "offset %" PRIu64 " (%" PRIu64 " bytes dropped)", path, *end,
                size - *end);
@@ -596,6 +605,7 @@ kv_recover_dir(kv_store_t *s)
     if (rc == KV_OK) {
         sh->segment = n ? ids[n - 1] : 0;
         sh->write_off = end;
+        sh->prealloc_end = end;
         sh->first_segment = n ? ids[0] : 0;
         sh->synced = KV_LOC(sh->segment, end);
         sh->stats.segments = n;

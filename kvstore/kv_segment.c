@@ -629,7 +629,7 @@ kv_segment_unmap(kv_map_t *m)
 
 int
 kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
-    uint64_t *next)
+    uint64_t *next, int *zeros)
 {
     int          fd, rc;
     char         path[PATH_MAX];
@@ -638,6 +638,7 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t     start, size;
 
     *next = 0;
+    *zeros = 0;
 
     kv_segment_path(s, id, path);
 
@@ -646,7 +647,7 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
         return rc;
     }
 
-    if (from + 1 + KV_FRAME_HEADER >= size) {
+    if (from >= size) {
         close(fd);
         return KV_OK;
     }
@@ -670,6 +671,14 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
             *next = start + o;
             break;
         }
+    }
+
+    if (*next == 0) {
+        for (o = skip; o < len && map[o] == 0; o++) {
+            /* void */
+        }
+
+        *zeros = (o == len);
     }
 
     munmap(map, len);

@@ -14,9 +14,14 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/uio.h>
 
 #include "kv_internal.h"
 
+
+/* kv_preallocate() writes up to 1 MiB of zeros a call */
+#define KV_ZEROS         65536
+#define KV_ZEROS_IOV     16
 
 /* lookups in sorted segments that a merge replaced meanwhile */
 #define KV_LOOKUP_TRIES  8
@@ -197,10 +202,64 @@ kv_store_sweep(kv_store_t *s)
 }
 
 
+/*
+ * A sealed segment ends with its last record: hint files, compaction and
+ * kvtool read it to its end.  The cut is made durable before a record
+ * goes into the next segment.
+ */
+static int
+kv_seal_preallocated(kv_store_t *s)
+{
+    int           fd, err;
+    char          path[PATH_MAX];
+    kv_shared_t  *sh;
+
+    sh = s->sh;
+    kv_segment_path(s, sh->segment, path);
+
+    fd = kv_segment_fd(s, sh->segment);
+
+    if (fd == -1 || ftruncate(fd, (off_t) sh->write_off) == -1) {
+        err = errno;
+        kv_log(s->host, KV_LOG_ERR, err, "cutting the preallocated space "
+               "off \"%s\" at offset %" PRIu64 " failed", path,
+               sh->write_off);
+        return kv_write_rc(err);
+    }
+
+    sh->prealloc_end = sh->write_off;
+
+    if (kv_flush(s, fd, path) != KV_OK) {
+        __atomic_store_n(&sh->sync_failed, 1, __ATOMIC_RELEASE);
+        return KV_EIO;
+    }
+
+    return KV_OK;
+}
+
+
+int
+kv_store_trim(kv_store_t *s)
+{
+    int  rc;
+
+    rc = KV_OK;
+    kv_lock(s);
+
+    if (s->sh->open && s->sh->prealloc_end > s->sh->write_off) {
+        rc = kv_seal_preallocated(s);
+    }
+
+    kv_unlock(s);
+
+    return rc;
+}
+
+
 int
 kv_roll(kv_store_t *s, uint32_t next)
 {
-    int           fd;
+    int           fd, rc;
     char          path[PATH_MAX];
     kv_shared_t  *sh;
 
@@ -211,6 +270,13 @@ kv_roll(kv_store_t *s, uint32_t next)
         kv_log(s->host, KV_LOG_ERR, 0, "cannot roll over from segment %u to "
                "\"%s\" (ids end at %u)", sh->segment, path, KV_SEGMENT_MAX);
         return KV_EINVAL;
+    }
+
+    if (sh->prealloc_end > sh->write_off) {
+        rc = kv_seal_preallocated(s);
+        if (rc != KV_OK) {
+            return rc;
+        }
     }
 
     fd = kv_create_file(s, path, O_RDWR);
@@ -237,6 +303,7 @@ kv_roll(kv_store_t *s, uint32_t next)
 
     sh->segment = next;
     sh->write_off = 0;
+    sh->prealloc_end = 0;
     sh->stats.segments++;
 
     return KV_OK;
@@ -279,6 +346,61 @@ kv_write_frame(int fd, const kv_frame_t *f, uint64_t off)
     }
 
     return 0;
+}
+
+
+/*
+ * Writes zeros past the active segment's end up to need plus
+ * conf.preallocate (or segment_size, if less), so that the flushes of the
+ * records written over them change no file size and commit no metadata.
+ * A failure only costs that: the record is appended as it would be
+ * without.  Recovery cuts the zeros off (kv_recover_segment()).
+ */
+static void
+kv_preallocate(kv_store_t *s, int fd, uint64_t need)
+{
+    int           i;
+    char          path[PATH_MAX];
+    ssize_t       n;
+    uint64_t      end, left;
+    kv_shared_t  *sh;
+    struct iovec  iov[KV_ZEROS_IOV];
+
+    static const uint8_t  zeros[KV_ZEROS];
+
+    sh = s->sh;
+    end = need + s->conf.preallocate;
+
+    if (end > s->conf.segment_size) {
+        end = need > s->conf.segment_size ? need : s->conf.segment_size;
+    }
+
+    while (sh->prealloc_end < end) {
+        left = end - sh->prealloc_end;
+
+        for (i = 0; i < KV_ZEROS_IOV && left > 0; i++) {
+            iov[i].iov_base = (void *) zeros;
+            iov[i].iov_len = left < KV_ZEROS ? (size_t) left : KV_ZEROS;
+            left -= iov[i].iov_len;
+        }
+
+        n = pwritev(fd, iov, i, (off_t) sh->prealloc_end);
+
+        if (n == -1) {
+            if (errno == EINTR) {
+                continue;
+            }
+
+            kv_segment_path(s, sh->segment, path);
+            kv_log(s->host, KV_LOG_WARN, errno, "preallocating \"%s\" from "
+                   "offset %" PRIu64 " to %" PRIu64 " failed: appending "
+                   "without", path, sh->prealloc_end, end);
+            return;
+        }
+
+        /* zeros written are preallocated space, whatever follows */
+        sh->prealloc_end += (uint64_t) n;
+    }
 }
 
 
@@ -347,6 +469,12 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
 
     fd = kv_segment_fd(s, sh->segment);
 
+    if (fd != -1 && s->conf.preallocate != 0
+        && off + frame.flen > sh->prealloc_end)
+    {
+        kv_preallocate(s, fd, off + frame.flen);
+    }
+
     if (fd != -1 && kv_write_frame(fd, &frame, off) == 0) {
         sh->seq = rec->seq;
         sh->write_off = off + frame.flen;
@@ -365,10 +493,15 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
            "offset %" PRIu64 " for key \"%s\" failed", frame.flen, path, off,
            kv_key_str(rec->key, rec->klen, kbuf));
 
-    if (fd != -1 && ftruncate(fd, (off_t) off) == -1) {
-        kv_log(s->host, KV_LOG_ERR, errno, "ftruncate(\"%s\", %" PRIu64 ") "
-               "after a failed write failed: a partial record may remain",
-               path, off);
+    if (fd != -1) {
+        if (ftruncate(fd, (off_t) off) == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "ftruncate(\"%s\", %" PRIu64
+                   ") after a failed write failed: a partial record may "
+                   "remain", path, off);
+
+        } else if (sh->prealloc_end > off) {
+            sh->prealloc_end = off;
+        }
     }
 
     sh->stats.write_errors++;

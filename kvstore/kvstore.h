@@ -114,6 +114,11 @@
 /* the bounds of segment_size= and kvtool's --segment-size */
 #define KV_SEGMENT_SIZE_MIN            ((uint64_t) 64 * 1024)
 #define KV_SEGMENT_SIZE_MAX            ((uint64_t) 1 << 39)
+/*
+ * For hosts that flush every write: a flush that overwrites zeros already
+ * on disk commits no file size, about a third of an fdatasync() here.
+ */
+#define KV_PREALLOCATE_DEFAULT         (1024 * 1024)
 #define KV_COMPACT_DEAD_PCT_DEFAULT    50
 #define KV_COMPACT_DEAD_BYTES_DEFAULT  (512ull * 1024 * 1024)
 
@@ -294,6 +299,8 @@ typedef struct {
                                   to share a bucket or a low skip-list
                                   height do not under another seed */
     uint64_t    write_off;     /* end of the last whole record */
+    uint64_t    prealloc_end;  /* conf.preallocate: the active segment's
+                                  zeros after write_off end here */
     kv_ref_t    buckets;       /* array of nbuckets kv_ref_t */
     uint32_t    max_key;       /* both stored and loaded atomically: */
     uint32_t    max_value;     /* kv_set_limits() takes no lock */
@@ -336,6 +343,10 @@ typedef struct {
     uint32_t            compact_dead_pct;   /* compaction thresholds */
     uint64_t            compact_dead_bytes;
                         /* 0 in any of these three: the KV_*_DEFAULT */
+    uint64_t            preallocate;        /* zeros written ahead of the
+                                               active segment's end, in
+                                               steps of this size; 0: none
+                                               (see kv_preallocate()) */
     unsigned            read_only;          /* recovery changes nothing
                                                and takes no lock (tools) */
     unsigned            sorted;             /* index=sorted: compaction
@@ -414,6 +425,13 @@ void kv_set_limits(kv_store_t *s);
 
 /* Closes the per-process descriptors (not the directory lock). */
 void kv_store_close(kv_store_t *s);
+
+/*
+ * Cuts the zeros conf.preallocate wrote ahead off the active segment, for
+ * a host stopping with no writer left: the files a clean stop leaves end
+ * with their last record.
+ */
+int kv_store_trim(kv_store_t *s);
 
 /*
  * Closes the cached descriptors of segments a compaction deleted, so that

@@ -61,6 +61,7 @@ typedef struct {
     uint64_t          records;
     kvtool_damage_t  *damage;        /* malloc()ed */
     size_t            ndamage;
+    uint64_t          preallocated;  /* zeros after the last record */
     unsigned          hint;          /* KVTOOL_HINT_* */
     char              why[512];      /* why the hint is bad */
 } kvtool_segment_t;

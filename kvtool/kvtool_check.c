@@ -76,9 +76,15 @@ kvtool_check_segment(const kvtool_segment_t *seg, int last,
         hint = last ? "no hint (active segment)" : "hint missing";
     }
 
-    printf(KV_SEGMENT_FMT ": %" PRIu64 " records, %" PRIu64 " bytes, %s%s\n",
-           seg->id, seg->records, seg->size, hint,
+    printf(KV_SEGMENT_FMT ": %" PRIu64 " records, %" PRIu64 " bytes, %s%s",
+           seg->id, seg->records, seg->size - seg->preallocated, hint,
            seg->hint == KVTOOL_HINT_BAD ? seg->why : "");
+
+    if (seg->preallocated != 0) {
+        printf(", %" PRIu64 " bytes preallocated", seg->preallocated);
+    }
+
+    printf("\n");
 
     c->records += seg->records;
 

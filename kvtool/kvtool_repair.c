@@ -194,7 +194,7 @@ kvtool_rewrite(kvtool_repair_t *r, const kvtool_segment_t *seg)
     int                     fd, rc;
     char                    tmp[PATH_MAX], hint[PATH_MAX];
     size_t                  i;
-    uint64_t                off;
+    uint64_t                off, end;
     const kvtool_damage_t  *d;
 
     if (snprintf(tmp, sizeof(tmp), "%s" KV_TMP_SUFFIX, r->path)
@@ -215,10 +215,12 @@ kvtool_rewrite(kvtool_repair_t *r, const kvtool_segment_t *seg)
     for (i = 0; i <= seg->ndamage && rc == KV_OK; i++) {
         d = i < seg->ndamage ? &seg->damage[i] : NULL;
 
-        rc = kvtool_copy(r, off, (d != NULL ? d->off : seg->size) - off, fd,
-                         tmp);
+        /* preallocated zeros are not copied: recovery would cut them */
+        end = d != NULL ? d->off : seg->size - seg->preallocated;
 
-        off = d != NULL ? d->off + d->len : seg->size;
+        rc = kvtool_copy(r, off, end - off, fd, tmp);
+
+        off = d != NULL ? d->off + d->len : end;
     }
 
     if (rc == KV_OK) {

@@ -187,7 +187,7 @@ int
 kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
     kvtool_segment_t *seg)
 {
-    int              rc;
+    int              rc, zeros;
     char             path[PATH_MAX];
     uint64_t         from, end, next;
     struct stat      st;
@@ -225,7 +225,12 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
             break;
         }
 
-        rc = kv_valid_frame_after(&t->s, id, end, &next);
+        rc = kv_valid_frame_after(&t->s, id, end, &next, &zeros);
+
+        if (rc == KV_OK && zeros) {
+            seg->preallocated = seg->size - end;
+            break;
+        }
 
         if (rc == KV_OK) {
             rc = kvtool_add_damage(seg, end, next);

@@ -10,7 +10,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time);
 use IO::Socket::INET;
-use KvTest qw(wait_until);
+use KvTest qw(wait_until read_file frames_of);
 
 sub fsyncs { ($_[0]->status || {})->{fsync}{count} // -1 }
 
@@ -147,6 +147,52 @@ $st = $al->status || {};
 ok !$st->{fsync}{failed}, 'no fsync failed';
 is $st->{write_errors}, 0, 'no write errors';
 $al->stop;
+
+# --- always: the active segment runs ahead of its records in zeros, so a
+# flush commits no new file size; a clean stop cuts them, and so does the
+# start after a kill -9, with no torn tail and every acknowledged write
+
+sub put_range {
+    my ($srv, @i) = @_;
+    return scalar grep { $srv->put("p$_", "value $_")->{status} == 201 } @i;
+}
+
+sub log_ends {
+    my ($path) = @_;
+    my ($frames, $end) = frames_of(read_file($path));
+    return ($end, -s $path);
+}
+
+my $pa = KvTest->new(name => 'fsync-prealloc', endpoints => 1,
+                     zone_extra => 'fsync=always');
+$pa->start_ok('preallocation: started');
+is put_range($pa, 1 .. 50), 50, '50 writes acknowledged';
+my $seg = $pa->data_dir
+    . sprintf('/%010u.kvlog', ($pa->status || {})->{active_segment} // 0);
+my ($end, $size) = log_ends($seg);
+cmp_ok $size, '>', $end, "the segment runs ahead of its records ($size > "
+    . "$end bytes)";
+is substr(read_file($seg), $end) =~ tr/\0//c, 0, 'in zeros';
+ok $pa->stop, 'stopped';
+($end, $size) = log_ends($seg);
+is $size, $end, 'a clean stop cuts the zeros off';
+
+$pa->start_ok('restarted');
+is put_range($pa, 51 .. 60), 10, '10 more writes acknowledged';
+($end, $size) = log_ends($seg);
+cmp_ok $size, '>', $end, 'zeros ahead again';
+ok $pa->kill9_all, 'SIGKILL of master and workers';
+my $mark = $pa->log_size;
+$pa->start_ok('started after the kill');
+my $log = $pa->log_since($mark);
+unlike $log, qr/torn tail/, 'no torn tail';
+like $log, qr/\[notice\][^\n]*cut \d+ bytes of preallocated space off/,
+    'error.log says what was cut';
+($end, $size) = log_ends($seg);
+is $size, $end, 'the zeros are gone';
+my @lost = grep { ($pa->get("p$_")->{body} // '') ne "value $_" } 1 .. 60;
+is "@lost", '', 'every acknowledged write is there';
+$pa->stop;
 
 # --- configuration errors
 

@@ -1,7 +1,9 @@
-# Torn tail: a log that ends inside its last record, or has bytes after its
-# last record, is cut back to the last whole record at start-up with a
-# warning containing "torn tail"; the store starts with every earlier
-# record, and new writes land after the cut and survive another restart.
+# Torn tail: a log that ends inside its last record, or has bytes other
+# than zeros after its last record, is cut back to the last whole record at
+# start-up with a warning containing "torn tail"; the store starts with
+# every earlier record, and new writes land after the cut and survive
+# another restart.  Zeros after it (what fsync=always preallocates) are cut
+# too, without the warning.
 
 use strict;
 use warnings;
@@ -116,7 +118,12 @@ for my $case ([ 'random bytes', join('', map { chr((($_ * 131) + 7) % 256) } 1 .
 
     my $mark = $srv->log_size;
     $srv->start_ok("starts with $what appended");
-    like $srv->log_since($mark), qr/\[warn\][^\n]*torn tail/, "$what: warning with \"torn tail\"";
+    if ($what eq 'zeros') {
+        # what fsync=always preallocates ahead and a crash leaves: no warning
+        unlike $srv->log_since($mark), qr/torn tail/, "$what: no torn tail warning";
+    } else {
+        like $srv->log_since($mark), qr/\[warn\][^\n]*torn tail/, "$what: warning with \"torn tail\"";
+    }
     is join(',', map { body_of($srv, $_) } qw(a b c d last)), 'A2,B1,C1,D1,kept',
         "$what: every record served, the last one included";
     is -s $path, $size, "$what: the garbage was cut off";

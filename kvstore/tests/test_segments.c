@@ -1,11 +1,13 @@
 #define _GNU_SOURCE
 
 #include <dirent.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include "test_util.h"
 
@@ -532,6 +534,215 @@ test_corrupt_older(void **state)
 }
 
 
+/* 16 KiB segments, zeros written ahead in steps of 3000 bytes */
+static void
+open_preallocating(kv_test_store_t *t, const char *dir)
+{
+    kv_conf_t  conf;
+
+    kv_test_conf(&conf, dir);
+    conf.segment_size = 4 * SEG;
+    conf.preallocate = 3000;
+
+    assert_int_equal(kv_test_open_conf(t, &conf, KV_TEST_ARENA, 1024), KV_OK);
+}
+
+
+/* every byte of the segment from off to its end is zero */
+static int
+zeros_from(const char *dir, uint32_t id, uint64_t off)
+{
+    int       zero;
+    char      path[PATH_MAX];
+    size_t    len, i;
+    uint8_t  *data;
+
+    kv_test_segment(dir, id, path);
+    data = kv_test_read_file(path, &len);
+    zero = off <= len;
+
+    for (i = (size_t) off; zero && i < len; i++) {
+        zero = data[i] == 0;
+    }
+
+    free(data);
+
+    return zero;
+}
+
+
+/*
+ * conf.preallocate: the active segment runs ahead of its records in
+ * zeros, a sealed one ends with its last record, and a start cuts the
+ * zeros off without calling them torn; a torn record before them is.
+ */
+static void
+test_preallocate(void **state)
+{
+    FILE             *f;
+    char              dir[PATH_MAX], path[PATH_MAX];
+    uint8_t           junk[40];
+    uint32_t          i, n, id;
+    uint64_t          end[64], size;
+    kv_loc_t          loc;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_preallocating(&t, dir);
+
+    memset(end, 0, sizeof(end));
+
+    for (i = 0; i < 60; i++) {
+        put_key(&t.s, i, VLEN);
+        loc = where(&t.s, i);
+        end[loc.segment] = loc.offset + loc.flen;
+
+        /* ahead in zeros, within segment_size */
+        size = segment_size(dir, t.sh->segment);
+        assert_true(size == t.sh->prealloc_end);
+        assert_true(size > t.sh->write_off);
+        assert_true(size <= 4 * SEG);
+        assert_true(zeros_from(dir, t.sh->segment, t.sh->write_off));
+    }
+
+    n = t.sh->segment;
+    assert_true(n > 3);
+
+    for (id = 1; id < n; id++) {
+        assert_true(segment_size(dir, id) == end[id]);
+    }
+
+    /* a record bigger than a segment: nothing preallocated after it */
+    put_key(&t.s, 100, 5 * SEG);
+    assert_int_equal(t.sh->segment, n + 1);
+    assert_true(segment_size(dir, n + 1) == t.sh->write_off);
+    assert_true(t.sh->prealloc_end == t.sh->write_off);
+    put_key(&t.s, 101, 10);
+    assert_int_equal(t.sh->segment, n + 2);
+    assert_true(segment_size(dir, n + 1) == where(&t.s, 100).flen);
+    assert_true(segment_size(dir, n + 2) > t.sh->write_off);
+    n = t.sh->segment;
+    size = t.sh->write_off;
+    kv_test_close(&t);
+
+    /* a start after a crash: the zeros go, quietly, the records stay */
+    kv_test_log_reset();
+    open_small(&t, dir, 4 * SEG);
+    assert_int_equal(t.sh->segment, n);
+    assert_true(t.sh->write_off == size);
+    assert_true(segment_size(dir, n) == size);
+    assert_true(t.sh->stats.truncated_bytes == 0);
+    assert_int_equal(kv_test_log_count[KV_LOG_WARN], 0);
+    assert_true(kv_test_logged(KV_LOG_NOTICE, "bytes of preallocated space "
+                               "off"));
+
+    for (i = 0; i < 60; i++) {
+        expect_key(&t.s, i, VLEN);
+    }
+
+    expect_key(&t.s, 100, 5 * SEG);
+    expect_key(&t.s, 101, 10);
+    kv_test_close(&t);
+
+    /* a torn record among the zeros is a torn tail */
+    open_preallocating(&t, dir);
+    put_key(&t.s, 102, 10);
+    size = t.sh->write_off;
+    kv_test_close(&t);
+
+    kv_test_segment(dir, n, path);
+    memset(junk, 0x5a, sizeof(junk));
+    f = fopen(path, "r+");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long) size, SEEK_SET), 0);
+    assert_int_equal(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+    fclose(f);
+    assert_true(segment_size(dir, n) > size + sizeof(junk));
+
+    kv_test_log_reset();
+    open_small(&t, dir, 4 * SEG);
+    assert_true(t.sh->write_off == size);
+    assert_true(t.sh->stats.truncated_bytes > sizeof(junk));
+    assert_true(kv_test_logged(KV_LOG_WARN, "truncated torn tail"));
+    expect_key(&t.s, 102, 10);
+    kv_test_close(&t);
+
+    kv_test_rmdir(dir);
+}
+
+
+/*
+ * A disk that fills while zeros are written ahead: the record still goes
+ * in if it fits, and one that does not fails with nothing partial left.
+ * RLIMIT_FSIZE stands for the full disk.
+ */
+static void
+test_preallocate_full(void **state)
+{
+    int               rc;
+    char              dir[PATH_MAX], key[32];
+    uint8_t          *v;
+    uint32_t          i, n;
+    uint64_t          limit;
+    struct rlimit     old, rl;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    open_preallocating(&t, dir);
+
+    put_key(&t.s, 0, VLEN);
+    limit = t.sh->prealloc_end + 1500;
+
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    rl = old;
+    rl.rlim_cur = (rlim_t) limit;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+
+    kv_test_log_reset();
+    rc = KV_OK;
+
+    for (n = 1; n < 20; n++) {
+        snprintf(key, sizeof(key), "key-%u", n);
+        v = value(n, VLEN);
+        rc = kv_put(&t.s, (uint8_t *) key, strlen(key), v, VLEN,
+                    KV_TYPE_OCTET);
+        free(v);
+
+        if (rc != KV_OK) {
+            break;
+        }
+    }
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+
+    assert_int_equal(rc, KV_ENOSPC);
+    assert_true(kv_test_logged(KV_LOG_WARN, "preallocating"));
+    assert_true(segment_size(dir, t.sh->segment) == t.sh->write_off);
+    assert_true(t.sh->prealloc_end == t.sh->write_off);
+
+    /* room again: preallocation resumes */
+    put_key(&t.s, n, VLEN);
+    assert_true(segment_size(dir, t.sh->segment) > limit);
+    kv_test_close(&t);
+
+    open_small(&t, dir, 4 * SEG);
+    assert_true(t.sh->stats.truncated_bytes == 0);
+
+    for (i = 0; i <= n; i++) {
+        expect_key(&t.s, i, VLEN);
+    }
+
+    assert_true(n > 2);
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 int
 main(void)
 {
@@ -543,6 +754,8 @@ main(void)
         cmocka_unit_test(test_stale),
         cmocka_unit_test(test_offset_limit),
         cmocka_unit_test(test_corrupt_older),
+        cmocka_unit_test(test_preallocate),
+        cmocka_unit_test(test_preallocate_full),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

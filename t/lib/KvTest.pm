@@ -128,7 +128,8 @@ sub frames_of {
     my $size = length $data;
     while ($pos + 12 <= $size) {
         my $len = unpack 'V', substr($data, $pos, 4);
-        last if $pos + 12 + $len > $size;
+        # a zero length: the zeros fsync=always preallocates ahead
+        last if $len == 0 || $pos + 12 + $len > $size;
         push @frames, [$pos, 12 + $len];
         $pos += 12 + $len;
     }
