@@ -872,10 +872,11 @@ test_merge_left(void **state)
 /*
  * A kill at every flush of a compaction (anything written before it is in
  * the page cache, as after kill -9): the store recovers with every key at
- * its last value, and goes on.
+ * its last value, and goes on.  With preallocate, the segment the
+ * compaction seals has its zeros cut first, one flush more to kill at.
  */
 static void
-test_kill_anywhere(void **state)
+kv_ct_kill_anywhere(uint64_t preallocate)
 {
     int               kill_at, status, done;
     char              dir[PATH_MAX];
@@ -884,8 +885,6 @@ test_kill_anywhere(void **state)
     kv_ct_ref_t       ref;
     kv_test_store_t   t;
 
-    (void) state;
-
     done = 0;
     kv_test_kill_at = 0;
     kv_test_sync = kv_test_kill_sync;
@@ -893,9 +892,12 @@ test_kill_anywhere(void **state)
     for (kill_at = 1; !done; kill_at++) {
         kv_test_mkdtemp(dir);
         kv_ct_conf(&conf, dir, 4096);
+        conf.preallocate = preallocate;
         assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA, 1024),
                          KV_OK);
         kv_ct_fill(&t, &ref);
+        assert_true(preallocate == 0
+                    || t.sh->prealloc_end > t.sh->write_off);
 
         pid = fork();
         assert_true(pid >= 0);
@@ -928,6 +930,24 @@ test_kill_anywhere(void **state)
 
     /* the kills landed in every step: dozens of flushes */
     assert_true(kill_at > 20);
+}
+
+
+static void
+test_kill_anywhere(void **state)
+{
+    (void) state;
+
+    kv_ct_kill_anywhere(0);
+}
+
+
+static void
+test_kill_anywhere_preallocated(void **state)
+{
+    (void) state;
+
+    kv_ct_kill_anywhere(1000);
 }
 
 
@@ -1234,6 +1254,7 @@ main(void)
         cmocka_unit_test(test_due),
         cmocka_unit_test(test_merge_left),
         cmocka_unit_test(test_kill_anywhere),
+        cmocka_unit_test(test_kill_anywhere_preallocated),
         cmocka_unit_test(test_cancel_before_copy),
         cmocka_unit_test(test_cancel_during),
     };
