@@ -45,7 +45,7 @@
 #endif
 
 /* kv_shared_t.magic; the version changes with the layout of kv_shared_t */
-#define KV_SHARED_VERSION  9
+#define KV_SHARED_VERSION  10
 #define KV_SHARED_MAGIC    (0x4b56534eu + KV_SHARED_VERSION)   /* "KVSN" */
 
 /*
@@ -289,12 +289,17 @@ int kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
 /*
  * Looks for a complete valid frame starting anywhere in (from, size) of
  * segment id: *next is the offset of the first one, 0 if there is none
- * (kvtool repair cuts the damaged bytes [from, *next) out).  *zeros is
- * set if there is none and every byte from `from` on is zero: the space
- * kv_preallocate() wrote ahead, no torn write.
+ * (kvtool repair cuts the damaged bytes [from, *next) out).
  */
 int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
-    uint64_t *next, int *zeros);
+    uint64_t *next);
+
+/*
+ * Sets *zeros if every byte of segment id from `from` to its end is zero
+ * (and there is one at least): the space kv_preallocate() wrote ahead, no
+ * torn write.  Reads with pread(): a running store may cut the file.
+ */
+int kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros);
 
 
 /* kv_index.c, all called with the host lock held */

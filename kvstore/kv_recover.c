@@ -172,22 +172,77 @@ kv_replay_frame(void *ctx, const kv_record_t *rec, uint64_t off,
 }
 
 
+/* for kv_scan_segment() calls that only ask where the valid frames end */
+static int
+kv_skip_frame(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
+{
+    (void) ctx;
+    (void) rec;
+    (void) off;
+    (void) flen;
+
+    return KV_OK;
+}
+
+
+/*
+ * In the last segment, damage at `from` followed by valid frames: is it
+ * the trace of a flush that a power cut caught?  Its blocks were written
+ * in place over preallocated zeros, in any order, so a later record may
+ * have reached the disk when an earlier one did not.  Then the segment
+ * ends in preallocated zeros (KV_ZEROS_MIN at least), and nothing from
+ * `from` on was acknowledged: fsync=always answers a write only once a
+ * flush covering every earlier byte of the file has completed.
+ */
+#define KV_ZEROS_MIN  512
+
+static int
+kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from, int *yes)
+{
+    int       rc, zeros;
+    uint64_t  end, size, next;
+
+    *yes = 0;
+
+    for ( ;; ) {
+        rc = kv_scan_segment(s, id, from, kv_skip_frame, NULL, &end, &size);
+        if (rc != KV_OK || end == size) {
+            return rc;
+        }
+
+        rc = kv_zero_tail(s, id, end, &zeros);
+        if (rc != KV_OK || zeros) {
+            *yes = zeros && size - end >= KV_ZEROS_MIN;
+            return rc;
+        }
+
+        rc = kv_valid_frame_after(s, id, end, &next);
+        if (rc != KV_OK || next == 0) {
+            return rc;
+        }
+
+        from = next;
+    }
+}
+
+
 /*
  * Scans segment id into the index and sets *end to the end of its last
  * good frame.  A bad frame with no valid frame after it is the torn tail
  * of a write that was never durable (or that the fsync mode allowed to
- * lose): it is cut off, in any segment.  Zeros to the end are the space
- * kv_preallocate() wrote ahead (or a write whose bytes never reached the
- * disk): cut off too, with no warning.  A bad frame followed by valid
- * ones is damage to acknowledged data: the store refuses to start rather
- * than serve an older value of that record's key.
+ * lose): it is cut off, in any segment.  Zeros to the end of the last
+ * segment are the space kv_preallocate() wrote ahead: cut off too, with
+ * no warning.  A bad frame followed by valid ones is damage to
+ * acknowledged data, unless kv_unfinished_flush() says otherwise: the
+ * store refuses to start rather than serve an older value of that
+ * record's key.
  */
 static int
-kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
+kv_recover_segment(kv_store_t *s, uint32_t id, int last, uint64_t *end)
 {
-    int           rc, fd, zeros;
+    int           rc, fd, zeros, unfinished;
     char          path[PATH_MAX];
-    uint64_t      size, next;
+    uint64_t      size, next, scanned;
     kv_replay_t   r;
 
     r.s = s;
@@ -206,20 +261,43 @@ kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
     }
 
     zeros = 0;
+    unfinished = 0;
+
+    if (*end < size && s->conf.read_only && last) {
+        /* a running store appended since the scan: the snapshot ends here */
+        rc = kv_scan_segment(s, id, *end, kv_skip_frame, NULL, &scanned,
+                             &next);
+        if (rc == KV_OK && scanned > *end) {
+            return KV_OK;
+        }
+    }
 
     if (*end < size) {
-        rc = kv_valid_frame_after(s, id, *end, &next, &zeros);
+        next = 0;
+        rc = kv_zero_tail(s, id, *end, &zeros);
+
+        if (rc == KV_OK && !zeros) {
+            rc = kv_valid_frame_after(s, id, *end, &next);
+        }
+
+        if (rc == KV_OK && next != 0 && last) {
+            rc = kv_unfinished_flush(s, id, next, &unfinished);
+        }
+
         if (rc != KV_OK) {
             return rc == KV_NOTFOUND ? KV_EIO : rc;
         }
 
-        if (next != 0) {
+        if (next != 0 && !unfinished) {
             kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at "
                    "offset %" PRIu64 " followed by valid records; refusing "
                    "to start: run `kvtool repair %s` (it moves the damaged "
                    "bytes aside)", path, *end, s->conf.dir);
             return KV_ECORRUPT;
         }
+
+        /* zeros in a sealed segment: lost writes, not preallocated space */
+        zeros = zeros && last;
     }
 
     if (s->conf.read_only) {
@@ -260,6 +338,16 @@ kv_recover_segment(kv_store_t *s, uint32_t id, uint64_t *end)
         kv_log(s->host, KV_LOG_NOTICE, 0, "cut %" PRIu64 " bytes of "
                "preallocated space off \"%s\" at offset %" PRIu64,
                size - *end, path, *end);
+
+    } else if (unfinished) {
+        kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
+               "offset %" PRIu64 " (%" PRIu64 " bytes dropped): a flush "
+               "interrupted by a power cut left records after a gap, none "
+               "of them acknowledged", path, *end, size - *end);
+
+        s->host->lock(s->host->ctx);
+        s->sh->stats.truncated_bytes += size - *end;
+        s->host->unlock(s->host->ctx);
 
     } else if (*end < size) {
         kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
@@ -580,7 +668,7 @@ kv_recover_dir(kv_store_t *s)
             }
         }
 
-        rc = kv_recover_segment(s, ids[i], &end);
+        rc = kv_recover_segment(s, ids[i], i == n - 1, &end);
         if (rc != KV_OK) {
             break;
         }

@@ -629,7 +629,7 @@ kv_segment_unmap(kv_map_t *m)
 
 int
 kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
-    uint64_t *next, int *zeros)
+    uint64_t *next)
 {
     int          fd, rc;
     char         path[PATH_MAX];
@@ -638,7 +638,6 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t     start, size;
 
     *next = 0;
-    *zeros = 0;
 
     kv_segment_path(s, id, path);
 
@@ -647,7 +646,7 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
         return rc;
     }
 
-    if (from >= size) {
+    if (from + 1 + KV_FRAME_HEADER >= size) {
         close(fd);
         return KV_OK;
     }
@@ -673,15 +672,60 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
         }
     }
 
-    if (*next == 0) {
-        for (o = skip; o < len && map[o] == 0; o++) {
+    munmap(map, len);
+
+    return KV_OK;
+}
+
+
+int
+kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros)
+{
+    int          fd, rc;
+    char         path[PATH_MAX];
+    size_t       i;
+    ssize_t      n;
+    uint8_t      buf[4096];
+    uint64_t     size;
+
+    *zeros = 0;
+
+    kv_segment_path(s, id, path);
+
+    rc = kv_open_read(s, path, &fd, &size);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    *zeros = from < size;
+
+    while (*zeros) {
+        n = pread(fd, buf, sizeof(buf), (off_t) from);
+
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+
+        if (n == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "pread(\"%s\") at offset %"
+                   PRIu64 " failed", path, from);
+            close(fd);
+            return KV_EIO;
+        }
+
+        if (n == 0) {
+            break;
+        }
+
+        for (i = 0; i < (size_t) n && buf[i] == 0; i++) {
             /* void */
         }
 
-        *zeros = (o == len);
+        *zeros = (i == (size_t) n);
+        from += (uint64_t) n;
     }
 
-    munmap(map, len);
+    close(fd);
 
     return KV_OK;
 }

@@ -14,12 +14,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include "kv_internal.h"
 
 
-/* kv_preallocate() writes up to 1 MiB of zeros a call */
+/* kv_preallocate() writes up to 1 MiB of zeros a system call */
 #define KV_ZEROS         65536
 #define KV_ZEROS_IOV     16
 
@@ -204,25 +205,34 @@ kv_store_sweep(kv_store_t *s)
 
 /*
  * A sealed segment ends with its last record: hint files, compaction and
- * kvtool read it to its end.  The cut is made durable before a record
- * goes into the next segment.
+ * kvtool read it to its end.  Whatever is after it (the zeros
+ * kv_preallocate() wrote, or a record a killed writer left unfinished) is
+ * cut, and the cut made durable before a record goes into the next
+ * segment.
  */
 static int
-kv_seal_preallocated(kv_store_t *s)
+kv_seal(kv_store_t *s)
 {
     int           fd, err;
     char          path[PATH_MAX];
     kv_shared_t  *sh;
+    struct stat   st;
 
     sh = s->sh;
-    kv_segment_path(s, sh->segment, path);
-
     fd = kv_segment_fd(s, sh->segment);
+
+    if (fd != -1 && fstat(fd, &st) == 0
+        && (uint64_t) st.st_size <= sh->write_off)
+    {
+        return KV_OK;
+    }
+
+    kv_segment_path(s, sh->segment, path);
 
     if (fd == -1 || ftruncate(fd, (off_t) sh->write_off) == -1) {
         err = errno;
-        kv_log(s->host, KV_LOG_ERR, err, "cutting the preallocated space "
-               "off \"%s\" at offset %" PRIu64 " failed", path,
+        kv_log(s->host, KV_LOG_ERR, err, "cutting \"%s\" at offset %"
+               PRIu64 ", the end of its last record, failed", path,
                sh->write_off);
         return kv_write_rc(err);
     }
@@ -246,8 +256,8 @@ kv_store_trim(kv_store_t *s)
     rc = KV_OK;
     kv_lock(s);
 
-    if (s->sh->open && s->sh->prealloc_end > s->sh->write_off) {
-        rc = kv_seal_preallocated(s);
+    if (s->sh->open && s->sh->segment != 0) {
+        rc = kv_seal(s);
     }
 
     kv_unlock(s);
@@ -272,8 +282,8 @@ kv_roll(kv_store_t *s, uint32_t next)
         return KV_EINVAL;
     }
 
-    if (sh->prealloc_end > sh->write_off) {
-        rc = kv_seal_preallocated(s);
+    if (sh->segment != 0) {
+        rc = kv_seal(s);
         if (rc != KV_OK) {
             return rc;
         }
@@ -359,10 +369,10 @@ kv_write_frame(int fd, const kv_frame_t *f, uint64_t off)
 static void
 kv_preallocate(kv_store_t *s, int fd, uint64_t need)
 {
-    int           i;
+    int           i, err;
     char          path[PATH_MAX];
     ssize_t       n;
-    uint64_t      end, left;
+    uint64_t      start, end, left;
     kv_shared_t  *sh;
     struct iovec  iov[KV_ZEROS_IOV];
 
@@ -374,6 +384,8 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
     if (end > s->conf.segment_size) {
         end = need > s->conf.segment_size ? need : s->conf.segment_size;
     }
+
+    start = sh->prealloc_end;
 
     while (sh->prealloc_end < end) {
         left = end - sh->prealloc_end;
@@ -391,14 +403,20 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
                 continue;
             }
 
+            err = errno;
             kv_segment_path(s, sh->segment, path);
-            kv_log(s->host, KV_LOG_WARN, errno, "preallocating \"%s\" from "
+            kv_log(s->host, KV_LOG_WARN, err, "preallocating \"%s\" from "
                    "offset %" PRIu64 " to %" PRIu64 " failed: appending "
-                   "without", path, sh->prealloc_end, end);
+                   "without", path, start, end);
+
+            /* a full disk: the zeros would take what hints and merges need */
+            if (ftruncate(fd, (off_t) start) == 0) {
+                sh->prealloc_end = start;
+            }
+
             return;
         }
 
-        /* zeros written are preallocated space, whatever follows */
         sh->prealloc_end += (uint64_t) n;
     }
 }
@@ -478,6 +496,11 @@ kv_append(kv_store_t *s, const kv_record_t *rec, uint64_t *loc,
     if (fd != -1 && kv_write_frame(fd, &frame, off) == 0) {
         sh->seq = rec->seq;
         sh->write_off = off + frame.flen;
+
+        /* zeros are written from prealloc_end on: never over a record */
+        if (sh->prealloc_end < sh->write_off) {
+            sh->prealloc_end = sh->write_off;
+        }
 
         *loc = KV_LOC(sh->segment, off);
         *flen = (uint32_t) frame.flen;

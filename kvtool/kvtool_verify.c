@@ -189,7 +189,7 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
 {
     int              rc, zeros;
     char             path[PATH_MAX];
-    uint64_t         from, end, next;
+    uint64_t         from, end, next, retried;
     struct stat      st;
     kvtool_store_t   alone;
     kvtool_verify_t  v;
@@ -217,6 +217,7 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
     }
 
     from = 0;
+    retried = UINT64_MAX;
 
     for ( ;; ) {
         rc = kv_scan_segment(&t->s, id, from, kvtool_verify_record, &v, &end,
@@ -225,11 +226,22 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
             break;
         }
 
-        rc = kv_valid_frame_after(&t->s, id, end, &next, &zeros);
+        rc = kv_zero_tail(&t->s, id, end, &zeros);
 
         if (rc == KV_OK && zeros) {
             seg->preallocated = seg->size - end;
             break;
+        }
+
+        /* a running nginx may have appended over the zeros meanwhile */
+        if (rc == KV_OK && end != retried) {
+            retried = end;
+            from = end;
+            continue;
+        }
+
+        if (rc == KV_OK) {
+            rc = kv_valid_frame_after(&t->s, id, end, &next);
         }
 
         if (rc == KV_OK) {
