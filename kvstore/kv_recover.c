@@ -186,33 +186,105 @@ kv_skip_frame(void *ctx, const kv_record_t *rec, uint64_t off, uint32_t flen)
 
 
 /*
- * In the last segment, damage at `from` followed by valid frames: is it
- * the trace of a flush that a power cut caught?  Its blocks were written
- * in place over preallocated zeros, in any order, so a later record may
- * have reached the disk when an earlier one did not.  Then the segment
- * ends in preallocated zeros (KV_ZEROS_MIN at least), and nothing from
- * `from` on was acknowledged: fsync=always answers a write only once a
- * flush covering every earlier byte of the file has completed.
+ * Whether some 512-byte sector that lies in [from, to) past `from` reads
+ * zero from `from` on: a sector the disk never wrote (sectors are written
+ * whole or not at all).
  */
-#define KV_ZEROS_MIN  512
-
 static int
-kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from, int *yes)
+kv_unwritten_sector(kv_store_t *s, uint32_t id, uint64_t from, uint64_t to,
+    int *yes)
 {
-    int       rc, zeros;
-    uint64_t  end, size, next;
+    int       fd, rc;
+    char      path[PATH_MAX];
+    size_t    i, j, want;
+    ssize_t   n;
+    uint8_t   buf[65536];
+    uint64_t  sec, size;
 
     *yes = 0;
+    kv_segment_path(s, id, path);
+
+    rc = kv_open_read(s, path, &fd, &size);
+    if (rc != KV_OK) {
+        return rc;
+    }
+
+    sec = from & ~(uint64_t) 511;
+
+    while (!*yes && sec + 512 <= to) {
+        want = (to - sec) & ~(uint64_t) 511;
+        want = want < sizeof(buf) ? want : sizeof(buf);
+
+        n = pread(fd, buf, want, (off_t) sec);
+
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+
+        if (n < 512) {
+            rc = n == -1 ? KV_EIO : KV_OK;
+
+            if (n == -1) {
+                kv_log(s->host, KV_LOG_ERR, errno, "pread(\"%s\") at "
+                       "offset %" PRIu64 " failed", path, sec);
+            }
+
+            break;
+        }
+
+        for (i = 0; !*yes && i + 512 <= (size_t) n; i += 512) {
+            j = sec + i < from ? (size_t) (from - sec - i) : 0;
+
+            while (j < 512 && buf[i + j] == 0) {
+                j++;
+            }
+
+            *yes = (j == 512);
+        }
+
+        sec += (uint64_t) n & ~(uint64_t) 511;
+    }
+
+    close(fd);
+
+    return rc;
+}
+
+
+/*
+ * In the last segment, damage at `from` followed by valid frames at
+ * `next`: is it the trace of a flush that a power cut caught?  Such a
+ * flush writes in place over preallocated zeros, in any order, so a
+ * later sector may have reached the disk when an earlier one did not.
+ * Then the damage holds a sector never written, the segment ends in
+ * preallocated zeros, and nothing from `from` on was acknowledged:
+ * fsync=always answers a write only once a flush covering every earlier
+ * byte of the file has completed.  Sets *data_end to where the zeros
+ * start, 0 if the damage is not that.
+ */
+static int
+kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t next, uint64_t *data_end)
+{
+    int       rc, yes, zeros;
+    uint64_t  end, size;
+
+    *data_end = 0;
+
+    rc = kv_unwritten_sector(s, id, from, next, &yes);
+    if (rc != KV_OK || !yes) {
+        return rc;
+    }
 
     for ( ;; ) {
-        rc = kv_scan_segment(s, id, from, kv_skip_frame, NULL, &end, &size);
+        rc = kv_scan_segment(s, id, next, kv_skip_frame, NULL, &end, &size);
         if (rc != KV_OK || end == size) {
             return rc;
         }
 
         rc = kv_zero_tail(s, id, end, &zeros);
         if (rc != KV_OK || zeros) {
-            *yes = zeros && size - end >= KV_ZEROS_MIN;
+            *data_end = zeros ? end : 0;
             return rc;
         }
 
@@ -220,8 +292,6 @@ kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from, int *yes)
         if (rc != KV_OK || next == 0) {
             return rc;
         }
-
-        from = next;
     }
 }
 
@@ -240,9 +310,9 @@ kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from, int *yes)
 static int
 kv_recover_segment(kv_store_t *s, uint32_t id, int last, uint64_t *end)
 {
-    int           rc, fd, zeros, unfinished;
+    int           rc, fd, zeros;
     char          path[PATH_MAX];
-    uint64_t      size, next, scanned;
+    uint64_t      size, next, scanned, data_end, dropped;
     kv_replay_t   r;
 
     r.s = s;
@@ -261,7 +331,7 @@ kv_recover_segment(kv_store_t *s, uint32_t id, int last, uint64_t *end)
     }
 
     zeros = 0;
-    unfinished = 0;
+    data_end = 0;
 
     if (*end < size && s->conf.read_only && last) {
         /* a running store appended since the scan: the snapshot ends here */
@@ -281,14 +351,14 @@ kv_recover_segment(kv_store_t *s, uint32_t id, int last, uint64_t *end)
         }
 
         if (rc == KV_OK && next != 0 && last) {
-            rc = kv_unfinished_flush(s, id, next, &unfinished);
+            rc = kv_unfinished_flush(s, id, *end, next, &data_end);
         }
 
         if (rc != KV_OK) {
             return rc == KV_NOTFOUND ? KV_EIO : rc;
         }
 
-        if (next != 0 && !unfinished) {
+        if (next != 0 && data_end == 0) {
             kv_log(s->host, KV_LOG_ERR, 0, "corrupt record in \"%s\" at "
                    "offset %" PRIu64 " followed by valid records; refusing "
                    "to start: run `kvtool repair %s` (it moves the damaged "
@@ -339,23 +409,18 @@ kv_recover_segment(kv_store_t *s, uint32_t id, int last, uint64_t *end)
                "preallocated space off \"%s\" at offset %" PRIu64,
                size - *end, path, *end);
 
-    } else if (unfinished) {
-        kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
-               "offset %" PRIu64 " (%" PRIu64 " bytes dropped): a flush "
-               "interrupted by a power cut left records after a gap, none "
-               "of them acknowledged", path, *end, size - *end);
-
-        s->host->lock(s->host->ctx);
-        s->sh->stats.truncated_bytes += size - *end;
-        s->host->unlock(s->host->ctx);
-
     } else if (*end < size) {
+        /* after a power cut mid-flush, the zeros after it are not lost */
+        dropped = (data_end != 0 ? data_end : size) - *end;
+
         kv_log(s->host, KV_LOG_WARN, 0, "truncated torn tail of \"%s\" at "
-               "offset %" PRIu64 " (%" PRIu64 " bytes dropped)", path, *end,
-               size - *end);
+               "offset %" PRIu64 " (%" PRIu64 " bytes dropped)%s", path,
+               *end, dropped, data_end != 0 ? ": a flush that a power cut "
+               "interrupted left records after a gap, none of them "
+               "acknowledged" : "");
 
         s->host->lock(s->host->ctx);
-        s->sh->stats.truncated_bytes += size - *end;
+        s->sh->stats.truncated_bytes += dropped;
         s->host->unlock(s->host->ctx);
     }
 

@@ -77,7 +77,7 @@ long kvtool_lock_holder(const char *dir);
 void kvtool_hint_path(const char *dir, uint32_t id, char path[PATH_MAX]);
 
 /* kvtool_verify.c */
-int kvtool_verify_segment(kvtool_store_t *t, uint32_t id,
+int kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
     kvtool_store_t *index, kvtool_segment_t *seg);
 void kvtool_segment_free(kvtool_segment_t *seg);
 

@@ -227,7 +227,7 @@ kvtool_check(const char *dir)
     }
 
     for (i = 0; i < n; i++) {
-        rc = kvtool_verify_segment(&t, ids[i], &t, &seg);
+        rc = kvtool_verify_segment(&t, ids[i], i == n - 1, &t, &seg);
 
         /* a compaction of the running store may delete it meanwhile */
         kv_segment_path(&t.s, ids[i], path);

@@ -336,7 +336,7 @@ kvtool_repair(const char *dir)
 
     if (rc == KV_OK) {
         for (i = 0; rc == KV_OK && i < n; i++) {
-            rc = kvtool_verify_segment(&t, ids[i], NULL, &seg);
+            rc = kvtool_verify_segment(&t, ids[i], i == n - 1, NULL, &seg);
 
             if (rc == KV_OK) {
                 rc = kvtool_repair_segment(&r, &seg);

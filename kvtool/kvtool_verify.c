@@ -182,10 +182,12 @@ done:
 /*
  * Fills seg.  Each record also goes into index, if not NULL.  A failure to
  * read or to allocate is returned (and logged); damage is described in seg.
+ * Zeros at the end of the last segment are preallocated space, as in
+ * recovery; in another segment, a torn tail.
  */
 int
-kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
-    kvtool_segment_t *seg)
+kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
+    kvtool_store_t *index, kvtool_segment_t *seg)
 {
     int              rc, zeros;
     char             path[PATH_MAX];
@@ -228,7 +230,7 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, kvtool_store_t *index,
 
         rc = kv_zero_tail(&t->s, id, end, &zeros);
 
-        if (rc == KV_OK && zeros) {
+        if (rc == KV_OK && zeros && last) {
             seg->preallocated = seg->size - end;
             break;
         }

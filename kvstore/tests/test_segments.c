@@ -820,18 +820,18 @@ test_preallocate_later(void **state)
 
 /*
  * After a power cut in the middle of a flush over preallocated zeros, a
- * later record may be on disk when an earlier one is not: the last
- * segment shows a gap of zeros, valid records, then zeros.  None of them
- * was acknowledged: cut at the gap, with a warning.  The same damage
- * without the zeros at the end is refused, as damage to acknowledged
- * data is.
+ * later sector may be on disk when an earlier one is not: the last
+ * segment shows a sector never written, valid records, then zeros.  None
+ * of them was acknowledged: cut at the gap, with a warning.  The same gap
+ * without the zeros at the end, and damage that is no unwritten sector
+ * (a bad byte in an acknowledged record), are refused.
  */
 static void
 test_preallocate_power_cut(void **state)
 {
-    int               with_zeros;
+    int               kind;
     char              dir[PATH_MAX], path[PATH_MAX];
-    size_t            len;
+    size_t            len, sector_end;
     uint8_t          *data;
     uint32_t          i;
     uint64_t          last_end;
@@ -841,12 +841,12 @@ test_preallocate_power_cut(void **state)
 
     (void) state;
 
-    for (with_zeros = 0; with_zeros < 2; with_zeros++) {
+    for (kind = 0; kind < 3; kind++) {
         kv_test_mkdtemp(dir);
         open_preallocating(&t, dir);
 
         for (i = 0; i < 5; i++) {
-            put_key(&t.s, i, 100);
+            put_key(&t.s, i, VLEN);
         }
 
         gap = where(&t.s, 2);
@@ -855,16 +855,26 @@ test_preallocate_power_cut(void **state)
 
         kv_test_segment(dir, gap.segment, path);
         data = kv_test_read_file(path, &len);
-        assert_true(len > last_end + 512);
-        memset(data + gap.offset, 0, gap.flen);
-        kv_test_write_file(path, data, with_zeros ? len : last_end);
+        assert_true(len > last_end);
+
+        /* the first sector of key-2's record never written */
+        sector_end = (size_t) (gap.offset + 512) & ~(size_t) 511;
+
+        if (kind < 2) {
+            memset(data + gap.offset, 0, sector_end - gap.offset);
+
+        } else {
+            data[gap.offset + gap.flen / 2] ^= 0xff;
+        }
+
+        kv_test_write_file(path, data, kind == 1 ? last_end : len);
         free(data);
 
         kv_test_log_reset();
         kv_test_conf(&conf, dir);
         conf.segment_size = 4 * SEG;
 
-        if (!with_zeros) {
+        if (kind != 0) {
             assert_int_equal(kv_test_open_conf(&t, &conf, KV_TEST_ARENA,
                                                1024), KV_ECORRUPT);
             assert_true(kv_test_logged(KV_LOG_ERR, "followed by valid"));
@@ -877,10 +887,12 @@ test_preallocate_power_cut(void **state)
                          KV_OK);
         assert_true(t.sh->write_off == gap.offset);
         assert_true(segment_size(dir, gap.segment) == gap.offset);
-        assert_true(t.sh->stats.truncated_bytes > 2 * gap.flen);
+
+        /* the records cut, not the zeros after them */
+        assert_true(t.sh->stats.truncated_bytes == last_end - gap.offset);
         assert_true(kv_test_logged(KV_LOG_WARN, "power cut"));
-        expect_key(&t.s, 0, 100);
-        expect_key(&t.s, 1, 100);
+        expect_key(&t.s, 0, VLEN);
+        expect_key(&t.s, 1, VLEN);
         assert_int_equal(kv_lookup(&t.s, S("key-2"), &loc), KV_NOTFOUND);
         assert_int_equal(kv_lookup(&t.s, S("key-4"), &loc), KV_NOTFOUND);
 
