@@ -364,7 +364,7 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
     }
 
     /* the outputs must be gone for good before MERGE stops naming them */
-    rc = kv_flush(s, -1, s->conf.dir);
+    rc = kv_flush_dir(s, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
     }
@@ -373,7 +373,7 @@ kv_merge_remove(kv_store_t *s, int level, uint64_t *removed)
 
     rc = kv_compact_unlink(s, path);
     if (rc != KV_EIO) {
-        rc = kv_flush(s, -1, s->conf.dir);
+        rc = kv_flush_dir(s, s->conf.dir);
     }
 
     if (rc == KV_OK && first <= last) {
@@ -436,7 +436,7 @@ kv_compact_cleanup(kv_store_t *s)
     closedir(d);
 
     if (rc == KV_OK && found) {
-        rc = kv_flush(s, -1, s->conf.dir);
+        rc = kv_flush_dir(s, s->conf.dir);
     }
 
     if (rc == KV_OK && s->conf.sorted) {
@@ -482,7 +482,7 @@ kv_merge_drop_floor(kv_store_t *s)
             break;
         }
 
-        rc = kv_flush(s, -1, s->conf.dir);
+        rc = kv_flush_dir(s, s->conf.dir);
         if (rc != KV_OK) {
             break;
         }
@@ -1512,7 +1512,7 @@ kv_compact_outputs(kv_compact_t *c)
         }
     }
 
-    rc = kv_flush(s, -1, s->conf.dir);
+    rc = kv_flush_dir(s, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
     }
@@ -1543,7 +1543,7 @@ kv_compact_outputs(kv_compact_t *c)
         return KV_EIO;
     }
 
-    return kv_flush(s, -1, s->conf.dir);
+    return kv_flush_dir(s, s->conf.dir);
 }
 
 
@@ -1780,7 +1780,7 @@ kv_compact_drop_inputs(kv_compact_t *c, uint64_t *dropped)
 
         *dropped += (rc == KV_OK);
 
-        rc = kv_flush(s, -1, s->conf.dir);
+        rc = kv_flush_dir(s, s->conf.dir);
         if (rc != KV_OK) {
             return rc;
         }

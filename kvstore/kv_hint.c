@@ -380,7 +380,7 @@ kv_hint_end(kv_hint_writer_t *w, uint64_t size, int rc)
         return rc;
     }
 
-    return kv_flush(w->s, -1, w->s->conf.dir);
+    return kv_flush_dir(w->s, w->s->conf.dir);
 }
 
 

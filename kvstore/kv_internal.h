@@ -216,10 +216,11 @@ void kv_segment_path(const kv_store_t *s, uint32_t segment,
 ssize_t kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
 
 /*
- * Flushes a file or directory through host->sync (or fdatasync/fsync) and
- * logs a failure; with fd -1 it opens path (read-only) for the purpose.
+ * Flush a file's data (fdatasync) or a directory (opened by path, fsync)
+ * to stable storage through host->sync if set, and log a failure.
  */
 int kv_flush(kv_store_t *s, int fd, const char *path);
+int kv_flush_dir(kv_store_t *s, const char *path);
 
 /*
  * Makes DIR/name hold exactly data, atomically and durably: written to

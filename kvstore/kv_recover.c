@@ -89,12 +89,12 @@ kv_make_dir(kv_store_t *s)
         *slash = '\0';
     }
 
-    rc = kv_flush(s, -1, s->conf.dir);
+    rc = kv_flush_dir(s, s->conf.dir);
     if (rc != KV_OK) {
         return rc;
     }
 
-    return kv_flush(s, -1, parent);
+    return kv_flush_dir(s, parent);
 }
 
 

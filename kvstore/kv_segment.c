@@ -196,44 +196,58 @@ kv_open_read(kv_store_t *s, const char *path, int *fd, uint64_t *size)
 }
 
 
-int
-kv_flush(kv_store_t *s, int fd, const char *path)
+/*
+ * The caller says what fd is: on Linux 6.13 and later an fstat() to find
+ * out would make the next write's mtime fine-grained, which dirties the
+ * inode at every write and adds an inode write to every flush of the log.
+ */
+static int
+kv_flush_fd(kv_store_t *s, int fd, const char *path, int dir)
 {
-    int          rc, own;
-    struct stat  st;
-
-    own = (fd == -1);
-
-    if (own) {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd == -1) {
-            kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
-                   "failed", path);
-            return KV_EIO;
-        }
-    }
+    int  rc;
 
     if (s->host->sync != NULL) {
         rc = s->host->sync(s->host->ctx, fd, path);
 
-    } else if (fstat(fd, &st) == -1) {
-        rc = -1;
-
     } else {
-        /* fdatasync() skips the inode times; a directory needs fsync() */
-        rc = S_ISDIR(st.st_mode) ? fsync(fd) : fdatasync(fd);
+        /* a file's data reads back without its inode times */
+        rc = dir ? fsync(fd) : fdatasync(fd);
     }
 
     if (rc == -1) {
         kv_log(s->host, KV_LOG_ERR, errno, "flushing \"%s\" to stable "
                "storage failed", path);
+        return KV_EIO;
     }
 
-    if (own) {
-        close(fd);
+    return KV_OK;
+}
+
+
+int
+kv_flush(kv_store_t *s, int fd, const char *path)
+{
+    return kv_flush_fd(s, fd, path, 0);
+}
+
+
+int
+kv_flush_dir(kv_store_t *s, const char *path)
+{
+    int  fd, rc;
+
+    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1) {
+        kv_log(s->host, KV_LOG_ERR, errno, "opening \"%s\" to flush it "
+               "failed", path);
+        return KV_EIO;
     }
 
-    return rc == -1 ? KV_EIO : KV_OK;
+    rc = kv_flush_fd(s, fd, path, 1);
+
+    close(fd);
+
+    return rc;
 }
 
 
@@ -284,7 +298,7 @@ kv_replace_file(kv_store_t *s, const char *name, const void *data,
     }
 
     if (rc == KV_OK) {
-        return kv_flush(s, -1, s->conf.dir);
+        return kv_flush_dir(s, s->conf.dir);
     }
 
     unlink(tmp);

@@ -302,7 +302,7 @@ kv_roll(kv_store_t *s, uint32_t next)
 
     /* the file must be durable, and its name, before a record goes in */
     if (kv_flush(s, fd, path) != KV_OK
-        || kv_flush(s, -1, s->conf.dir) != KV_OK)
+        || kv_flush_dir(s, s->conf.dir) != KV_OK)
     {
         close(fd);
         __atomic_store_n(&sh->sync_failed, 1, __ATOMIC_RELEASE);

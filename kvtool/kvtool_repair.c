@@ -134,7 +134,7 @@ kvtool_lost_found(kvtool_repair_t *r, const kvtool_segment_t *seg)
         rc = kv_chown(&r->t->s, -1, dir);
 
         if (rc == KV_OK) {
-            rc = kv_flush(&r->t->s, -1, top);
+            rc = kv_flush_dir(&r->t->s, top);
         }
 
         if (rc != KV_OK) {
@@ -166,7 +166,7 @@ kvtool_lost_found(kvtool_repair_t *r, const kvtool_segment_t *seg)
                "offset %" PRIu64 " to %s\n", d->len, seg->id, d->off, path);
     }
 
-    return kv_flush(&r->t->s, -1, dir);
+    return kv_flush_dir(&r->t->s, dir);
 }
 
 
@@ -183,7 +183,7 @@ kvtool_remove(kvtool_store_t *t, const char *path)
         return KV_EIO;
     }
 
-    return kv_flush(&t->s, -1, t->s.conf.dir);
+    return kv_flush_dir(&t->s, t->s.conf.dir);
 }
 
 
@@ -243,7 +243,7 @@ kvtool_rewrite(kvtool_repair_t *r, const kvtool_segment_t *seg)
     }
 
     if (rc == KV_OK) {
-        return kv_flush(&r->t->s, -1, r->t->s.conf.dir);
+        return kv_flush_dir(&r->t->s, r->t->s.conf.dir);
     }
 
     unlink(tmp);

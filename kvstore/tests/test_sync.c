@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,26 @@
 #define MAX_SYNC  64
 
 #define S(str)  (const uint8_t *) (str), sizeof(str) - 1
+
+
+/* fstat() calls while counting is on: the test's own wraps libc's */
+static int  fstat_counting;
+static int  fstat_calls;
+
+
+int
+fstat(int fd, struct stat *st)
+{
+    static int  (*libc_fstat)(int fd, struct stat *st);
+
+    if (libc_fstat == NULL) {
+        *(void **) &libc_fstat = dlsym(RTLD_NEXT, "fstat");
+    }
+
+    fstat_calls += fstat_counting;
+
+    return libc_fstat(fd, st);
+}
 
 
 /* every flush, in order, and what the directory looked like meanwhile */
@@ -279,6 +301,54 @@ test_kv_sync(void **state)
  * ends it, a flush or not (a claim a dead process left ends with it);
  * kv_synced() says where the durable part ends.
  */
+/*
+ * The flush of the log asks nothing of the file: on Linux 6.13 and later
+ * a stat would make every write dirty the segment's inode, and every flush
+ * write the inode too.  A directory is flushed by path only.
+ */
+static void
+test_flush_without_stat(void **state)
+{
+    int               fd;
+    char              dir[PATH_MAX], path[PATH_MAX];
+    uint64_t          durable;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    kv_test_mkdtemp(dir);
+    kv_test_open_small(&t, dir, SEG);
+    assert_null(t.host.sync);
+
+    put_n(&t.s, 1);
+
+    fstat_calls = 0;
+    fstat_counting = 1;
+    assert_int_equal(kv_sync(&t.s, &durable), KV_OK);
+    fstat_counting = 0;
+
+    assert_int_equal(fstat_calls, 0);
+    assert_true(durable == t.s.written);
+    assert_true(t.sh->stats.fsyncs == 1);
+
+    /* the real flushes: a directory by path, never a file as one */
+    assert_int_equal(kv_flush_dir(&t.s, dir), KV_OK);
+
+    kv_test_segment(dir, 1, path);
+    kv_test_log_reset();
+    assert_int_equal(kv_flush_dir(&t.s, path), KV_EIO);
+    assert_true(kv_test_logged(KV_LOG_ERR, "to flush it failed"));
+
+    fd = open(path, O_RDONLY);
+    assert_true(fd != -1);
+    assert_int_equal(kv_flush(&t.s, fd, path), KV_OK);
+    close(fd);
+
+    kv_test_close(&t);
+    kv_test_rmdir(dir);
+}
+
+
 static void
 test_sync_claim(void **state)
 {
@@ -720,6 +790,7 @@ main(void)
         cmocka_unit_test(test_roll_order),
         cmocka_unit_test(test_hint_order),
         cmocka_unit_test(test_kv_sync),
+        cmocka_unit_test(test_flush_without_stat),
         cmocka_unit_test(test_sync_claim),
         cmocka_unit_test(test_flush_serialized),
         cmocka_unit_test(test_sync_failure),
