@@ -5,7 +5,10 @@
 # the module, starts every server itself on 127.0.0.1, preloads and checks
 # them, runs the same wrk workloads against each, RUNS rounds interleaved
 # across the targets, stops exactly the processes it started and prints a
-# Markdown table of medians with the ratios issue 15 sets targets in.
+# Markdown table of medians with the ratios issue 15 sets targets in.  The
+# table also gives the CPU time each target's own processes spent per
+# request (wrk's not counted): on two vCPUs that wrk shares, it says how
+# lean a server is where its throughput says who got the CPU.
 #
 # Targets (TARGETS, any subset, in this order):
 #   kv-off, kv-always  our module, fsync=off and fsync=always (lib.sh)
@@ -467,20 +470,56 @@ check() {
 
 # --- measuring --------------------------------------------------------------
 
+# server_pids TARGET: the processes that serve TARGET: an nginx's master and
+# its workers; Redis and the webdis in front of it
+server_pids() {
+    local want name pid entry
+
+    case $1 in
+    kv-*)       want=$1 ;;
+    nginx-*)    want=nginx ;;
+    lua-shdict) want=lua ;;
+    redis-*)    want="$1 webdis-${1#redis-}" ;;
+    esac
+    for entry in "${started[@]}"; do
+        read -r name pid <<< "$entry"
+        has "$name" "$want" || continue
+        echo "$pid"
+        pgrep -P "$pid" || true
+    done
+}
+
+# cpu_ticks PID...: the clock ticks of user and system time the processes
+# used so far, all their threads (a thread pool's too)
+cpu_ticks() {
+    local p sum=0 t
+
+    for p in "$@"; do
+        # after the ") " that ends the name: utime and stime are 12th, 13th
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null |
+            awk '{ print $12 + $13 }')
+        sum=$((sum + ${t:-0}))
+    done
+    echo "$sum"
+}
+
 # measure TARGET WORKLOAD ROUND: one wrk run; appends a line to results.csv
 measure() {
     local t=$1 w=$2 r=$3 api url key log line op=$2 keys=$NKEYS
-    local requests us p50 p90 p99 errors rps
+    local requests us p50 p90 p99 errors rps pids ticks cpu
 
     read -r api url key <<< "$(cell "$t" "$w")"
     [[ $w == get1m ]] && op=get
     [[ $w == set ]] && keys=$SET_KEYS
     log=$out/raw/$w-$t-$r.txt
+    pids=$(server_pids "$t")
+    ticks=$(cpu_ticks $pids)
     timeout -k 5 $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" \
         -d"${DURATION}s" --timeout 10s --latency -s "$bench_dir/peers.lua" \
         "$url" -- api="$api" op=$op keys=$keys getpct="$GETPCT" \
         nthreads="$THREADS" $key \
         > "$log" 2>&1 || true
+    ticks=$(($(cpu_ticks $pids) - ticks))
     line=$(grep '^peers-result ' "$log" || true)
     if [[ -z $line ]]; then
         say "$w $t round $r: no result ($log)"
@@ -492,9 +531,12 @@ measure() {
         <<< "$(sed 's/^peers-result //; s/[a-z0-9_]*=//g' <<< "$line")"
     rps=$(awk -v n="$requests" -v us="$us" \
           'BEGIN { printf "%.0f", us ? n * 1e6 / us : 0 }')
-    echo "$w,$t,$r,$rps,$p50,$p90,$p99,$errors" >> "$out/results.csv"
+    # the servers' CPU time per request, in ns
+    cpu=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+          'BEGIN { printf "%.0f", n ? t * 1e9 / hz / n : 0 }')
+    echo "$w,$t,$r,$rps,$p50,$p90,$p99,$errors,$cpu" >> "$out/results.csv"
     say "$w $t round $r: $rps req/s, p50/p90/p99 $p50/$p90/$p99 us," \
-        "$errors errors"
+        "$errors errors, $(us "$cpu") us of server CPU a request"
     # a peer's errors are its own (webdis drops a few connections under
     # 1 MiB GETs): they show in the table but fail only our targets
     if ((errors > 0)) && [[ $t == kv-* ]]; then
@@ -505,7 +547,8 @@ measure() {
 # --- the table --------------------------------------------------------------
 
 # median WORKLOAD TARGET COLUMN: the median over the rounds of a column of
-# results.csv (4 req/s, 5-7 p50/p90/p99 us, 8 errors: the sum)
+# results.csv (4 req/s, 5-7 p50/p90/p99 us, 8 errors: the sum, 9 server
+# CPU ns a request)
 median() {
     awk -F, -v w="$1" -v t="$2" -v c="$3" '
         $1 == w && $2 == t { v[n++] = $c; sum += $c }
@@ -548,28 +591,33 @@ ms() {
     awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'
 }
 
+us() {
+    awk -v ns="$1" 'BEGIN { printf "%.1f", ns / 1000 }'
+}
+
 table_workload() {
     local w=$1 title=$2 t rps unit
 
     unit="req/s"
     [[ $w == get1m ]] && unit="MiB/s"
     printf '\n### %s\n\n' "$title"
-    printf '| target | %s | p50 ms | p90 ms | p99 ms | spread | errors |\n' \
+    printf '| target | %s | p50 ms | p90 ms | p99 ms | spread | errors |' \
         "$unit"
-    printf '|---|---:|---:|---:|---:|---:|---:|\n'
+    printf ' server CPU µs/req |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in $TARGETS; do
         cell "$t" "$w" > /dev/null || continue
         rps=$(median "$w" "$t" 4)
         if [[ -z $rps ]]; then
-            printf '| %s | no result | | | | | |\n' "$t"
+            printf '| %s | no result | | | | | | |\n' "$t"
             continue
         fi
         [[ $w == get1m ]] && rps=$((rps * BIG / 1048576))
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(thousands "$rps")" \
             "$(ms "$(median "$w" "$t" 5)")" "$(ms "$(median "$w" "$t" 6)")" \
             "$(ms "$(median "$w" "$t" 7)")" "$(spread "$w" "$t")" \
-            "$(median "$w" "$t" 8)"
+            "$(median "$w" "$t" 8)" "$(us "$(median "$w" "$t" 9)")"
     done
 }
 
@@ -638,6 +686,8 @@ report() {
         redis-always set "fsync=always ≥ 2x"
     ratio_row "SET 100 B p99 / Redis appendfsync always's" both set 7 \
         redis-always set "fsync=always ≤ 1.5x"
+    ratio_row "SET 100 B server CPU a request / Redis + webdis's" both \
+        set 9 redis-always set "(lower is leaner)"
     ratio_row "mix req/s / lua_shared_dict" both mix 4 lua-shdict mix \
         "no regression"
     ratio_row "mix req/s / Redis appendfsync always" both mix 4 \
@@ -676,7 +726,7 @@ need wrk curl jq redis-server redis-cli webdis "$NGINX"
 
 work=$(mktemp -d "$KV_TMP/kv-peers.XXXXXX")
 head -c "$BIG" /dev/urandom > "$work/big"
-echo "workload,target,round,rps,p50_us,p90_us,p99_us,errors" \
+echo "workload,target,round,rps,p50_us,p90_us,p99_us,errors,cpu_ns" \
     > "$out/results.csv"
 
 wanted kv-off && kv_up kv-off off "$p_kv_off"
