@@ -57,7 +57,7 @@ PEERS_PORT=${PEERS_PORT:-18300}
 SET_KEYS=1000000
 BIG=1048576
 PKGS=(nginx libnginx-mod-http-ndk libnginx-mod-http-lua redis-server
-      redis-tools webdis wrk curl jq ${BUILD_PKGS:-})
+      redis-tools webdis wrk curl jq procps ${BUILD_PKGS:-})
 POLICY=/usr/sbin/policy-rc.d
 
 all_targets="kv-off kv-always nginx-return nginx-static
@@ -722,7 +722,7 @@ install
 say "building the module"
 make -C "$repo_dir" -s build > "$out/build.log" 2>&1 ||
     { tail -20 "$out/build.log" >&2; die "make build failed"; }
-need wrk curl jq redis-server redis-cli webdis "$NGINX"
+need wrk curl jq redis-server redis-cli webdis pgrep "$NGINX"
 
 work=$(mktemp -d "$KV_TMP/kv-peers.XXXXXX")
 head -c "$BIG" /dev/urandom > "$work/big"

@@ -216,8 +216,8 @@ void kv_segment_path(const kv_store_t *s, uint32_t segment,
 ssize_t kv_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
 
 /*
- * Flush a file's data (fdatasync) or a directory (opened by path, fsync)
- * to stable storage through host->sync if set, and log a failure.
+ * Flushes a file's data (fdatasync) or a directory (opened by path, fsync)
+ * to stable storage, through host->sync if set, and logs a failure.
  */
 int kv_flush(kv_store_t *s, int fd, const char *path);
 int kv_flush_dir(kv_store_t *s, const char *path);
