@@ -403,11 +403,17 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
                 continue;
             }
 
-            err = errno;
-            kv_segment_path(s, sh->segment, path);
-            kv_log(s->host, KV_LOG_WARN, err, "preallocating \"%s\" from "
-                   "offset %" PRIu64 " to %" PRIu64 " failed: appending "
-                   "without", path, start, end);
+            /* a full disk fails every write: one warning, not one each */
+
+            if (!s->prealloc_failing) {
+                err = errno;
+                kv_segment_path(s, sh->segment, path);
+                kv_log(s->host, KV_LOG_WARN, err, "preallocating \"%s\" "
+                       "from offset %" PRIu64 " to %" PRIu64 " failed: "
+                       "appending without until it succeeds", path, start,
+                       end);
+                s->prealloc_failing = 1;
+            }
 
             /* a full disk: the zeros would take what hints and merges need */
             if (ftruncate(fd, (off_t) start) == 0) {
@@ -419,6 +425,8 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
 
         sh->prealloc_end += (uint64_t) n;
     }
+
+    s->prealloc_failing = 0;
 }
 
 
@@ -1500,6 +1508,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     }
     s->fd_next = 0;
     s->written = 0;
+    s->prealloc_failing = 0;
     s->compact_cancel = 0;
     s->tables = NULL;
     s->ntables = 0;

@@ -720,14 +720,20 @@ test_preallocate_full(void **state)
 
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
 
+    /*
+     * a record still fit after the first failed preallocation, the next
+     * one failed to preallocate again: one warning for both
+     */
     assert_int_equal(rc, KV_ENOSPC);
-    assert_true(kv_test_logged(KV_LOG_WARN, "preallocating"));
+    assert_int_equal(kv_test_logged(KV_LOG_WARN, "preallocating"), 1);
+    assert_true(t.s.prealloc_failing);
     assert_true(segment_size(dir, t.sh->segment) == t.sh->write_off);
     assert_true(t.sh->prealloc_end == t.sh->write_off);
 
-    /* room again: preallocation resumes */
+    /* room again: preallocation resumes, and warns again when it fails */
     put_key(&t.s, n, VLEN);
     assert_true(segment_size(dir, t.sh->segment) > limit);
+    assert_false(t.s.prealloc_failing);
     kv_test_close(&t);
 
     open_small(&t, dir, 4 * SEG);

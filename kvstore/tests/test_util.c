@@ -86,7 +86,18 @@ kv_test_log_reset(void)
 int
 kv_test_logged(int level, const char *text)
 {
-    return strstr(kv_test_log_all[level], text) != NULL;
+    int          n;
+    const char  *p;
+
+    n = 0;
+
+    for (p = strstr(kv_test_log_all[level], text); p != NULL;
+         p = strstr(p + 1, text))
+    {
+        n++;
+    }
+
+    return n;
 }
 
 

@@ -33,7 +33,7 @@ extern int   kv_test_log_count[KV_LOG_INFO + 1];
 
 void kv_test_log_reset(void);
 
-/* 1 if a message at level since the last reset contains text */
+/* how many times text was logged at level since the last reset */
 int kv_test_logged(int level, const char *text);
 
 /* host->sync of the hosts kv_test_host() makes from now on (NULL: none) */
