@@ -302,6 +302,15 @@ int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
  */
 int kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros);
 
+/*
+ * In the last segment, damage at `from` followed by valid frames at
+ * `next`: is it the trace of a flush that a power cut caught (recovery
+ * cuts it, kvtool check reports it as such)?  Sets *data_end to where the
+ * segment's trailing zeros start if so, 0 if the damage is not that.
+ */
+int kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t next, uint64_t *data_end);
+
 
 /* kv_index.c, all called with the host lock held */
 

@@ -252,17 +252,14 @@ kv_unwritten_sector(kv_store_t *s, uint32_t id, uint64_t from, uint64_t to,
 
 
 /*
- * In the last segment, damage at `from` followed by valid frames at
- * `next`: is it the trace of a flush that a power cut caught?  Such a
- * flush writes in place over preallocated zeros, in any order, so a
+ * A flush writes in place over preallocated zeros, in any order, so a
  * later sector may have reached the disk when an earlier one did not.
  * Then the damage holds a sector never written, the segment ends in
  * preallocated zeros, and nothing from `from` on was acknowledged:
  * fsync=always answers a write only once a flush covering every earlier
- * byte of the file has completed.  Sets *data_end to where the zeros
- * start, 0 if the damage is not that.
+ * byte of the file has completed.
  */
-static int
+int
 kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t next, uint64_t *data_end)
 {

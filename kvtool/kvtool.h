@@ -39,12 +39,18 @@ typedef struct {
 
 /*
  * A damaged byte range of a segment: from a bad frame to the next valid
- * one, or to the end of the file (tail).
+ * one, or to the end of the file (tail), or in the last segment the flush
+ * a power cut interrupted: from the bad frame to the preallocated zeros
+ * (the records after the gap were never acknowledged).  Recovery cuts a
+ * tail of either kind.
  */
+#define KVTOOL_TAIL_TORN   1
+#define KVTOOL_TAIL_FLUSH  2
+
 typedef struct {
     uint64_t   off;
     uint64_t   len;
-    unsigned   tail;
+    unsigned   tail;          /* KVTOOL_TAIL_*, 0: valid records follow */
 } kvtool_damage_t;
 
 

@@ -26,7 +26,8 @@ typedef struct {
 /*
  * Damage followed by valid records stops recovery; a bad end of a segment
  * is the torn tail of a write that was never acknowledged as durable, and
- * recovery cuts it, as it does after every crash.
+ * recovery cuts it, as it does after every crash.  So it does with the
+ * trace of a flush that a power cut interrupted (kv_unfinished_flush()).
  */
 static void
 kvtool_check_damage(const kvtool_segment_t *seg, int last, long holder,
@@ -37,6 +38,16 @@ kvtool_check_damage(const kvtool_segment_t *seg, int last, long holder,
 
     for (i = 0; i < seg->ndamage; i++) {
         d = &seg->damage[i];
+
+        if (d->tail == KVTOOL_TAIL_FLUSH) {
+            printf("warning: a flush cut short by a power cut in "
+                   KV_SEGMENT_FMT " at offset %" PRIu64 " (%" PRIu64
+                   " bytes, a sector never written, then records never "
+                   "acknowledged): the next start cuts it\n", seg->id,
+                   d->off, d->len);
+            c->torn++;
+            continue;
+        }
 
         if (d->tail) {
             printf("warning: torn tail in " KV_SEGMENT_FMT " at offset %"

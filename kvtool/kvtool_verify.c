@@ -68,7 +68,8 @@ kvtool_verify_record(void *ctx, const kv_record_t *rec, uint64_t off,
 
 
 static int
-kvtool_add_damage(kvtool_segment_t *seg, uint64_t off, uint64_t next)
+kvtool_add_damage(kvtool_segment_t *seg, uint64_t off, uint64_t end,
+    unsigned tail)
 {
     kvtool_damage_t  *d;
 
@@ -82,8 +83,8 @@ kvtool_add_damage(kvtool_segment_t *seg, uint64_t off, uint64_t next)
     d += seg->ndamage++;
 
     d->off = off;
-    d->tail = next == 0;
-    d->len = (d->tail ? seg->size : next) - off;
+    d->len = end - off;
+    d->tail = tail;
 
     return KV_OK;
 }
@@ -183,7 +184,8 @@ done:
  * Fills seg.  Each record also goes into index, if not NULL.  A failure to
  * read or to allocate is returned (and logged); damage is described in seg.
  * Zeros at the end of the last segment are preallocated space, as in
- * recovery; in another segment, a torn tail.
+ * recovery; in another segment, a torn tail.  So is the trace of a flush
+ * that a power cut interrupted, in the last segment only.
  */
 int
 kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
@@ -191,7 +193,7 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
 {
     int              rc, zeros;
     char             path[PATH_MAX];
-    uint64_t         from, end, next, retried;
+    uint64_t         from, end, next, retried, data_end;
     struct stat      st;
     kvtool_store_t   alone;
     kvtool_verify_t  v;
@@ -246,8 +248,20 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
             rc = kv_valid_frame_after(&t->s, id, end, &next);
         }
 
+        /* as in recovery, which cuts it */
+        if (rc == KV_OK && next != 0 && last) {
+            rc = kv_unfinished_flush(&t->s, id, end, next, &data_end);
+
+            if (rc == KV_OK && data_end != 0) {
+                seg->preallocated = seg->size - data_end;
+                rc = kvtool_add_damage(seg, end, data_end, KVTOOL_TAIL_FLUSH);
+                break;
+            }
+        }
+
         if (rc == KV_OK) {
-            rc = kvtool_add_damage(seg, end, next);
+            rc = kvtool_add_damage(seg, end, next != 0 ? next : seg->size,
+                                   next != 0 ? 0 : KVTOOL_TAIL_TORN);
         }
 
         if (rc != KV_OK || next == 0) {

@@ -624,6 +624,44 @@ sub rolled_ok {
 }
 
 
+# --------------------------------------------- a flush a power cut caught
+
+{
+    my $dir = overwritten_store();
+    my $name = (segments($dir))[-1][0];
+    my $path = "$dir/$name";
+    my $data = slurp($path);
+    my @f = frames($data);
+    my $gap = $f[-3][0];                 # the third record from the end
+    my $sector_end = ($gap + 512) & ~511;
+
+    # fsync=always flushes over preallocated zeros, in any order: a later
+    # sector reached the disk, the one at the gap did not
+    substr($data, $gap, $sector_end - $gap) = "\0" x ($sector_end - $gap);
+    spew($path, $data . "\0" x 5000);
+
+    my $r = kvtool('check', $dir);
+    is($r->{rc}, 0, 'a flush cut short: check passes') or diag($r->{out});
+    my $cut = length($data) - $gap;
+    like($r->{out}, qr/^warning: a flush cut short by a power cut in (?#
+                       )\Q$name\E at offset $gap \($cut bytes, [^\n]*(?#
+                       )the next start cuts it$/m,
+         'check names it, from the gap to the zeros');
+    like($r->{out}, qr/^\Q$name\E: ${\ (@f - 3)} records, [^\n]*, (?#
+                       )5000 bytes preallocated$/m,
+         'the records before the gap, the zeros preallocated');
+    unlike($r->{out}, qr/^bad record in|DAMAGED/m, 'not as damage');
+
+    # repair moves no range aside: its recovery cuts it as nginx's does
+    $r = kvtool('repair', $dir);
+    is($r->{rc}, 0, 'repair: exit 0') or diag($r->{err});
+    unlike($r->{out}, qr/rewrote/, 'repair rewrites no segment');
+    like($r->{err}, qr/at offset $gap \($cut bytes dropped\): a flush that (?#
+                       )a power cut interrupted/, 'its recovery cuts it');
+    ok(slurp($path) eq substr($data, 0, $gap), 'at the gap');
+}
+
+
 # ---------------------------------------------------------------- nginx
 
 SKIP: {
