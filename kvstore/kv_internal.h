@@ -290,7 +290,8 @@ int kv_scan_segment(kv_store_t *s, uint32_t id, uint64_t from, kv_scan_pt fn,
 /*
  * Looks for a complete valid frame starting anywhere in (from, size) of
  * segment id: *next is the offset of the first one, 0 if there is none
- * (kvtool repair cuts the damaged bytes [from, *next) out).
+ * (kvtool repair cuts the damaged bytes [from, *next) out).  Reads with
+ * pread(): a running store may cut the file.
  */
 int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t *next);

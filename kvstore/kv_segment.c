@@ -641,56 +641,124 @@ kv_segment_unmap(kv_map_t *m)
 }
 
 
+/* a frame at file offset base, read a piece at a time */
+typedef struct {
+    int       fd;
+    uint64_t  base;
+} kv_file_frame_t;
+
+
+static int
+kv_read_file_frame(void *ctx, uint8_t *buf, size_t len, uint64_t off)
+{
+    ssize_t           n;
+    kv_file_frame_t  *ff;
+
+    ff = ctx;
+    n = kv_pread_full(ff->fd, buf, len, ff->base + off);
+
+    if (n == -1) {
+        return KV_EIO;
+    }
+
+    /* the file was cut meanwhile (a running store): no frame there */
+    return (size_t) n == len ? KV_OK : KV_ECORRUPT;
+}
+
+
+/*
+ * pread(), not mmap(): kvtool runs this beside nginx, which may cut the
+ * file, and a read past a mapping's new end would be a SIGBUS.
+ */
 int
 kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
     uint64_t *next)
 {
-    int          fd, rc;
-    char         path[PATH_MAX];
-    size_t       len, skip, o, flen;
-    uint8_t     *map;
-    uint64_t     start, size;
+    int               rc;
+    char              path[PATH_MAX];
+    size_t            have, o, flen;
+    ssize_t           n;
+    uint8_t          *buf;
+    uint64_t          base, size;
+    kv_file_frame_t   ff;
 
     *next = 0;
 
     kv_segment_path(s, id, path);
 
-    rc = kv_open_read(s, path, &fd, &size);
+    rc = kv_open_read(s, path, &ff.fd, &size);
     if (rc != KV_OK) {
         return rc;
     }
 
-    if (from + 1 + KV_FRAME_HEADER >= size) {
-        close(fd);
-        return KV_OK;
+    buf = malloc(KV_READ_BUF);
+    if (buf == NULL) {
+        close(ff.fd);
+        kv_log(s->host, KV_LOG_ERR, ENOMEM, "looking for a valid record "
+               "in \"%s\" after offset %" PRIu64 " failed", path, from);
+        return KV_ENOMEM;
     }
 
-    start = from & ~((uint64_t) sysconf(_SC_PAGESIZE) - 1);
-    skip = (size_t) (from - start);
-    len = (size_t) (size - start);
+    /* each window starts at the first candidate the last one left */
 
-    map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, (off_t) start);
-    close(fd);
+    for (base = from + 1; base + KV_FRAME_HEADER < size; base += o) {
+        have = size - base < KV_READ_BUF ? (size_t) (size - base)
+                                         : KV_READ_BUF;
 
-    if (map == MAP_FAILED) {
-        kv_log(s->host, KV_LOG_ERR, errno, "mmap(\"%s\") failed", path);
-        return KV_EIO;
-    }
+        n = kv_pread_full(ff.fd, buf, have, base);
 
-    for (o = skip + 1; o + KV_FRAME_HEADER < len; o++) {
-        flen = KV_FRAME_HEADER + (size_t) kv_get_le32(map + o);
+        if (n == -1) {
+            kv_log(s->host, KV_LOG_ERR, errno, "reading \"%s\" at offset %"
+                   PRIu64 " failed", path, base);
+            rc = KV_EIO;
+            break;
+        }
 
-        if (flen <= len - o && kv_frame_verify(map + o, flen) == KV_OK) {
-            *next = start + o;
+        have = (size_t) n;
+
+        for (o = 0; o + KV_FRAME_HEADER < have; o++) {
+            flen = KV_FRAME_HEADER + (size_t) kv_get_le32(buf + o);
+
+            if (flen > size - (base + o)) {
+                continue;
+            }
+
+            if (o + flen <= have) {
+                rc = kv_frame_verify(buf + o, flen);
+
+            } else {
+                ff.base = base + o;
+                rc = kv_frame_verify_pieces(flen, kv_read_file_frame, &ff);
+            }
+
+            if (rc == KV_OK) {
+                *next = base + o;
+                goto done;
+            }
+
+            if (rc != KV_ECORRUPT) {
+                kv_log(s->host, KV_LOG_ERR, rc == KV_EIO ? errno : ENOMEM,
+                       "verifying a record in \"%s\" at offset %" PRIu64
+                       " failed", path, base + o);
+                goto done;
+            }
+
+            rc = KV_OK;
+        }
+
+        /* the file was cut meanwhile */
+        if (o == 0) {
             break;
         }
     }
 
-    munmap(map, len);
+done:
 
-    return KV_OK;
+    free(buf);
+    close(ff.fd);
+
+    return rc;
 }
-
 
 int
 kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros)

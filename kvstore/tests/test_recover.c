@@ -299,6 +299,75 @@ test_corrupt_middle(void **state)
 }
 
 
+/*
+ * Damage before a record bigger than the window kv_valid_frame_after()
+ * reads at a time: still found (refused); damaged too, it is a torn tail.
+ */
+static void
+test_corrupt_before_big(void **state)
+{
+    int               damage_big;
+    char              dir[PATH_MAX], path[PATH_MAX];
+    size_t            len, vlen;
+    uint8_t          *data, *big;
+    kv_loc_t          loc, bloc;
+    kv_test_store_t   t;
+
+    (void) state;
+
+    vlen = 3 * 1024 * 1024;
+    big = malloc(vlen);
+    assert_non_null(big);
+    memset(big, 'v', vlen);
+
+    for (damage_big = 0; damage_big < 2; damage_big++) {
+        kv_test_mkdtemp(dir);
+        kv_test_segment(dir, 1, path);
+
+        assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64), KV_OK);
+        put(&t, S("a"), "first");
+        put(&t, S("b"), "second");
+        assert_int_equal(kv_put(&t.s, S("big"), big, vlen, KV_TYPE_OCTET),
+                         KV_OK);
+        assert_int_equal(kv_lookup(&t.s, S("b"), &loc), KV_OK);
+        assert_int_equal(kv_lookup(&t.s, S("big"), &bloc), KV_OK);
+        kv_test_close(&t);
+
+        data = kv_test_read_file(path, &len);
+        data[loc.offset + loc.flen - 2] ^= 0x01;
+
+        if (damage_big) {
+            data[bloc.offset + bloc.flen - 2] ^= 0x01;
+        }
+
+        kv_test_write_file(path, data, len);
+        free(data);
+
+        kv_test_log_reset();
+
+        if (!damage_big) {
+            assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64),
+                             KV_ECORRUPT);
+            assert_true(kv_test_logged(KV_LOG_ERR, "followed by valid"));
+            assert_true(segment_size(dir, 1) == len);
+
+        } else {
+            assert_int_equal(kv_test_open(&t, dir, KV_TEST_ARENA, 64),
+                             KV_OK);
+            assert_true(segment_size(dir, 1) == loc.offset);
+            kv_test_expect(&t, S("a"), "first", 5);
+            expect_absent(&t, S("b"));
+            expect_absent(&t, S("big"));
+        }
+
+        kv_test_close(&t);
+        kv_test_rmdir(dir);
+    }
+
+    free(big);
+}
+
+
 /* Segments replay in id order; only the last one may have a torn tail. */
 static void
 test_segments(void **state)
@@ -749,6 +818,7 @@ main(void)
         cmocka_unit_test(test_torn_tail),
         cmocka_unit_test(test_garbage_tail),
         cmocka_unit_test(test_corrupt_middle),
+        cmocka_unit_test(test_corrupt_before_big),
         cmocka_unit_test(test_segments),
         cmocka_unit_test(test_locked),
         cmocka_unit_test(test_write_failure),
