@@ -303,15 +303,6 @@ int kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
  */
 int kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros);
 
-/*
- * In the last segment, damage at `from` followed by valid frames at
- * `next`: is it the trace of a flush that a power cut caught (recovery
- * cuts it, kvtool check reports it as such)?  Sets *data_end to where the
- * segment's trailing zeros start if so, 0 if the damage is not that.
- */
-int kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from,
-    uint64_t next, uint64_t *data_end);
-
 
 /* kv_index.c, all called with the host lock held */
 
@@ -484,6 +475,15 @@ void kv_index_clear(kv_store_t *s);
 
 /* 1 if a recovery of s whose index fills converts rather than fails */
 int kv_recover_converts(const kv_store_t *s);
+
+/*
+ * In the last segment, damage at `from` followed by valid frames at
+ * `next`: is it the trace of a flush that a power cut caught (recovery
+ * cuts it, kvtool check reports it as such)?  Sets *data_end to where the
+ * segment's trailing zeros start if so, 0 if the damage is not that.
+ */
+int kv_unfinished_flush(kv_store_t *s, uint32_t id, uint64_t from,
+    uint64_t next, uint64_t *data_end);
 
 /* Calls fn for every entry; fn must not change the index. */
 typedef int (*kv_walk_pt)(void *ctx, const kv_entry_t *e);

@@ -644,6 +644,7 @@ kv_segment_unmap(kv_map_t *m)
 /* a frame at file offset base, read a piece at a time */
 typedef struct {
     int       fd;
+    int       err;        /* of a failed pread() */
     uint64_t  base;
 } kv_file_frame_t;
 
@@ -658,6 +659,7 @@ kv_read_file_frame(void *ctx, uint8_t *buf, size_t len, uint64_t off)
     n = kv_pread_full(ff->fd, buf, len, ff->base + off);
 
     if (n == -1) {
+        ff->err = errno;
         return KV_EIO;
     }
 
@@ -691,6 +693,13 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
         return rc;
     }
 
+    if (from + 1 + KV_FRAME_HEADER >= size) {
+        close(ff.fd);
+        return KV_OK;
+    }
+
+    ff.err = 0;
+
     buf = malloc(KV_READ_BUF);
     if (buf == NULL) {
         close(ff.fd);
@@ -723,7 +732,7 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
                 continue;
             }
 
-            if (o + flen <= have) {
+            if (flen <= have - o) {
                 rc = kv_frame_verify(buf + o, flen);
 
             } else {
@@ -737,7 +746,7 @@ kv_valid_frame_after(kv_store_t *s, uint32_t id, uint64_t from,
             }
 
             if (rc != KV_ECORRUPT) {
-                kv_log(s->host, KV_LOG_ERR, rc == KV_EIO ? errno : ENOMEM,
+                kv_log(s->host, KV_LOG_ERR, rc == KV_EIO ? ff.err : ENOMEM,
                        "verifying a record in \"%s\" at offset %" PRIu64
                        " failed", path, base + o);
                 goto done;
@@ -759,6 +768,7 @@ done:
 
     return rc;
 }
+
 
 int
 kv_zero_tail(kv_store_t *s, uint32_t id, uint64_t from, int *zeros)

@@ -405,14 +405,15 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
 
             /* a full disk fails every write: one warning, not one each */
 
-            if (!s->prealloc_failing) {
-                err = errno;
+            err = errno;
+
+            if (err != s->prealloc_errno) {
                 kv_segment_path(s, sh->segment, path);
                 kv_log(s->host, KV_LOG_WARN, err, "preallocating \"%s\" "
                        "from offset %" PRIu64 " to %" PRIu64 " failed: "
                        "appending without until it succeeds", path, start,
                        end);
-                s->prealloc_failing = 1;
+                s->prealloc_errno = err;
             }
 
             /* a full disk: the zeros would take what hints and merges need */
@@ -426,7 +427,7 @@ kv_preallocate(kv_store_t *s, int fd, uint64_t need)
         sh->prealloc_end += (uint64_t) n;
     }
 
-    s->prealloc_failing = 0;
+    s->prealloc_errno = 0;
 }
 
 
@@ -1508,7 +1509,7 @@ kv_store_init(kv_store_t *s, kv_shared_t *sh, const kv_host_t *host,
     }
     s->fd_next = 0;
     s->written = 0;
-    s->prealloc_failing = 0;
+    s->prealloc_errno = 0;
     s->compact_cancel = 0;
     s->tables = NULL;
     s->ntables = 0;

@@ -382,9 +382,9 @@ struct kv_store_s {
     uint32_t            fd_next;           /* round-robin eviction */
     uint64_t            written;   /* KV_LOC end of this handle's last
                                       append, for kv_durable() */
-    uint32_t            prealloc_failing;  /* warned of a failed
-                                              preallocation: quiet until
-                                              one succeeds */
+    int                 prealloc_errno;  /* of the failed preallocation
+                                            warned of: quiet until one
+                                            succeeds or fails otherwise */
     uint32_t            compact_cancel;  /* kv_compact_cancel() was called;
                                             __atomic builtins only */
     struct kv_table_s  *tables;    /* index=sorted: the sorted segments of */

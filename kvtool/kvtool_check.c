@@ -39,21 +39,17 @@ kvtool_check_damage(const kvtool_segment_t *seg, int last, long holder,
     for (i = 0; i < seg->ndamage; i++) {
         d = &seg->damage[i];
 
-        if (d->tail == KVTOOL_TAIL_FLUSH) {
-            printf("warning: a flush cut short by a power cut in "
-                   KV_SEGMENT_FMT " at offset %" PRIu64 " (%" PRIu64
-                   " bytes, a sector never written, then records never "
-                   "acknowledged): the next start cuts it\n", seg->id,
-                   d->off, d->len);
-            c->torn++;
-            continue;
-        }
-
         if (d->tail) {
-            printf("warning: torn tail in " KV_SEGMENT_FMT " at offset %"
-                   PRIu64 " (%" PRIu64 " bytes): %s\n", seg->id, d->off,
-                   d->len, last && holder > 0 ? "may be a write in progress"
-                                              : "the next start cuts it");
+            printf("warning: %s in " KV_SEGMENT_FMT " at offset %" PRIu64
+                   " (%" PRIu64 " bytes%s): %s\n",
+                   d->tail == KVTOOL_TAIL_FLUSH
+                       ? "a flush cut short by a power cut" : "torn tail",
+                   seg->id, d->off, d->len,
+                   d->tail == KVTOOL_TAIL_FLUSH
+                       ? ", a sector never written, then records never "
+                         "acknowledged" : "",
+                   last && holder > 0 ? "may be a write in progress"
+                                      : "the next start cuts it");
             c->torn++;
             continue;
         }

@@ -253,6 +253,11 @@ kvtool_verify_segment(kvtool_store_t *t, uint32_t id, int last,
             rc = kv_unfinished_flush(&t->s, id, end, next, &data_end);
 
             if (rc == KV_OK && data_end != 0) {
+                /* it read the file again: a running store may have grown it */
+                if (data_end > seg->size) {
+                    seg->size = data_end;
+                }
+
                 seg->preallocated = seg->size - data_end;
                 rc = kvtool_add_damage(seg, end, data_end, KVTOOL_TAIL_FLUSH);
                 break;

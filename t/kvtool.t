@@ -626,19 +626,28 @@ sub rolled_ok {
 
 # --------------------------------------------- a flush a power cut caught
 
+# What fsync=always leaves in segment $path when a power cut catches a
+# flush over its preallocated zeros, written in any order: a later sector
+# reached the disk, the one at the third record from the end did not.
+# Returns the offset of that record and the segment's bytes without the
+# zeros.
+sub cut_short {
+    my ($path) = @_;
+    my $data = slurp($path);
+    my $gap = (frames($data))[-3][0];
+    my $sector_end = ($gap + 512) & ~511;
+
+    substr($data, $gap, $sector_end - $gap) = "\0" x ($sector_end - $gap);
+    spew($path, $data . "\0" x 5000);
+    return ($gap, $data);
+}
+
 {
     my $dir = overwritten_store();
     my $name = (segments($dir))[-1][0];
     my $path = "$dir/$name";
-    my $data = slurp($path);
-    my @f = frames($data);
-    my $gap = $f[-3][0];                 # the third record from the end
-    my $sector_end = ($gap + 512) & ~511;
-
-    # fsync=always flushes over preallocated zeros, in any order: a later
-    # sector reached the disk, the one at the gap did not
-    substr($data, $gap, $sector_end - $gap) = "\0" x ($sector_end - $gap);
-    spew($path, $data . "\0" x 5000);
+    my $records = () = frames(slurp($path));
+    my ($gap, $data) = cut_short($path);
 
     my $r = kvtool('check', $dir);
     is($r->{rc}, 0, 'a flush cut short: check passes') or diag($r->{out});
@@ -647,7 +656,7 @@ sub rolled_ok {
                        )\Q$name\E at offset $gap \($cut bytes, [^\n]*(?#
                        )the next start cuts it$/m,
          'check names it, from the gap to the zeros');
-    like($r->{out}, qr/^\Q$name\E: ${\ (@f - 3)} records, [^\n]*, (?#
+    like($r->{out}, qr/^\Q$name\E: ${\ ($records - 3)} records, [^\n]*, (?#
                        )5000 bytes preallocated$/m,
          'the records before the gap, the zeros preallocated');
     unlike($r->{out}, qr/^bad record in|DAMAGED/m, 'not as damage');
@@ -659,6 +668,19 @@ sub rolled_ok {
     like($r->{err}, qr/at offset $gap \($cut bytes dropped\): a flush that (?#
                        )a power cut interrupted/, 'its recovery cuts it');
     ok(slurp($path) eq substr($data, 0, $gap), 'at the gap');
+
+    # only the last segment is flushed over zeros: elsewhere it is damage
+    $dir = overwritten_store('--segment-size=64k');
+    my @segs = segments($dir);
+    ok(@segs > 1, 'a store of several segments');
+    $name = $segs[0][0];
+    ($gap) = cut_short("$dir/$name");
+
+    $r = kvtool('check', $dir);
+    is($r->{rc}, 1, 'in an earlier segment: check fails');
+    like($r->{out}, qr/^bad record in \Q$name\E at offset $gap: /m,
+         'a bad record followed by valid ones');
+    unlike($r->{out}, qr/cut short/, 'no flush cut short');
 }
 
 

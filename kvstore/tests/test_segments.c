@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 
 #include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -726,14 +727,14 @@ test_preallocate_full(void **state)
      */
     assert_int_equal(rc, KV_ENOSPC);
     assert_int_equal(kv_test_logged(KV_LOG_WARN, "preallocating"), 1);
-    assert_true(t.s.prealloc_failing);
+    assert_int_equal(t.s.prealloc_errno, EFBIG);
     assert_true(segment_size(dir, t.sh->segment) == t.sh->write_off);
     assert_true(t.sh->prealloc_end == t.sh->write_off);
 
     /* room again: preallocation resumes, and warns again when it fails */
     put_key(&t.s, n, VLEN);
     assert_true(segment_size(dir, t.sh->segment) > limit);
-    assert_false(t.s.prealloc_failing);
+    assert_int_equal(t.s.prealloc_errno, 0);
     kv_test_close(&t);
 
     open_small(&t, dir, 4 * SEG);
